@@ -1,0 +1,69 @@
+"""The source interface every dataset adapter implements.
+
+A source lists its samples (id, split, label) without reading any raw file, and loads one
+sample's modality lazily, so the same object can be pickled to dask workers and torch
+DataLoader workers. Array conventions per modality (what `load` returns):
+
+- ``video``:    uint8 ``(T, H, W, 3)`` RGB frames, already sampled and resized by the source
+- ``depth``:    uint8 ``(T, H, W, 1)`` depth frames (EgoGesture)
+- ``skeleton``: float32 ``(3, T, J, M)`` coords x frames x joints x bodies (HCN layout)
+- ``image``:    uint8 ``(H, W, 3)``
+- ``text``:     float32 ``(D,)`` or ``(tokens, D)`` feature array, or ``str`` raw text
+- ``array``:    any float32 array from a ``.npy`` file (manifest sources)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One listed sample. ``label`` is a class index (multiclass) or a tuple of indices (multilabel)."""
+
+    id: str
+    split: str
+    label: int | tuple[int, ...]
+
+
+class Source(ABC):
+    """A dataset: classes, task, splits, and lazy per-sample loading of each modality."""
+
+    name: str = "source"
+    task: str = "multiclass"  # or "multilabel"
+    num_classes: int = 0
+    class_names: list[str] | None = None
+    modalities: tuple[str, ...] = ()
+
+    @abstractmethod
+    def samples(self) -> list[Sample]:
+        """All usable samples in a fixed order, without reading raw data."""
+
+    @abstractmethod
+    def load(self, sample_id: str, modality: str) -> Any:
+        """Read one modality of one sample (see the module docstring for array layouts)."""
+
+    @abstractmethod
+    def path_of(self, sample_id: str, modality: str) -> str:
+        """The file a sample's modality is read from, for error messages and skip records."""
+
+    def problems(self) -> list[str]:
+        """Problems found while listing (skipped samples, missing files), one line each."""
+        return []
+
+    def split_ids(self, split: str) -> list[str]:
+        return [s.id for s in self.samples() if s.split == split]
+
+    def label_array(self, samples: list[Sample] | None = None) -> np.ndarray:
+        """Labels as the store wants them: int64 (N,) or uint8 multi-hot (N, K)."""
+        samples = self.samples() if samples is None else samples
+        if self.task == "multilabel":
+            out = np.zeros((len(samples), self.num_classes), dtype=np.uint8)
+            for row, s in enumerate(samples):
+                out[row, list(s.label)] = 1
+            return out
+        return np.asarray([s.label for s in samples], dtype=np.int64)

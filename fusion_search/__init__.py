@@ -1,0 +1,1 @@
+"""Stage 2: BM-NAS hypernet, primitives, bilevel DARTS search, genotypes, found networks."""

@@ -1,0 +1,5 @@
+"""The one error a store raises: it names the store path or array and what is wrong."""
+
+
+class StoreError(Exception):
+    """A feature store is missing, malformed, incomplete or inconsistent."""
