@@ -1,0 +1,225 @@
+"""Writing stores: chunk-aligned row slabs from many processes, completion records, finalize.
+
+Why a per-chunk completion record: a writer killed between a chunk's data and its record leaves
+that chunk "missing", so a resumed extraction rewrites it instead of trusting half-written data.
+The record is one element of a ``completion`` array chunked by one, i.e. one small file per row
+chunk, so processes writing disjoint row chunks never touch the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from stores import schema as S
+from stores.errors import StoreError
+
+
+def _compressor(codec: str, dtype: str) -> BloscCodec:
+    if codec not in S.CODECS:
+        raise StoreError(f"codec {codec!r} is not supported; use one of {', '.join(S.CODECS)}")
+    return BloscCodec(cname=codec, clevel=3, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+
+
+def _prepare_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise StoreError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    parent = path.parent if str(path.parent) else Path(".")
+    if not os.access(parent if parent.exists() else Path("."), os.W_OK):
+        raise StoreError(f"cannot write the store at {path}: {parent} is not writable")
+    return path
+
+
+class StoreWriter:
+    """Handle on a store being written. Cheap to pickle (holds only the path) for dask tasks."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        try:
+            self._group = zarr.open_group(self.path, mode="r+")
+        except Exception as exc:  # zarr raises several types for "not a group"
+            raise StoreError(f"{self.path} is not a bmnas feature store ({exc})") from None
+        attrs = dict(self._group.attrs).get(S.ATTRS_KEY)
+        if not isinstance(attrs, dict) or attrs.get("format") != S.FORMAT:
+            raise StoreError(f"{self.path} is not a bmnas feature store (attrs['bmnas'] missing)")
+        self.attrs: dict[str, Any] = attrs
+        self.nodes: list[str] = list(attrs["nodes"])
+        first = self._group[f"{S.FEATURES}/{self.nodes[0]}"]
+        self.num_samples = int(first.shape[0])
+        self.rows_per_chunk = int(first.chunks[0])
+        self.num_chunks = S.num_chunks(self.num_samples, self.rows_per_chunk)
+
+    def __reduce__(self):
+        return (StoreWriter, (self.path,))
+
+    def chunk_rows(self, k: int) -> slice:
+        """Rows of row chunk ``k`` (the last chunk may be short)."""
+        if not 0 <= k < self.num_chunks:
+            raise StoreError(f"{self.path}: chunk {k} out of range 0..{self.num_chunks - 1}")
+        start = k * self.rows_per_chunk
+        return slice(start, min(start + self.rows_per_chunk, self.num_samples))
+
+    def write_chunk(self, k: int, features: Mapping[str, np.ndarray]) -> None:
+        """Write every node's rows of chunk ``k``, then its completion record (in that order)."""
+        rows = self.chunk_rows(k)
+        missing = set(self.nodes) - set(features)
+        if missing:
+            raise StoreError(f"{self.path}: chunk {k} lacks nodes {sorted(missing)}")
+        for name in self.nodes:
+            arr = self._group[f"{S.FEATURES}/{name}"]
+            data = np.asarray(features[name])
+            want = (rows.stop - rows.start,) + tuple(arr.shape[1:])
+            if data.shape != want:
+                raise StoreError(f"features/{name}: chunk {k} has shape {data.shape}, expected {want}")
+            arr[rows] = data.astype(arr.dtype, copy=False)
+        self._group[S.COMPLETION][k] = 1
+
+    def missing_chunks(self) -> list[int]:
+        """Row chunks whose completion record is absent: what a resumed extraction must (re)write."""
+        done = self._group[S.COMPLETION][:]
+        return [int(k) for k in np.flatnonzero(done == 0)]
+
+    def finalize(
+        self,
+        labels: np.ndarray,
+        splits: Mapping[str, Sequence[int] | np.ndarray],
+        sample_ids: Sequence[str] | None = None,
+        skipped: Sequence[Mapping[str, Any]] = (),
+        extra_attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write labels, splits, ids and provenance once every chunk is complete."""
+        missing = self.missing_chunks()
+        if missing:
+            raise StoreError(f"{self.path}: cannot finalize, {len(missing)} chunks are not written (first: {missing[:5]})")
+        _write_tables(self._group, self.num_samples, self.rows_per_chunk, labels, splits, sample_ids)
+        attrs = dict(self.attrs)
+        if skipped:
+            attrs["skipped"] = [dict(s) for s in skipped]
+        attrs.update(extra_attrs or {})
+        self._group.attrs[S.ATTRS_KEY] = attrs
+        self.attrs = attrs
+
+
+def _write_tables(group: zarr.Group, n: int, rows_per_chunk: int, labels: np.ndarray,
+                  splits: Mapping[str, Any], sample_ids: Sequence[str] | None) -> None:
+    labels = np.asarray(labels)
+    if labels.shape[0] != n:
+        raise StoreError(f"labels: {labels.shape[0]} rows, but the features have {n}")
+    dtype = np.uint8 if labels.ndim == 2 else np.int64
+    group.create_array(S.LABELS, shape=labels.shape, dtype=dtype, chunks=(min(n, 65536),) + labels.shape[1:],
+                       overwrite=True)[...] = labels.astype(dtype)
+    for name, idx in splits.items():
+        idx = np.asarray(idx, dtype=np.int64)
+        group.create_array(f"{S.SPLITS_GROUP}/{name}", shape=idx.shape, dtype=np.int64,
+                           chunks=(max(1, min(len(idx), 65536)),), overwrite=True)[...] = idx
+    if sample_ids is not None:
+        ids = np.asarray([str(s) for s in sample_ids], dtype=str)
+        if ids.shape != (n,):
+            raise StoreError(f"sample_ids: {ids.shape[0]} ids for {n} rows")
+        group.create_array(S.SAMPLE_IDS, shape=(n,), dtype=str, chunks=(min(n, 65536),), overwrite=True)[...] = ids
+
+
+def create_store(
+    path: str | os.PathLike,
+    *,
+    task: str,
+    num_classes: int,
+    nodes: Sequence[S.NodeSpec],
+    num_samples: int,
+    dtype: str = "float16",
+    rows_per_chunk: int = 256,
+    codec: str = "zstd",
+    class_names: Sequence[str] | None = None,
+    dataset: str | None = None,
+    extraction: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> StoreWriter:
+    """Create an empty store (features filled with NaN, never zeros) ready for chunk writes."""
+    if task not in S.TASKS:
+        raise StoreError(f"task {task!r} is not one of {', '.join(S.TASKS)}")
+    if dtype not in S.DTYPES:
+        raise StoreError(f"dtype {dtype!r} is not one of {', '.join(S.DTYPES)}")
+    if num_classes < 1 or num_samples < 1 or rows_per_chunk < 1:
+        raise StoreError("num_classes, num_samples and rows_per_chunk must be positive")
+    names = [n.name for n in nodes]
+    if not names or len(set(names)) != len(names):
+        raise StoreError(f"node names must be non-empty and unique, got {names}")
+    compressor = _compressor(codec, dtype)
+    path = _prepare_path(path, overwrite)
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for node in nodes:
+        arr = group.create_array(f"{S.FEATURES}/{node.name}", shape=(num_samples, node.channels, node.length),
+                                 chunks=(rows_per_chunk, node.channels, node.length), dtype=dtype,
+                                 compressors=compressor, fill_value=np.nan)
+        arr.attrs.update(dict(node.attrs))
+    group.create_array(S.COMPLETION, shape=(S.num_chunks(num_samples, rows_per_chunk),), chunks=(1,),
+                       dtype=np.uint8, fill_value=0)
+    attrs: dict[str, Any] = {"format": S.FORMAT, "version": S.VERSION, "task": task,
+                             "num_classes": int(num_classes), "nodes": names}
+    if class_names is not None:
+        attrs["class_names"] = [str(c) for c in class_names]
+    if dataset is not None:
+        attrs["dataset"] = dataset
+    if extraction is not None:
+        attrs["extraction"] = dict(extraction)
+    group.attrs[S.ATTRS_KEY] = attrs
+    return StoreWriter(path)
+
+
+def open_writer(path: str | os.PathLike) -> StoreWriter:
+    """Reopen an existing store for resumed chunk writes or finalize."""
+    if not Path(path).exists():
+        raise StoreError(f"{path} does not exist; create the store first")
+    return StoreWriter(path)
+
+
+def write_store_from_arrays(
+    path: str | os.PathLike,
+    features: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    splits: Mapping[str, Sequence[int] | np.ndarray],
+    *,
+    task: str,
+    num_classes: int,
+    dtype: str = "float32",
+    rows_per_chunk: int = 256,
+    codec: str = "zstd",
+    class_names: Sequence[str] | None = None,
+    sample_ids: Sequence[str] | None = None,
+    dataset: str | None = None,
+    overwrite: bool = False,
+):
+    """Bring-your-own features: write in-memory (N, C, T) arrays as a valid, opened store."""
+    from stores.reader import open_store
+
+    if not features:
+        raise StoreError("features: give at least one node")
+    specs = []
+    n = None
+    for name, arr in features.items():
+        if np.ndim(arr) != 3:
+            raise StoreError(f"features/{name}: expected (N, C, T), got shape {np.shape(arr)}")
+        n = arr.shape[0] if n is None else n
+        if arr.shape[0] != n:
+            raise StoreError(f"features/{name}: {arr.shape[0]} rows, other nodes have {n}")
+        specs.append(S.NodeSpec(name, int(arr.shape[1]), int(arr.shape[2])))
+    writer = create_store(path, task=task, num_classes=num_classes, nodes=specs, num_samples=int(n),
+                          dtype=dtype, rows_per_chunk=rows_per_chunk, codec=codec, class_names=class_names,
+                          dataset=dataset, overwrite=overwrite)
+    for name, arr in features.items():  # whole arrays at once: zarr splits them into chunks
+        writer._group[f"{S.FEATURES}/{name}"][...] = np.asarray(arr).astype(dtype, copy=False)
+    writer._group[S.COMPLETION][...] = 1
+    writer.finalize(labels, splits, sample_ids)
+    return open_store(path)
