@@ -55,6 +55,23 @@ class Source(ABC):
         """Problems found while listing (skipped samples, missing files), one line each."""
         return []
 
+    def check(self, samples: list[Sample] | None = None) -> list[str]:
+        """Load every modality of every sample and return one line per failure.
+
+        Listing only looks at names and sizes; this is the deep check ``bmnas data info --check``
+        runs so that all corrupt files are reported at once rather than at the first crash.
+        """
+        from extract.errors import DataError
+
+        found = []
+        for s in self.samples() if samples is None else samples:
+            for modality in self.modalities:
+                try:
+                    self.load(s.id, modality)
+                except DataError as exc:
+                    found.append(str(exc))
+        return found
+
     def split_ids(self, split: str) -> list[str]:
         return [s.id for s in self.samples() if s.split == split]
 

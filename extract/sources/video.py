@@ -1,0 +1,127 @@
+"""Video and image reading shared by every source: decord decoding, uniform frame sampling,
+short-side resize and centre crop.
+
+Kept in one module so NTU, EgoGesture and manifest sources sample frames the same way, and so a
+corrupt or truncated file always becomes a ``DataError`` that names the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from extract.errors import DataError
+
+
+def uniform_indices(length: int, count: int) -> np.ndarray:
+    """``count`` frame indices spread evenly over ``length`` frames (repeats when too short).
+
+    Uses segment centres, as TSN-style samplers do, so the first and last frames are not
+    over-represented.
+    """
+    if length <= 0:
+        raise ValueError("cannot sample frames from an empty sequence")
+    idx = np.floor((np.arange(count) + 0.5) * length / count).astype(np.int64)
+    return np.clip(idx, 0, length - 1)
+
+
+def resize_crop(frames: np.ndarray, size: int | tuple[int, int] | None) -> np.ndarray:
+    """Resize ``(T, H, W, C)`` uint8 frames so the short side fits, then centre-crop.
+
+    ``size`` is an int (square output) or ``(height, width)``; ``None`` keeps the frames as they are.
+    """
+    if size is None:
+        return frames
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    t, h, w, c = frames.shape
+    if (h, w) == (out_h, out_w):
+        return frames
+    scale = max(out_h / h, out_w / w)
+    new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+    x = x[:, :, top : top + out_h, left : left + out_w]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def read_video(
+    path: str | Path,
+    frames: int = 8,
+    size: int | tuple[int, int] | None = 112,
+    start: int = 0,
+    end: int | None = None,
+) -> np.ndarray:
+    """Decode ``frames`` uniformly sampled RGB frames of ``path[start:end]`` as uint8 ``(T, H, W, 3)``.
+
+    Raises ``DataError`` naming the file when it is missing, undecodable or has no frames.
+    """
+    import decord  # imported lazily: decord starts native threads on import
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: video file not found; check the dataset root or remove the sample")
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        length = len(reader)
+        stop = length if end is None else min(end, length)
+        if stop - start <= 0:
+            raise DataError(
+                f"{path}: video has {length} frames, none in [{start}, {stop}); "
+                "re-encode the file or fix its annotation"
+            )
+        idx = start + uniform_indices(stop - start, frames)
+        data = reader.get_batch(idx.tolist()).asnumpy()
+    except DataError:
+        raise
+    except Exception as exc:  # decord raises its own DECORDError and RuntimeError subclasses
+        raise DataError(
+            f"{path}: cannot decode video ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "the file is corrupt or truncated — re-encode or re-download it"
+        ) from exc
+    return resize_crop(data, size)
+
+
+def read_image(path: str | Path, size: int | tuple[int, int] | None = None, gray: bool = False) -> np.ndarray:
+    """Read a PNG/JPEG as uint8 ``(H, W, 3)`` (or ``(H, W, 1)`` with ``gray``), optionally resized."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found; check the dataset root or remove the sample")
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L" if gray else "RGB"))
+    except Exception as exc:
+        raise DataError(f"{path}: cannot decode image ({exc}); the file is corrupt — replace it") from exc
+    if gray:
+        arr = arr[..., None]
+    return resize_crop(arr[None], size)[0] if size is not None else arr
+
+
+def read_frames(paths: list[Path], size: int | tuple[int, int] | None = None, gray: bool = False) -> np.ndarray:
+    """Read a list of frame images as one uint8 ``(T, H, W, C)`` array (EgoGesture-style folders)."""
+    return resize_crop(np.stack([read_image(p, None, gray) for p in paths]), size)
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, crf: int = 18) -> None:
+    """Encode uint8 ``(T, H, W, 3)`` RGB frames as H.264 (``.avi`` or ``.mp4`` by suffix) with PyAV.
+
+    Used by the synthetic generators and tests so the real decord path reads real files.
+    Height and width must be even (yuv420p).
+    """
+    import av  # optional dependency: only writing videos needs it
+
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": str(crf), "tune": "zerolatency"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
