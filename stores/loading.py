@@ -41,11 +41,13 @@ def _read_rows(array, rows: np.ndarray, out: np.ndarray) -> None:
             blocks.append([group])
     pos = 0
     for block in blocks:
-        start = block[0][1][0]
-        stop = block[-1][1][-1] + 1
-        slab = array[start:stop]
-        picked = np.concatenate([g for _, g in block]) - start
-        out[pos:pos + picked.size] = slab[picked]
+        start = int(block[0][1][0])
+        stop = int(block[-1][1][-1]) + 1
+        picked = np.concatenate([g for _, g in block])
+        if picked.size == stop - start:  # every row of the slab: no fancy-index copy
+            out[pos:pos + picked.size] = array[start:stop]
+        else:
+            out[pos:pos + picked.size] = array[start:stop][picked - start]
         pos += picked.size
 
 
@@ -98,18 +100,21 @@ class StreamingReader:
         rpc = self._arrays[self.nodes[0]].chunks[0]
         self._groups = _chunk_groups(self.rows, rpc)
 
-    def _read_window(self, groups: list[tuple[int, np.ndarray]]) -> Batch:
-        rows = np.concatenate([g for _, g in groups])
-        order = np.argsort(rows, kind="stable")  # read in store order, then restore window order
-        sorted_rows = rows[order]
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
+    def _read_window(self, groups: list[tuple[int, np.ndarray]], headroom: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+        """Read a window's rows in store order (the consumer shuffles them anyway).
+
+        The buffers start with `headroom` free rows, where the consumer puts the rows left over
+        from the previous window, so carrying them over costs no copy of the whole window.
+        """
+        rows = np.sort(np.concatenate([g for _, g in groups]))
         feats = {}
         for node, arr in self._arrays.items():
-            out = np.empty((rows.size,) + tuple(arr.shape[1:]), dtype=np.float32)
-            _read_rows(arr, sorted_rows, out)
-            feats[node] = out[inverse]
-        return feats, self._labels[rows]
+            out = np.empty((headroom + rows.size,) + tuple(arr.shape[1:]), dtype=np.float32)
+            _read_rows(arr, rows, out[headroom:])
+            feats[node] = out
+        labels = np.empty((headroom + rows.size,) + self._labels.shape[1:], dtype=self._labels.dtype)
+        labels[headroom:] = self._labels[rows]
+        return feats, labels, headroom
 
     def batches(self, batch_size: int, seed: int, epoch: int = 0, shuffle: bool = True,
                 drop_last: bool = False) -> Iterator[Batch]:
@@ -119,15 +124,18 @@ class StreamingReader:
                    for s in range(0, len(order), self.window_chunks)]
         carry: Batch | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmnas-prefetch") as pool:
-            pending = pool.submit(self._read_window, windows[0]) if windows else None
+            pending = pool.submit(self._read_window, windows[0], batch_size) if windows else None
             for w in range(len(windows)):
-                feats, labels = pending.result()
-                pending = pool.submit(self._read_window, windows[w + 1]) if w + 1 < len(windows) else None
+                feats, labels, head = pending.result()
+                pending = pool.submit(self._read_window, windows[w + 1], batch_size) if w + 1 < len(windows) else None
+                kept = 0 if carry is None else carry[1].shape[0]
                 if carry is not None:
-                    feats = {n: np.concatenate([carry[0][n], feats[n]]) for n in feats}
-                    labels = np.concatenate([carry[1], labels])
-                perm = rng.permutation(labels.shape[0]) if shuffle else np.arange(labels.shape[0])
-                full = labels.shape[0] - labels.shape[0] % batch_size
+                    for n in feats:
+                        feats[n][head - kept:head] = carry[0][n]
+                    labels[head - kept:head] = carry[1]
+                total = labels.shape[0] - head + kept
+                perm = (rng.permutation(total) if shuffle else np.arange(total)) + (head - kept)
+                full = total - total % batch_size
                 for start in range(0, full, batch_size):
                     idx = perm[start:start + batch_size]
                     yield {n: a[idx] for n, a in feats.items()}, labels[idx]
