@@ -35,6 +35,9 @@ def _register() -> None:
     from pipeline.cli_store import store
 
     cli.add_command(store)
+    from pipeline.cli_data import data
+
+    cli.add_command(data)
 
 
 _register()

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from extract.errors import DataError
 
@@ -39,6 +37,9 @@ def resize_crop(frames: np.ndarray, size: int | tuple[int, int] | None) -> np.nd
     t, h, w, c = frames.shape
     if (h, w) == (out_h, out_w):
         return frames
+    import torch  # lazy: listing and synthetic generation should not pay torch's import
+    import torch.nn.functional as F
+
     scale = max(out_h / h, out_w / w)
     new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
