@@ -1,0 +1,143 @@
+"""The backbone registry: one declaration per backbone, naming its taps (cf. timm's feature_info).
+
+A declaration says which modalities the backbone reads, what input it expects per setting
+(``full`` is the paper's architecture, ``tiny`` a narrow one for tests and the CPU demo), its
+taps in shallow-to-deep order (tap name -> module path, kind, channels per setting) and its
+classifier head, so pretraining, checkpoint checks and extraction all read the same facts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from extract.errors import BackboneError
+
+TAP_KINDS = ("video", "image", "skeleton", "text")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the backbone's first layer expects; the prepare step resamples data to it."""
+
+    frames: int | None = None  # video / skeleton length
+    size: int | None = None  # square spatial size (video, image)
+    channels: int | None = None  # colour channels (video, image)
+    dim: int | None = None  # feature width (text vectors); None = taken from the data
+    joints: int | None = None  # skeleton joints
+    bodies: int | None = None  # skeleton bodies
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One width/depth setting: factory kwargs, the input it wants, each tap's channels."""
+
+    config: dict[str, Any]
+    input: InputSpec
+    channels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    """A named tap resolved for one setting: where to hook and what comes out."""
+
+    name: str
+    module: str
+    kind: str
+    channels: int
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registry entry. ``taps`` is ``((name, module path, kind), ...)`` shallow to deep."""
+
+    name: str
+    modalities: tuple[str, ...]
+    factory: Callable[..., nn.Module]
+    taps: tuple[tuple[str, str, str], ...]
+    head: str
+    settings: dict[str, Setting]
+    description: str = ""
+    in_channels: dict[str, int] = field(default_factory=dict)  # per modality override (depth: 1)
+
+    def setting(self, setting: str) -> Setting:
+        if setting not in self.settings:
+            raise BackboneError(
+                f"backbone {self.name!r} has no setting {setting!r}; choose one of "
+                f"{', '.join(sorted(self.settings))}"
+            )
+        return self.settings[setting]
+
+    def tap_specs(self, setting: str = "full", names: list[str] | None = None) -> list[TapSpec]:
+        """The taps of a setting, all of them or the named ones, always shallow to deep."""
+        st = self.setting(setting)
+        all_taps = [TapSpec(n, m, k, c) for (n, m, k), c in zip(self.taps, st.channels)]
+        if not names:
+            return all_taps
+        known = {t.name for t in all_taps}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise BackboneError(
+                f"backbone {self.name!r} has no tap {', '.join(map(repr, unknown))}; "
+                f"its taps are {', '.join(t.name for t in all_taps)}"
+            )
+        return [t for t in all_taps if t.name in names]
+
+    def check_modality(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise BackboneError(
+                f"backbone {self.name!r} reads {'/'.join(self.modalities)}, not {modality!r}"
+            )
+
+    def build(
+        self,
+        setting: str = "full",
+        num_classes: int = 2,
+        modality: str | None = None,
+        input_dim: int | None = None,
+    ) -> nn.Module:
+        """A fresh model with random weights; ``input_dim`` sets text width when data decides it."""
+        st = self.setting(setting)
+        modality = modality or self.modalities[0]
+        self.check_modality(modality)
+        kwargs = dict(st.config)
+        kwargs["num_classes"] = int(num_classes)
+        if st.input.channels is not None:
+            kwargs["in_channels"] = self.in_channels.get(modality, st.input.channels)
+        if st.input.dim is not None or input_dim is not None:
+            kwargs["in_dim"] = int(input_dim or st.input.dim)
+        return self.factory(**kwargs)
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add a declaration; names are unique."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The declaration of a backbone by name, or a BackboneError listing the known ones."""
+    if name not in _REGISTRY:
+        raise BackboneError(
+            f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}"
+        )
+    return _REGISTRY[name]
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at a dotted path, with an error naming the path when it is absent."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError as exc:
+        raise BackboneError(f"model has no module {path!r} to tap") from exc

@@ -1,0 +1,147 @@
+"""Local checkpoint files: load with a strict key check, save, hash, inflate 2D ResNet-50 to 3D.
+
+Only local files are read (``.pt``/``.pth`` via torch.load with weights_only, ``.safetensors``
+when that package is installed); nothing here touches the network. The sha256 of the file is
+what the store records per node, so a cache can be traced to the exact weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from extract.errors import BackboneError
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a local file; unwraps {"state_dict": ...} and strips DataParallel's "module."."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise BackboneError(f"{path}: reading .safetensors needs the 'safetensors' package "
+                                "(pip install 'bmnas[safetensors]')") from exc
+        try:
+            obj: Any = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+            raise BackboneError(f"{path} is not a readable safetensors file: {exc}") from exc
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise BackboneError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+    for key in WRAPPER_KEYS:
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BackboneError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _same_shape(own: torch.Tensor, theirs: torch.Tensor) -> bool:
+    return own.shape == theirs.shape
+
+
+def _inflatable(own: torch.Tensor, theirs: torch.Tensor) -> bool:
+    if own.dim() == 5 and theirs.dim() == 4:
+        return own.shape[:2] + own.shape[3:] == theirs.shape
+    return own.shape == theirs.shape
+
+
+def check_keys(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+               ignore_prefixes: tuple[str, ...] = (), fits=_same_shape) -> None:
+    """Raise a BackboneError listing missing, unexpected and mis-shaped keys, if any."""
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore_prefixes)}
+    theirs = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    shaped = sorted(f"{k} {tuple(theirs[k].shape)} != {tuple(own[k].shape)}"
+                    for k in set(own) & set(theirs) if not fits(own[k], theirs[k]))
+    if missing or unexpected or shaped:
+        def few(xs: list[str]) -> str:
+            return ", ".join(xs[:6]) + (f" (+{len(xs) - 6} more)" if len(xs) > 6 else "")
+        parts = [f"{len(missing)} missing [{few(missing)}]" if missing else "",
+                 f"{len(unexpected)} unexpected [{few(unexpected)}]" if unexpected else "",
+                 f"{len(shaped)} mis-shaped [{few(shaped)}]" if shaped else ""]
+        raise BackboneError(f"checkpoint {source} does not fit the architecture: "
+                            + "; ".join(p for p in parts if p))
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, head: str | None = None) -> str:
+    """Load a local checkpoint strictly into ``model``; returns the file's sha256.
+
+    With ``head`` given, the classifier head may be absent or mis-shaped (another class count):
+    it keeps its fresh weights, since extraction never uses it.
+    """
+    state = read_state_dict(path)
+    ignore = (head + ".",) if head else ()
+    check_keys(model, state, str(path), ignore)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=not head)
+    return sha256_file(path)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> str:
+    """Write a plain state_dict (``.safetensors`` when the suffix says so); returns its sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError as exc:
+            raise BackboneError("writing .safetensors needs the 'safetensors' package") from exc
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return sha256_file(path)
+
+
+def inflate_2d_state(state2d: dict[str, torch.Tensor], model3d: nn.Module, head: str = "fc",
+                     source: str = "2D state_dict") -> dict[str, torch.Tensor]:
+    """Centre inflation: each 2D kernel goes in the middle time slot of its 3D kernel, zeros elsewhere.
+
+    A static clip then gives every frame exactly the 2D network's activations. Keys follow
+    torchvision's ResNet names; the head is taken only when its shape matches.
+    """
+    own = model3d.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    check_keys(model3d, state2d, source, (head + ".",), fits=_inflatable)
+    for key, w3 in own.items():
+        w2 = state2d.get(key)
+        if w2 is None:  # only the head can be absent here (checked above)
+            continue
+        if w3.dim() == 5 and w2.dim() == 4:
+            w = torch.zeros_like(w3)
+            w[:, :, w3.shape[2] // 2] = w2
+            out[key] = w
+        elif w3.shape == w2.shape:
+            out[key] = w2.clone()
+    return out
+
+
+def inflate_checkpoint(model3d: nn.Module, path: str | Path, head: str = "fc") -> str:
+    """Load a local 2D ResNet-50 state_dict (e.g. ImageNet resnet50.pth) into an inflated 3D model."""
+    sd = inflate_2d_state(read_state_dict(path), model3d, head, str(path))
+    model3d.load_state_dict(sd, strict=False)
+    return sha256_file(path)

@@ -1,0 +1,348 @@
+"""The extraction stage: backbones over a source into one feature store, as dask tasks.
+
+Work is split into chunk-aligned tasks (``chunks_per_task`` row chunks each). Tasks run on a
+LocalCluster by default, on an existing cluster with ``scheduler=ADDRESS`` (the store must then
+be on storage every worker sees), or in this process with ``use_dask=False``. At most as many
+tasks as worker threads are in flight, so on a failure (``on_error="fail"``) no new task starts
+and those already under way finish and keep their chunks. Rerunning resumes: chunks with a
+completion record are skipped, except chunks holding skipped samples, which are retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from extract.backbones import get_backbone, prepare_one
+from extract.backbones.taps import TapReader
+from extract.checkpoints import sha256_file
+from extract.errors import BackboneError, DataError, ExtractError
+from extract.reduction import ReductionConfig
+from extract.worker import Entry, run_chunks
+
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    """A backbone to run on one modality: setting, optional local checkpoint, optional tap subset."""
+
+    modality: str
+    backbone: str
+    setting: str = "full"
+    checkpoint: str | None = None
+    taps: tuple[str, ...] | None = None
+
+
+@dataclass
+class ExtractResult:
+    """What a run did: rows extracted now, chunks skipped as done, skip records, speed and size."""
+
+    store: str
+    nodes: dict[str, tuple[int, int]]
+    chunks_total: int
+    chunks_run: int
+    rows_run: int
+    seconds: float
+    samples_per_s: float
+    bytes_on_disk: int
+    bytes_raw: int
+    skipped: list[dict] = field(default_factory=list)
+
+    @property
+    def compression(self) -> float:
+        return self.bytes_raw / max(self.bytes_on_disk, 1)
+
+    def summary(self) -> str:
+        return (f"{self.store}: {self.chunks_run}/{self.chunks_total} chunks extracted "
+                f"({self.rows_run} samples, {self.samples_per_s:.1f} samples/s), "
+                f"{len(self.skipped)} skipped, {self.bytes_on_disk / 1e6:.2f} MB on disk, "
+                f"compression {self.compression:.2f}x")
+
+
+def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: ReductionConfig,
+           num_classes: int) -> tuple[Entry, str | None]:
+    """Resolve a choice: check names, load the checkpoint once, forward one sample for lengths."""
+    spec = get_backbone(choice.backbone)
+    spec.check_modality(choice.modality)
+    if choice.modality not in getattr(source, "modalities", (choice.modality,)):
+        raise ExtractError(f"source {source.name!r} has no modality {choice.modality!r} "
+                           f"(it has {', '.join(source.modalities)})")
+    taps = spec.tap_specs(choice.setting, list(choice.taps) if choice.taps else None)
+    inp = spec.setting(choice.setting).input
+    item, last_err = None, None
+    for sid in ids[:32]:  # the first readable sample decides data-dependent sizes
+        try:
+            item = prepare_one(source.load(sid, choice.modality), choice.modality, inp)
+            break
+        except Exception as exc:  # noqa: BLE001
+            last_err = f"{sid}: {exc}"
+    if item is None:
+        raise DataError(f"no readable {choice.modality} sample among the first {min(32, len(ids))} "
+                        f"of source {source.name!r} (last error: {last_err})")
+    input_dim = int(item.shape[-1]) if choice.modality == "text" else None
+    model = spec.build(choice.setting, num_classes, choice.modality, input_dim)
+    sha = None
+    if choice.checkpoint:
+        from extract.checkpoints import load_checkpoint
+
+        sha = load_checkpoint(model, choice.checkpoint, head=spec.head)
+    reader = TapReader(model.eval(), taps, reduction)
+    with torch.inference_mode():
+        out = reader.run(item[None])
+    reader.close()
+    nodes = tuple(f"{choice.modality}_{i + 1}" for i in range(len(taps)))
+    lengths = tuple(int(out[t.name].shape[-1]) for t in taps)
+    ckpt = str(Path(choice.checkpoint).resolve()) if choice.checkpoint else None
+    return Entry(choice.modality, choice.backbone, choice.setting, ckpt, tuple(taps), nodes,
+                 num_classes, input_dim, lengths), sha
+
+
+def _provenance(entries: list[Entry], shas: list[str | None], reduction: ReductionConfig, dtype: str,
+                n: int, rows_per_chunk: int, source: Any) -> dict:
+    return {
+        "backbones": [{"modality": e.modality, "backbone": e.backbone, "setting": e.setting,
+                       "checkpoint": e.checkpoint, "checkpoint_sha256": sha,
+                       "taps": [t.name for t in e.taps], "nodes": list(e.nodes)}
+                      for e, sha in zip(entries, shas)],
+        "reduction": reduction.as_dict(), "dtype": dtype, "num_samples": n,
+        "rows_per_chunk": rows_per_chunk, "source": getattr(source, "name", "source"),
+    }
+
+
+SAME_KEYS = ("backbones", "reduction", "dtype", "num_samples", "rows_per_chunk")
+
+
+def _comparable(prov: dict) -> dict:
+    """The provenance that must match to resume (checkpoint paths may move; hashes may not)."""
+    out = {k: prov.get(k) for k in SAME_KEYS}
+    out["backbones"] = [{k: v for k, v in b.items() if k != "checkpoint"} for b in out["backbones"] or []]
+    return out
+
+
+def _open_or_create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, source: Any,
+                    n: int, dtype: str, rows_per_chunk: int, codec: str, overwrite: bool):
+    from stores import NodeSpec, StoreError, create_store, open_writer
+
+    path = Path(out)
+    if path.exists() and not overwrite:
+        try:
+            writer = open_writer(path)
+        except StoreError as exc:
+            raise ExtractError(f"{out} exists and is not a feature store this run can resume ({exc}); "
+                               "pass --overwrite to replace it") from None
+        old = _comparable(writer.attrs.get("extraction") or {})
+        new = _comparable(prov)
+        if old != new:
+            diff = [k for k in SAME_KEYS if old.get(k) != new.get(k)]
+            raise ExtractError(f"{out} was extracted with other settings ({', '.join(diff)} differ); "
+                               "pass --overwrite to replace it, or choose another --out")
+        return writer, True
+    specs = []
+    for e, sha in zip(entries, shas):
+        for tap, node, length in zip(e.taps, e.nodes, e.lengths):
+            specs.append(NodeSpec(node, tap.channels, length, {
+                "modality": e.modality, "backbone": e.backbone, "setting": e.setting, "layer": tap.name,
+                "module": tap.module, "kind": tap.kind, "checkpoint": e.checkpoint,
+                "checkpoint_sha256": sha, "reduction": prov["reduction"]}))
+    try:
+        writer = create_store(out, task=source.task, num_classes=source.num_classes, nodes=specs,
+                              num_samples=n, dtype=dtype, rows_per_chunk=rows_per_chunk, codec=codec,
+                              class_names=getattr(source, "class_names", None),
+                              dataset=getattr(source, "name", None), extraction=prov, overwrite=overwrite)
+    except (StoreError, OSError) as exc:
+        raise ExtractError(f"cannot create the store {out}: {exc}") from None
+    return writer, False
+
+
+def _chunks_with_skips(writer: Any) -> list[int]:
+    """Complete chunks whose rows include unwritten (all-NaN) samples: retried on resume."""
+    import zarr
+
+    arr = zarr.open_array(f"{writer.path}/features/{writer.nodes[0]}", mode="r")
+    missing = set(writer.missing_chunks())
+    out = []
+    for k in range(writer.num_chunks):
+        if k in missing:
+            continue
+        block = arr[writer.chunk_rows(k)]
+        if np.isnan(block.reshape(block.shape[0], -1)).all(axis=1).any():
+            out.append(k)
+    return out
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class _Runner:
+    """Runs tasks in this process or on a dask cluster, with a bounded number in flight."""
+
+    def __init__(self, use_dask: bool, scheduler: str | None, workers: int, threads_per_worker: int,
+                 timeout: float):
+        self.client = self.cluster = None
+        self.slots = 1
+        if not use_dask:
+            return
+        from distributed import Client, LocalCluster
+
+        if scheduler:
+            try:
+                self.client = Client(scheduler, timeout=f"{timeout}s")
+            except (OSError, TimeoutError) as exc:
+                raise ExtractError(f"dask scheduler {scheduler} did not answer within {timeout:g}s ({exc}); "
+                                   "check the address or run without --scheduler") from None
+        else:
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                                        processes=True, dashboard_address=None,
+                                        silence_logs=logging.ERROR)
+            self.client = Client(self.cluster)
+        info = self.client.scheduler_info()["workers"]
+        self.slots = max(1, sum(w.get("nthreads", 1) for w in info.values()))
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def run(self, tasks: list[list[int]], args: tuple, on_result) -> None:
+        """Call ``on_result(results)`` per task; stop starting tasks once it returns False."""
+        if self.client is None:
+            for chunks in tasks:
+                if on_result(run_chunks(args[0], args[1], args[2], chunks, *args[3:])) is False:
+                    return
+            return
+        from distributed import as_completed
+
+        src = self.client.scatter(args[0], broadcast=True, hash=False)
+        ids = self.client.scatter(args[2], broadcast=True, hash=False)
+        todo = list(tasks)
+
+        def submit(chunks):
+            return self.client.submit(run_chunks, src, args[1], ids, chunks, *args[3:], pure=False,
+                                      retries=0)
+
+        running = as_completed([submit(todo.pop(0)) for _ in range(min(self.slots, len(todo)))])
+        stop = False
+        for fut in running:
+            try:
+                results = fut.result()
+            except Exception as exc:  # a worker died or a bug: keep what is written, report
+                stop = True
+                on_result([{"chunk": -1, "rows": 0, "skipped": [], "seconds": 0.0,
+                            "failed": {"id": "?", "path": "?", "reason": f"task failed: {exc!r}"}}])
+                continue
+            if on_result(results) is False:
+                stop = True
+            if todo and not stop:
+                running.add(submit(todo.pop(0)))
+
+
+def extract(
+    source: Any,
+    out: str,
+    backbones: Sequence[BackboneChoice],
+    *,
+    reduction: ReductionConfig = ReductionConfig(),
+    dtype: str = "float16",
+    rows_per_chunk: int = 64,
+    chunks_per_task: int = 1,
+    codec: str = "zstd",
+    batch_size: int = 16,
+    use_dask: bool = True,
+    scheduler: str | None = None,
+    workers: int = 2,
+    threads_per_worker: int = 1,
+    device: str = "auto",
+    on_error: str = "fail",
+    overwrite: bool = False,
+    progress: bool = True,
+    timeout: float = 10.0,
+) -> ExtractResult:
+    """Run frozen backbones over every sample of ``source`` into the store at ``out`` (resumable)."""
+    if on_error not in ON_ERROR:
+        raise ExtractError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ExtractError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExtractError("--device cuda: no CUDA device is visible here; use --device auto or cpu")
+    if not backbones:
+        raise BackboneError("give at least one backbone (--backbone MODALITY=NAME)")
+    mods = [b.modality for b in backbones]
+    if len(set(mods)) != len(mods):
+        raise BackboneError(f"one backbone per modality (node names are <modality>_<k>); got {mods}")
+    samples = source.samples()
+    if not samples:
+        raise DataError(f"source {getattr(source, 'name', '?')!r} lists no samples")
+    ids = [s.id for s in samples]
+    n = len(ids)
+    probed = [_probe(source, ids, b, reduction, source.num_classes) for b in backbones]
+    entries, shas = [p[0] for p in probed], [p[1] for p in probed]
+    prov = _provenance(entries, shas, reduction, dtype, n, rows_per_chunk, source)
+    writer, resumed = _open_or_create(out, entries, shas, prov, source, n, dtype, rows_per_chunk, codec,
+                                      overwrite)
+    todo = sorted(set(writer.missing_chunks()) | (set(_chunks_with_skips(writer)) if resumed else set()))
+    tasks = [todo[i:i + chunks_per_task] for i in range(0, len(todo), max(1, chunks_per_task))]
+    skipped: list[dict] = []
+    failures: list[dict] = []
+    rows_run = 0
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=writer.num_chunks, initial=writer.num_chunks - len(todo), unit="chunk",
+                   desc="extract", leave=False)
+
+    def on_result(results: list[dict]) -> bool:
+        nonlocal rows_run
+        for r in results:
+            if r["failed"]:
+                failures.append(r["failed"])
+                continue
+            rows_run += r["rows"]
+            skipped.extend(r["skipped"])
+            if bar is not None:
+                bar.update(1)
+        return not failures
+
+    runner = _Runner(use_dask, scheduler, workers, threads_per_worker, timeout)
+    try:
+        runner.run(tasks, (source, str(writer.path), ids, tuple(entries), reduction, device, batch_size,
+                           on_error), on_result)
+    finally:
+        runner.close()
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    if failures:
+        f = failures[0]
+        done = writer.num_chunks - len(writer.missing_chunks())
+        raise DataError(f"sample {f['id']} ({f['path']}) could not be read: {f['reason']}. "
+                        f"{done}/{writer.num_chunks} chunks are complete and kept; fix or remove the file "
+                        "and rerun to resume, or pass --on-error skip")
+    _finalize(writer, source, samples, skipped)
+    raw = sum(n * c * t * np.dtype(dtype).itemsize for e in entries for c, t in e.shapes().values())
+    disk = _dir_bytes(Path(writer.path) / "features")
+    return ExtractResult(str(writer.path), {k: v for e in entries for k, v in e.shapes().items()},
+                         writer.num_chunks, sum(len(t) for t in tasks), rows_run, seconds,
+                         rows_run / seconds if seconds > 0 else 0.0, disk, raw, skipped)
+
+
+def _finalize(writer: Any, source: Any, samples: list, skipped: list[dict]) -> None:
+    """Labels, splits without the skipped rows, ids and skip records."""
+    bad = {s["row"] for s in skipped}
+    splits: dict[str, list[int]] = {}
+    for row, s in enumerate(samples):
+        if row not in bad:
+            splits.setdefault(s.split, []).append(row)
+    records = [{"id": s["id"], "path": s["path"], "reason": s["reason"]} for s in sorted(skipped, key=lambda r: r["row"])]
+    writer.finalize(source.label_array(samples), {k: np.asarray(v, np.int64) for k, v in splits.items()},
+                    sample_ids=[s.id for s in samples], skipped=records)
