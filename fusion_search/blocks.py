@@ -1,0 +1,64 @@
+"""Learned layers shared by the hypernet and the found network: input reshaping, Cell output, head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusion_search.primitives import channel_linear
+
+
+def resize_length(x: torch.Tensor, L: int) -> torch.Tensor:
+    """(N, C, T) -> (N, C, L): adaptive average pooling when T > L, linear interpolation when T < L."""
+    T = x.shape[-1]
+    if T == L:
+        return x
+    if T > L:
+        return F.adaptive_avg_pool1d(x, L)
+    return F.interpolate(x, size=L, mode="linear", align_corners=False)
+
+
+class ReshapeInput(nn.Module):
+    """The learned part of the paper's reshaping: (N, C_node, T_node) -> (N, C, L).
+
+    Temporal resize first (cheaper projection), then a k=1 Conv1d C_node -> C (no bias: BN follows),
+    BatchNorm1d, ReLU, dropout. The parameter-free part (spatial pooling) is already in the cache.
+    """
+
+    def __init__(self, c_node: int, C: int, L: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.L = L
+        self.proj = nn.Conv1d(c_node, C, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm1d(C)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = channel_linear(resize_length(x, self.L), self.proj.weight[:, :, 0])
+        return self.drop(F.relu(self.bn(x)))
+
+
+class CellOutput(nn.Module):
+    """Concat of a Cell's chosen inner nodes (k·C channels) projected to C: Conv1d k=1, BN, ReLU, dropout."""
+
+    def __init__(self, k: int, C: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.proj = nn.Conv1d(k * C, C, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm1d(C)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat(states, dim=1) if len(states) > 1 else states[0]
+        return self.drop(F.relu(self.bn(channel_linear(x, self.proj.weight[:, :, 0]))))
+
+
+class ClassifierHead(nn.Module):
+    """Concat of the output Cells (k·C, L), flattened, to class logits (as the official code)."""
+
+    def __init__(self, k: int, C: int, L: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(k * C * L, num_classes)
+
+    def forward(self, cells: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat(cells, dim=1) if len(cells) > 1 else cells[0]
+        return self.fc(x.flatten(1))

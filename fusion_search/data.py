@@ -1,0 +1,83 @@
+"""Feature batches as torch tensors from a store split, in RAM (or GPU memory) or streamed.
+
+The store decides bank vs stream from the memory budget; a bank is wrapped once into tensors (no
+copy) and indexed per batch; on CUDA the whole bank moves to GPU memory when it fits, so a batch
+costs one gather on the device instead of a host-to-device copy.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from fusion_search.errors import SearchError
+
+TensorBatch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` takes CUDA when available; asking for CUDA without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SearchError("--device cuda: no CUDA device is visible to torch (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise SearchError(f"--device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def default_memory_budget() -> int:
+    """Half the machine's physical RAM: the bank leaves room for the model and the OS."""
+    try:
+        import os
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+class SplitData:
+    """One split of chosen nodes: `batches()` yields (features on device, labels on device)."""
+
+    def __init__(self, reader, device: torch.device, multilabel: bool) -> None:
+        self.reader = reader
+        self.device = device
+        self.multilabel = multilabel
+        self.num_rows = int(reader.num_rows)
+        self.in_ram = hasattr(reader, "batch_indices")
+        if self.in_ram:
+            self.features = {n: torch.from_numpy(a) for n, a in reader.features.items()}
+            self.labels = self._labels(reader.labels)
+            if device.type == "cuda" and self._fits_on_device():
+                self.features = {n: t.to(device) for n, t in self.features.items()}
+                self.labels = self.labels.to(device)
+
+    def _labels(self, labels: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(labels))
+        return t.float() if self.multilabel else t.long()
+
+    def _fits_on_device(self) -> bool:
+        free, _ = torch.cuda.mem_get_info(self.device)
+        need = sum(t.numel() * t.element_size() for t in self.features.values())
+        return need < 0.6 * free
+
+    def batches(self, batch_size: int, seed: int, epoch: int = 0, shuffle: bool = True) -> Iterator[TensorBatch]:
+        """Every row once per epoch in a seeded order; the same seed and epoch give the same batches."""
+        dev = self.device
+        if self.in_ram:
+            for idx in self.reader.batch_indices(batch_size, seed, epoch, shuffle):
+                index = torch.from_numpy(idx).to(self.labels.device)
+                yield ({n: t.index_select(0, index).to(dev, non_blocking=True) for n, t in self.features.items()},
+                       self.labels.index_select(0, index).to(dev, non_blocking=True))
+        else:
+            for feats, labels in self.reader.batches(batch_size, seed, epoch, shuffle):
+                yield ({n: torch.from_numpy(a).to(dev) for n, a in feats.items()}, self._labels(labels).to(dev))
+
+
+def open_split(store, split: str, nodes: Sequence[str], device: torch.device,
+               memory_budget_bytes: int | None = None) -> SplitData:
+    """Bank when the split fits the budget (default: half the RAM), otherwise the streaming reader."""
+    budget = default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
+    reader = store.reader(split, list(nodes), memory_budget_bytes=budget)
+    return SplitData(reader, device, store.task == "multilabel")

@@ -1,0 +1,74 @@
+"""Derive a discrete genotype from architecture weights (paper eqs. 3 and 11, top-2 β).
+
+Works on softmaxed weights as numpy arrays so it can be checked against hand-computed values:
+- `alpha[k]`: (A, P_k, 2) weights over {Identity, Zero} on each of Cell k's P_k predecessor edges,
+  A = 1 (`sum`: one α set) or 2 (`pair`: one set for the Cell's x argument, one for y).
+- `beta[k][m]`: (A, 2 + m) distribution(s) over the inner nodes that feed Step m of Cell k.
+- `gamma[k]`: (M, |ops|) distribution over the primitives of each Step.
+
+Upper level (eq. 3): a predecessor's strength is its largest non-Zero weight (here: Identity);
+`sum` picks the pair i < j maximising a_i · a_j; `pair` picks the ordered pair (i for x, j for y),
+i != j, maximising a^x_i · a^y_j. Both skip pairs an earlier Cell already took (the paper's
+"different predecessors": distinct unordered pairs). Unlike the official code, earlier Cells are
+candidates too, as the paper's node sequence S and Fig. 3 have it. Ties go to the lowest indices.
+Lower level: op = argmax γ (eq. 11, Zero included: it "discards an inner step"); inputs = the top-2
+β in rank order for `sum` (repeats impossible), argmax of each β for `pair` (repeats allowed).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from fusion_search.genotype import CellGene, Genotype, StepGene, cell_name
+
+IDENTITY = 0  # index of Identity in the {Identity, Zero} edge ops
+
+
+def select_pairs(alpha: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+    """Eq. 3 per Cell with distinct predecessor pairs across Cells; indices into [inputs, cells]."""
+    taken: set[frozenset[int]] = set()
+    pairs = []
+    for w in alpha:
+        w = np.asarray(w, dtype=np.float64)
+        strength = w[..., IDENTITY]  # max over the non-Zero edge ops
+        sx, sy = strength[0], strength[-1]
+        best, best_score = None, -np.inf
+        n = sx.shape[0]
+        for i in range(n):
+            for j in range(n):
+                if i == j or (w.shape[0] == 1 and j < i) or frozenset((i, j)) in taken:
+                    continue
+                score = sx[i] * sy[j]
+                if score > best_score:
+                    best, best_score = (i, j), score
+        if best is None:
+            raise ValueError("no predecessor pair left for a Cell; a search needs at least two input nodes")
+        taken.add(frozenset(best))
+        pairs.append(best)
+    return pairs
+
+
+def select_step(beta: np.ndarray, gamma: np.ndarray, ops: Sequence[str]) -> StepGene:
+    """Eq. 11 for the op; top-2 (one distribution) or per-argument argmax (two) for the inputs."""
+    beta = np.asarray(beta, dtype=np.float64)
+    op = ops[int(np.argmax(gamma))]
+    if beta.shape[0] == 1:
+        order = np.argsort(-beta[0], kind="stable")
+        return StepGene(op, (int(order[0]), int(order[1])))
+    return StepGene(op, (int(np.argmax(beta[0])), int(np.argmax(beta[1]))))
+
+
+def derive_genotype(alpha: Sequence[np.ndarray], beta: Sequence[Sequence[np.ndarray]], gamma: Sequence[np.ndarray],
+                    *, ops: Sequence[str], nodes: Sequence[str], task: str, num_classes: int, C: int, L: int,
+                    multiplier: int) -> Genotype:
+    """The whole genotype: Cells read their pairs, Steps their ops and inputs; outputs are the last ones."""
+    names = list(nodes) + [cell_name(k) for k in range(len(alpha))]
+    cells = []
+    for k, (i, j) in enumerate(select_pairs(alpha)):
+        steps = tuple(select_step(b, gamma[k][m], ops) for m, b in enumerate(beta[k]))
+        n_inner = 2 + len(steps)
+        cells.append(CellGene((names[i], names[j]), steps, tuple(range(n_inner - multiplier, n_inner))))
+    output = tuple(cell_name(k) for k in range(len(cells) - multiplier, len(cells)))
+    return Genotype(task, num_classes, tuple(nodes), C, L, multiplier, tuple(cells), output)

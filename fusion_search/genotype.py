@@ -1,0 +1,218 @@
+"""Genotype format v1: the discrete fusion network a search finds, as validated JSON.
+
+```
+{"format": "bmnas-genotype", "version": 1, "task": "multiclass", "num_classes": 60,
+ "nodes": ["video_1", ..., "skeleton_4"], "C": 128, "L": 8, "multiplier": 2,
+ "cells": [{"inputs": ["video_4", "skeleton_2"],
+            "steps": [{"op": "ConcatFC", "inputs": [0, 1]}, {"op": "Attention", "inputs": [2, 1]}],
+            "concat": [2, 3]}, ...],
+ "output": ["cell_1", "cell_2"]}
+```
+Cell inputs name store nodes or earlier cells (`cell_k`, 1-based) and become the Cell's x and y;
+step inputs index the Cell's inner nodes [x, y, step_1, ...]; `concat` lists the inner nodes the
+Cell output concatenates; `output` lists the cells the classifier head concatenates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from fusion_search.errors import SearchError
+from fusion_search.primitives import PRIMITIVES
+
+FORMAT = "bmnas-genotype"
+VERSION = 1
+TASKS = ("multiclass", "multilabel")
+_KEYS = ("format", "version", "task", "num_classes", "nodes", "C", "L", "multiplier", "cells", "output")
+
+
+@dataclass(frozen=True)
+class StepGene:
+    """One Step: a primitive applied to two inner nodes of its Cell (x = inputs[0], y = inputs[1])."""
+
+    op: str
+    inputs: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class CellGene:
+    """One Cell: its two predecessors (x, y), its Steps and the inner nodes its output concatenates."""
+
+    inputs: tuple[str, str]
+    steps: tuple[StepGene, ...]
+    concat: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A whole found fusion network (format v1)."""
+
+    task: str
+    num_classes: int
+    nodes: tuple[str, ...]
+    C: int
+    L: int
+    multiplier: int
+    cells: tuple[CellGene, ...]
+    output: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "task": self.task, "num_classes": self.num_classes,
+            "nodes": list(self.nodes), "C": self.C, "L": self.L, "multiplier": self.multiplier,
+            "cells": [{"inputs": list(c.inputs),
+                       "steps": [{"op": s.op, "inputs": list(s.inputs)} for s in c.steps],
+                       "concat": list(c.concat)} for c in self.cells],
+            "output": list(self.output),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def key(self) -> str:
+        """Canonical compact text of the architecture (equal genotypes, equal keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def used_nodes(self) -> list[str]:
+        """Store nodes some Cell reads, in `nodes` order."""
+        used = {name for c in self.cells for name in c.inputs}
+        return [n for n in self.nodes if n in used]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (a killed run never leaves half a genotype file)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "genotype") -> "Genotype":
+        """Validate and build; SearchError names `source` and the offending field."""
+        return _parse(data, source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Genotype":
+        path = Path(path)
+        if not path.is_file():
+            raise SearchError(f"{path}: genotype file not found (give the genotype.json a search wrote)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SearchError(f"{path}: not a JSON genotype file ({exc})") from None
+        return _parse(data, str(path))
+
+
+def cell_name(k: int) -> str:
+    """Name of the k-th Cell (0-based k) as genotypes write it: cell_1, cell_2, ..."""
+    return f"cell_{k + 1}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse(data: Any, src: str) -> Genotype:
+    def bad(msg: str) -> SearchError:
+        return SearchError(f"{src}: {msg}")
+
+    if not isinstance(data, dict):
+        raise bad("expected a JSON object with \"format\": \"bmnas-genotype\"")
+    if data.get("format") != FORMAT:
+        raise bad(f"format is {data.get('format')!r}, expected {FORMAT!r} (is this a genotype file?)")
+    if data.get("version") != VERSION:
+        raise bad(f"genotype format version {data.get('version')!r} is not supported; this bmnas reads version {VERSION}")
+    missing = [k for k in _KEYS if k not in data]
+    if missing:
+        raise bad(f"missing field(s) {', '.join(missing)}")
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise bad(f"unknown field(s) {', '.join(unknown)}")
+    if data["task"] not in TASKS:
+        raise bad(f"task {data['task']!r} is not one of {', '.join(TASKS)}")
+    for k in ("num_classes", "C", "L", "multiplier"):
+        if not _is_int(data[k]) or data[k] < 1:
+            raise bad(f"{k} must be a positive integer, got {data[k]!r}")
+    nodes = data["nodes"]
+    if (not isinstance(nodes, list) or len(nodes) < 1 or not all(isinstance(n, str) and n for n in nodes)
+            or len(set(nodes)) != len(nodes)):
+        raise bad("nodes must be a non-empty list of distinct node names")
+    if any(n.startswith("cell_") for n in nodes):
+        raise bad("node names may not start with 'cell_' (reserved for cells)")
+    if not isinstance(data["cells"], list) or not data["cells"]:
+        raise bad("cells must be a non-empty list")
+    cells = []
+    for k, cell in enumerate(data["cells"]):
+        where = f"cells[{k}]"
+        if not isinstance(cell, dict) or set(cell) != {"inputs", "steps", "concat"}:
+            raise bad(f"{where} must have exactly the fields inputs, steps, concat")
+        preds = list(nodes) + [cell_name(j) for j in range(k)]
+        ins = cell["inputs"]
+        if not isinstance(ins, list) or len(ins) != 2:
+            raise bad(f"{where}.inputs must list two predecessors")
+        for name in ins:
+            if name not in preds:
+                raise bad(f"{where}.inputs names {name!r}, which is neither one of nodes nor an earlier cell")
+        steps = cell["steps"]
+        if not isinstance(steps, list) or not steps:
+            raise bad(f"{where}.steps must be a non-empty list")
+        genes = []
+        for m, step in enumerate(steps):
+            sw = f"{where}.steps[{m}]"
+            if not isinstance(step, dict) or set(step) != {"op", "inputs"}:
+                raise bad(f"{sw} must have exactly the fields op, inputs")
+            if step["op"] not in PRIMITIVES:
+                raise bad(f"{sw}.op {step['op']!r} is not a primitive ({', '.join(PRIMITIVES)})")
+            si = step["inputs"]
+            if not isinstance(si, list) or len(si) != 2 or not all(_is_int(i) and 0 <= i < 2 + m for i in si):
+                raise bad(f"{sw}.inputs must be two inner-node indices in 0..{1 + m} (x, y, earlier steps)")
+            genes.append(StepGene(step["op"], (si[0], si[1])))
+        concat = cell["concat"]
+        n_inner = 2 + len(steps)
+        if (not isinstance(concat, list) or not concat or len(set(map(str, concat))) != len(concat)
+                or not all(_is_int(i) and 0 <= i < n_inner for i in concat)):
+            raise bad(f"{where}.concat must list distinct inner-node indices in 0..{n_inner - 1}")
+        cells.append(CellGene((ins[0], ins[1]), tuple(genes), tuple(concat)))
+    out = data["output"]
+    names = [cell_name(k) for k in range(len(cells))]
+    if not isinstance(out, list) or not out or not all(o in names for o in out) or len(set(out)) != len(out):
+        raise bad(f"output must list distinct cells among {', '.join(names)}")
+    return Genotype(data["task"], data["num_classes"], tuple(nodes), data["C"], data["L"], data["multiplier"],
+                    tuple(cells), tuple(out))
+
+
+def check_against_store(genotype: Genotype, store_nodes: Sequence[str], task: str, num_classes: int,
+                        source: str = "genotype") -> None:
+    """A genotype can run on a store only if the store has every node it reads and the same task."""
+    missing = [n for n in genotype.used_nodes() if n not in store_nodes]
+    if missing:
+        raise SearchError(f"{source} reads node(s) {', '.join(missing)} that the store lacks "
+                          f"(store nodes: {', '.join(store_nodes)})")
+    if genotype.task != task or genotype.num_classes != num_classes:
+        raise SearchError(f"{source} was found for {genotype.task} with {genotype.num_classes} classes; "
+                          f"the store is {task} with {num_classes} classes")
+
+
+def inner_name(i: int) -> str:
+    """Readable name of inner node i of a Cell: x, y, step_1, ..."""
+    return ("x", "y")[i] if i < 2 else f"step_{i - 1}"
+
+
+def show(genotype: Genotype) -> str:
+    """The genotype as a readable tree (what `bmnas genotype show` prints)."""
+    g = genotype
+    lines = [f"{FORMAT} v{VERSION}: {g.task}, {g.num_classes} classes, C={g.C}, L={g.L}, multiplier={g.multiplier}",
+             f"nodes: {', '.join(g.nodes)}"]
+    for k, cell in enumerate(g.cells):
+        last_cell = k == len(g.cells) - 1
+        lines.append(f"{'└' if last_cell else '├'}── {cell_name(k)}  (x = {cell.inputs[0]}, y = {cell.inputs[1]})")
+        bar = " " if last_cell else "│"
+        for m, step in enumerate(cell.steps):
+            a, b = (inner_name(i) for i in step.inputs)
+            lines.append(f"{bar}   ├── step_{m + 1} = {step.op}({a}, {b})")
+        lines.append(f"{bar}   └── out = proj(concat[{', '.join(inner_name(i) for i in cell.concat)}])")
+    lines.append(f"head: linear(concat[{', '.join(g.output)}]) -> {g.num_classes} {g.task} logits")
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""The BM-NAS hypernet: every architectural choice relaxed into softmax-weighted mixtures.
+
+Upper level: Cell k sees all its predecessors S = [input nodes, Cell_1 .. Cell_{k-1}] through edges
+with α over {Identity, Zero} (eq. 1) and receives their α-weighted sum (eq. 2).
+Lower level: Step m of a Cell receives a β-weighted sum of the inner nodes [x, y, Step_1..] before
+it (a softmax distribution over those edges, so its input keeps the scale of one node and "top-2 β"
+is a ranking), and mixes the primitives with γ (eq. 10).
+
+`step_inputs`:
+- `sum` (paper / official code): one α set per Cell and one β distribution per Step; the mixed
+  sum is both x and y, so every op runs once on (h, h) (`Primitive.forward_same`).
+- `pair`: two α sets per Cell and two β distributions per Step, one per argument, so a Cell's x and
+  y, and a Step's query and key, can differ during search as they do after derivation.
+Cell output: concat of the last `multiplier` inner nodes projected to C; network output: concat of
+the last `multiplier` Cells, flattened, into a linear head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusion_search.blocks import CellOutput, ClassifierHead, ReshapeInput
+from fusion_search.derive import derive_genotype
+from fusion_search.genotype import Genotype
+from fusion_search.primitives import DEFAULT_PRIMITIVES, build_primitive
+
+STEP_INPUT_MODES = ("sum", "pair")
+
+
+@dataclass(frozen=True)
+class HypernetSpec:
+    """Shape of the search space (what the CLI options set)."""
+
+    nodes: tuple[str, ...]
+    node_shapes: dict[str, tuple[int, int]]
+    task: str
+    num_classes: int
+    cells: int = 2
+    steps: int = 2
+    C: int = 128
+    L: int = 8
+    multiplier: int = 2
+    primitives: tuple[str, ...] = DEFAULT_PRIMITIVES
+    step_inputs: str = "sum"
+    dropout: float = 0.2
+    reshape: bool = True
+
+
+class MixedStep(nn.Module):
+    """Eq. 10: the γ-weighted sum of all primitives on one (x, y); Zero contributes nothing and is skipped."""
+
+    def __init__(self, primitives: Sequence[str], C: int, L: int) -> None:
+        super().__init__()
+        self.names = list(primitives)
+        self.live = [i for i, n in enumerate(self.names) if n != "Zero"]
+        self.ops = nn.ModuleList(build_primitive(self.names[i], C, L) for i in self.live)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
+        out = None
+        for i, op in zip(self.live, self.ops):
+            z = op.forward_same(x) if y is None else op(x, y)
+            out = weights[i] * z if out is None else out + weights[i] * z
+        return out if out is not None else torch.zeros_like(x)
+
+
+def _mix(weights: torch.Tensor, states: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = weights[0] * states[0]
+    for w, s in zip(weights[1:], states[1:]):
+        out = out + w * s
+    return out
+
+
+class SearchCell(nn.Module):
+    """A Cell during search: M mixed Steps over β-mixed inputs, then the Cell output projection."""
+
+    def __init__(self, spec: HypernetSpec) -> None:
+        super().__init__()
+        self.pair = spec.step_inputs == "pair"
+        self.multiplier = spec.multiplier
+        self.steps = nn.ModuleList(MixedStep(spec.primitives, spec.C, spec.L) for _ in range(spec.steps))
+        self.out = CellOutput(spec.multiplier, spec.C, spec.dropout)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None, betas: Sequence[torch.Tensor],
+                gammas: torch.Tensor) -> torch.Tensor:
+        """x, y: the Cell's arguments (y None: y is x); betas[m]: (A, 2+m) softmaxed; gammas: (M, ops)."""
+        states = [x, x if y is None else y]
+        for m, step in enumerate(self.steps):
+            if self.pair:
+                s = step(_mix(betas[m][0], states), _mix(betas[m][1], states), gammas[m])
+            else:
+                s = step(_mix(betas[m][0], states), None, gammas[m])
+            states.append(s)
+        return self.out(states[-self.multiplier:])
+
+
+class Hypernet(nn.Module):
+    """Weights w (reshape layers, ops, Cell outputs, head) plus architecture parameters α, β, γ."""
+
+    def __init__(self, spec: HypernetSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        s = spec
+        if s.step_inputs not in STEP_INPUT_MODES:
+            raise ValueError(f"step_inputs must be one of {STEP_INPUT_MODES}")
+        if s.reshape:
+            self.reshapes = nn.ModuleList(
+                ReshapeInput(s.node_shapes[n][0], s.C, s.L, s.dropout) for n in s.nodes)
+        self.cells = nn.ModuleList(SearchCell(s) for _ in range(s.cells))
+        self.head = ClassifierHead(s.multiplier, s.C, s.L, s.num_classes)
+        a = 2 if s.step_inputs == "pair" else 1
+        n_in = len(s.nodes)
+        arch = nn.ParameterDict()
+        for k in range(s.cells):
+            arch[f"alpha_{k}"] = nn.Parameter(1e-3 * torch.randn(a, n_in + k, 2))
+            for m in range(s.steps):
+                arch[f"beta_{k}_{m}"] = nn.Parameter(1e-3 * torch.randn(a, 2 + m))
+            arch[f"gamma_{k}"] = nn.Parameter(1e-3 * torch.randn(s.steps, len(s.primitives)))
+        self.arch = arch
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.arch.values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch.values()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        s = self.spec
+        if s.reshape:
+            states = [r(features[n]) for r, n in zip(self.reshapes, s.nodes)]
+        else:
+            states = [features[n] for n in s.nodes]
+        cells = []
+        for k, cell in enumerate(self.cells):
+            alpha = self.arch[f"alpha_{k}"].softmax(-1)[..., 0]  # Identity weight of each edge
+            x = _mix(alpha[0], states)
+            y = _mix(alpha[1], states) if s.step_inputs == "pair" else None
+            betas = [self.arch[f"beta_{k}_{m}"].softmax(-1) for m in range(s.steps)]
+            out = cell(x, y, betas, self.arch[f"gamma_{k}"].softmax(-1))
+            states.append(out)
+            cells.append(out)
+        return self.head(cells[-s.multiplier:])
+
+    @torch.no_grad()
+    def arch_weights(self) -> dict[str, list]:
+        """Softmaxed α (A, P, 2), β [(A, 2+m)], γ (M, ops) per Cell, as numpy arrays."""
+        s = self.spec
+        return {
+            "alpha": [self.arch[f"alpha_{k}"].softmax(-1).cpu().numpy() for k in range(s.cells)],
+            "beta": [[self.arch[f"beta_{k}_{m}"].softmax(-1).cpu().numpy() for m in range(s.steps)]
+                     for k in range(s.cells)],
+            "gamma": [self.arch[f"gamma_{k}"].softmax(-1).cpu().numpy() for k in range(s.cells)],
+        }
+
+    def genotype(self) -> Genotype:
+        """The current discrete architecture (eqs. 3 and 11, top-2 β)."""
+        s = self.spec
+        w = self.arch_weights()
+        return derive_genotype(w["alpha"], w["beta"], w["gamma"], ops=s.primitives, nodes=s.nodes, task=s.task,
+                               num_classes=s.num_classes, C=s.C, L=s.L, multiplier=s.multiplier)
+
+
+def arch_weights_to_lists(weights: dict[str, list]) -> dict[str, list]:
+    """JSON-ready copy of `Hypernet.arch_weights()` (for the per-epoch history)."""
+    def conv(v):
+        return v.round(6).tolist() if isinstance(v, np.ndarray) else [conv(x) for x in v]
+    return {k: conv(v) for k, v in weights.items()}

@@ -1,0 +1,67 @@
+"""Task losses and metrics: accuracy/top-k for multiclass; F1 at 0.5 (weighted, micro, macro, samples) for multilabel.
+
+Weighted F1 is the MM-IMDB number the paper reports (class-support-weighted mean of per-class F1).
+Classes or samples with no true and no predicted positive count as F1 = 0, as scikit-learn's
+default (`zero_division=0`) does, so figures are comparable with published ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PRIMARY = {"multiclass": "accuracy", "multilabel": "f1_weighted"}
+
+
+def loss_fn(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (multiclass, int labels) or BCE with logits (multilabel, multi-hot labels)."""
+    if task == "multiclass":
+        return F.cross_entropy(logits, labels)
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) == labels)) if len(labels) else 0.0
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose true class is among the k largest logits."""
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return float(np.mean((top == labels[:, None]).any(axis=1))) if len(labels) else 0.0
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def f1_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Weighted, micro, macro and samples F1 of binary (N, K) predictions against multi-hot truth."""
+    pred = pred.astype(bool)
+    truth = truth.astype(bool)
+    tp = (pred & truth).sum(0).astype(np.float64)
+    fp = (pred & ~truth).sum(0).astype(np.float64)
+    fn = (~pred & truth).sum(0).astype(np.float64)
+    per_class = _f1(tp, fp, fn)
+    support = truth.sum(0).astype(np.float64)
+    stp = (pred & truth).sum(1).astype(np.float64)
+    sfp = (pred & ~truth).sum(1).astype(np.float64)
+    sfn = (~pred & truth).sum(1).astype(np.float64)
+    return {
+        "f1_weighted": float((per_class * support).sum() / support.sum()) if support.sum() else 0.0,
+        "f1_micro": float(_f1(tp.sum(), fp.sum(), fn.sum())),
+        "f1_macro": float(per_class.mean()),
+        "f1_samples": float(_f1(stp, sfp, sfn).mean()) if len(pred) else 0.0,
+    }
+
+
+def compute_metrics(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """All metrics of a task from stacked logits and labels (multilabel thresholds sigmoid at 0.5)."""
+    if task == "multiclass":
+        out = {"accuracy": accuracy(logits, labels)}
+        if logits.shape[1] > 5:
+            out["top5"] = topk_accuracy(logits, labels, 5)
+        return out
+    return f1_scores(logits > 0.0, labels)  # sigmoid(z) > 0.5  <=>  z > 0

@@ -1,0 +1,301 @@
+"""The search stage (Algorithm 1) and its run directory, with epoch-boundary checkpoints and resume.
+
+Per train batch: a weight step on it, then an architecture step on the next val batch. After each
+epoch: the hypernet's val metrics (no autograd), the derived genotype (eqs. 3, 11, top-2 β), its
+score on val, and the best genotype so far (the official code keeps the best on val, too).
+
+Scoring a genotype (`score: found`, default): the discrete FoundNetwork is trained `score_epochs`
+epochs on train from a seed derived from (seed, genotype) and evaluated on val; scores are cached by
+genotype, so an unchanged genotype costs nothing and a genotype always gets the same score.
+`score: hypernet` uses the hypernet's own val metric instead (the cheap, official behaviour).
+
+Determinism and resume: batches come from the store's seeded order (seed, epoch); val batches from
+a separate seeded stream restarted every epoch; the torch RNG, optimisers, scheduler, score cache
+and best genotype are checkpointed after each epoch; scoring runs in a forked RNG. A killed search
+resumed with `--resume RUN` therefore ends with the same genotype and metrics as an uninterrupted
+one (CPU, same seed); work of the interrupted epoch is redone.
+
+Run directory:
+  config.yaml            resolved settings (what --resume reads)
+  log.txt                human-readable log (appended on resume)
+  metrics.jsonl          one JSON line per epoch
+  arch_history.jsonl     softmaxed α, β, γ after each epoch
+  genotypes/epoch_NNN.json   the genotype derived after each epoch
+  genotype.json          the best genotype so far
+  checkpoints/last.pt    weights, α/β/γ, optimisers, scheduler, RNG state, best, score cache
+  plots/                 alpha.png, beta.png, gamma.png (heatmaps over epochs), metrics.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from fusion_search.architect import Architect, weight_step
+from fusion_search.config import SearchConfig, config_from_mapping, validate
+from fusion_search.data import SplitData, TensorBatch, open_split, resolve_device
+from fusion_search.errors import SearchError
+from fusion_search.evaluation import evaluate, train_epochs
+from fusion_search.found_network import FoundNetwork
+from fusion_search.genotype import Genotype
+from fusion_search.history import plot_history, plot_metrics, read_jsonl
+from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
+from fusion_search.metrics import PRIMARY, loss_fn
+
+CHECKPOINT = "checkpoints/last.pt"
+BatchCallback = Callable[[int, int], None]
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    genotype_path: Path
+    genotype: Genotype
+    best_score: float
+    best_epoch: int
+
+
+def _open_store(path: str):
+    from stores import StoreError, open_store
+
+    if not path:
+        raise SearchError("--store: give the feature store to search on")
+    try:
+        return open_store(path)
+    except StoreError as exc:
+        raise SearchError(f"--store {path}: {exc}") from None
+
+
+def _check_store(store, cfg: SearchConfig) -> list[str]:
+    """The store must have non-empty train and val splits and the chosen nodes."""
+    for split in ("train", "val"):
+        rows = store.splits.get(split)
+        if rows is None or len(rows) == 0:
+            raise SearchError(f"--store {store.path} has no {split!r} split (splits: {', '.join(store.splits) or 'none'}); "
+                              "search needs train and val splits: write the store with both")
+    nodes = list(store.nodes) if not cfg.nodes else [n for n in store.nodes if n in cfg.nodes]
+    unknown = [n for n in (cfg.nodes or []) if n not in store.nodes]
+    if unknown:
+        raise SearchError(f"--nodes: unknown node(s) {', '.join(unknown)}; the store has {', '.join(store.nodes)}")
+    if len(nodes) < 2:
+        raise SearchError(f"--nodes: a Cell fuses two inputs, choose at least two nodes (got {', '.join(nodes) or 'none'})")
+    return nodes
+
+
+def _genotype_seed(seed: int, genotype: Genotype) -> int:
+    return (seed * 1_000_003 + zlib.crc32(genotype.key().encode())) % (2**31)
+
+
+def _val_stream(val: SplitData, batch_size: int, seed: int, epoch: int) -> Iterator[TensorBatch]:
+    """Endless val batches for the arch steps of one epoch (own seeded order, restarts per epoch)."""
+    k = 0
+    while True:
+        yield from val.batches(batch_size, seed, 1_000_000 + epoch * 1000 + k)
+        k += 1
+
+
+class _RunFiles:
+    """Paths of a run directory and its append-only JSON-lines files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "config.yaml"
+        self.log = root / "log.txt"
+        self.metrics = root / "metrics.jsonl"
+        self.history = root / "arch_history.jsonl"
+        self.genotypes = root / "genotypes"
+        self.genotype = root / "genotype.json"
+        self.checkpoint = root / CHECKPOINT
+        self.plots = root / "plots"
+
+    def append(self, path: Path, record: dict) -> None:
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def truncate_to(self, path: Path, epochs_done: int) -> None:
+        """Drop lines of epochs the checkpoint does not cover (a kill between the two writes)."""
+        keep = [r for r in read_jsonl(path) if r["epoch"] <= epochs_done]
+        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
+def _logger(files: _RunFiles) -> tuple[logging.Logger, logging.Handler]:
+    log = logging.getLogger(f"bmnas.search.{files.root.resolve()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = logging.FileHandler(files.log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    return log, handler
+
+
+def load_run_config(run_dir: str | os.PathLike) -> SearchConfig:
+    """The resolved config of an existing run (for --resume)."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise SearchError(f"--resume {run_dir}: no config.yaml there; is it a run directory of `bmnas search`?")
+    return config_from_mapping(yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = False,
+               on_batch: BatchCallback | None = None) -> SearchResult:
+    """Run (or resume) a search into run directory `out`; returns the best genotype."""
+    validate(cfg)
+    files = _RunFiles(Path(out))
+    if resume:
+        if not files.checkpoint.is_file():
+            raise SearchError(f"--resume {out}: no {CHECKPOINT}; the run stopped before its first epoch ended, start it again")
+    elif files.root.exists() and any(files.root.iterdir()):
+        raise SearchError(f"--out {out} exists and is not empty: choose a new run directory or continue it with --resume {out}")
+    store = _open_store(cfg.store)
+    nodes = _check_store(store, cfg)
+    device = resolve_device(cfg.device)
+    files.root.mkdir(parents=True, exist_ok=True)
+    files.genotypes.mkdir(exist_ok=True)
+    files.checkpoint.parent.mkdir(exist_ok=True)
+    if not resume:
+        cfg.save(files.config)
+    log, handler = _logger(files)
+    try:
+        return _search(cfg, store, nodes, device, files, log, resume, progress, on_batch)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -> SearchResult:
+    from tqdm import tqdm
+
+    task = store.task
+    budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * (1 << 30))
+    train = open_split(store, "train", nodes, device, budget)
+    val = open_split(store, "val", nodes, device, budget)
+    torch.manual_seed(cfg.seed)
+    spec = HypernetSpec(nodes=tuple(nodes), node_shapes=dict(store.node_shapes), task=task,
+                        num_classes=store.num_classes, cells=cfg.cells, steps=cfg.steps, C=cfg.channels,
+                        L=cfg.length, multiplier=cfg.multiplier, primitives=tuple(cfg.primitives),
+                        step_inputs=cfg.step_inputs, dropout=cfg.dropout)
+    model = Hypernet(spec).to(device)
+    weights, arch = model.weight_parameters(), model.arch_parameters()
+    w_opt = torch.optim.Adam(weights, lr=cfg.weight_lr, weight_decay=cfg.weight_decay)
+    a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        w_opt, T_0=cfg.restart_period, T_mult=cfg.restart_mult, eta_min=cfg.weight_lr_min)
+    loss = lambda z, y: loss_fn(task, z, y)  # noqa: E731
+    architect = Architect(model, arch, weights, a_opt, loss, unrolled=cfg.unrolled, weight_decay=cfg.weight_decay)
+    key = PRIMARY[task]
+    state = {"epoch": 0, "best": None, "scores": {}}
+    if resume:
+        ckpt = torch.load(files.checkpoint, map_location=device, weights_only=True)
+        if ckpt["config"] != cfg.to_dict():
+            raise SearchError(f"--resume {files.root}: config.yaml differs from the checkpoint's settings; restore it")
+        model.load_state_dict(ckpt["model"])
+        w_opt.load_state_dict(ckpt["weight_optimizer"])
+        a_opt.load_state_dict(ckpt["arch_optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+        state = {"epoch": ckpt["epoch"], "best": ckpt["best"], "scores": ckpt["scores"]}
+        files.truncate_to(files.metrics, state["epoch"])
+        files.truncate_to(files.history, state["epoch"])
+        log.info("resumed after epoch %d", state["epoch"])
+    else:
+        log.info("search on %s: %d train / %d val rows, nodes %s, device %s, %d weight parameters",
+                 store.path, train.num_rows, val.num_rows, ",".join(nodes), device, sum(p.numel() for p in weights))
+    n_batches = math.ceil(train.num_rows / cfg.batch_size)
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        vals = _val_stream(val, cfg.batch_size, cfg.seed, epoch)
+        sums = {"loss": 0.0, "arch_loss": 0.0, "correct": 0.0, "rows": 0}
+        bar = tqdm(train.batches(cfg.batch_size, cfg.seed, epoch), total=n_batches, disable=not progress,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=True, dynamic_ncols=True)
+        for i, batch in enumerate(bar):
+            xi = w_opt.param_groups[0]["lr"]
+            w_loss, logits = weight_step(model, weights, w_opt, loss, batch, cfg.grad_clip)
+            a_loss = architect.step(next(vals), batch, xi)
+            sched.step(epoch + (i + 1) / n_batches)
+            rows = len(batch[1])
+            sums["loss"] += float(w_loss) * rows
+            sums["arch_loss"] += float(a_loss) * rows
+            sums["rows"] += rows
+            if task == "multiclass":
+                sums["correct"] += float((logits.argmax(1) == batch[1]).sum())
+            post = {"loss": f"{sums['loss'] / sums['rows']:.4f}"}
+            if task == "multiclass":
+                post["acc"] = f"{sums['correct'] / sums['rows']:.3f}"
+            bar.set_postfix(post, refresh=False)
+            if on_batch is not None:
+                on_batch(epoch, i)
+        val_metrics = evaluate(model, val, task, cfg.batch_size)
+        genotype = model.genotype()
+        score = _score(cfg, genotype, state["scores"], val_metrics[key], train, val, store.node_shapes, device, task)
+        best = state["best"]
+        if best is None or score > best["score"]:
+            state["best"] = best = {"score": score, "epoch": epoch + 1, "genotype": genotype.to_dict()}
+            genotype.save(files.genotype)
+        genotype.save(files.genotypes / f"epoch_{epoch + 1:03d}.json")
+        record = {"epoch": epoch + 1, "train_loss": sums["loss"] / sums["rows"],
+                  "arch_val_loss": sums["arch_loss"] / sums["rows"], "val": val_metrics,
+                  "genotype_score": score, "best_score": best["score"], "best_epoch": best["epoch"],
+                  "lr": w_opt.param_groups[0]["lr"]}
+        if task == "multiclass":
+            record["train_accuracy"] = sums["correct"] / sums["rows"]
+        files.append(files.metrics, record)
+        files.append(files.history, {"epoch": epoch + 1, **arch_weights_to_lists(model.arch_weights())})
+        state["epoch"] = epoch + 1
+        _save_checkpoint(files.checkpoint, cfg, model, w_opt, a_opt, sched, state, device)
+        msg = (f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}, val {key} "
+               f"{val_metrics.get(key, float('nan')):.4f} (hypernet), genotype {key} {score:.4f}, "
+               f"best {best['score']:.4f} @ {best['epoch']} ({time.perf_counter() - t0:.1f}s)")
+        log.info(msg)
+        if progress:
+            tqdm.write(msg)
+    history = read_jsonl(files.history)
+    plot_history(history, nodes, cfg.primitives, files.plots)
+    plot_metrics(read_jsonl(files.metrics), key, files.plots)
+    best = state["best"]
+    genotype = Genotype.from_dict(best["genotype"], "checkpoint")
+    genotype.save(files.genotype)
+    log.info("best genotype (epoch %d, val %s %.4f): %s", best["epoch"], key, best["score"], files.genotype)
+    return SearchResult(files.root, files.genotype, genotype, best["score"], best["epoch"])
+
+
+def _score(cfg: SearchConfig, genotype: Genotype, cache: dict, hypernet_score: float, train: SplitData,
+           val: SplitData, node_shapes: dict, device: torch.device, task: str) -> float:
+    """Val score of a derived genotype (see module docstring); cached by genotype."""
+    if cfg.score == "hypernet":
+        return float(hypernet_score)
+    k = genotype.key()
+    if k not in cache:
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            seed = _genotype_seed(cfg.seed, genotype)
+            torch.manual_seed(seed)
+            net = FoundNetwork(genotype, node_shapes, cfg.dropout).to(device)
+            train_epochs(net, train, task, epochs=cfg.score_epochs, batch_size=cfg.batch_size, seed=seed,
+                         lr=cfg.weight_lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+            cache[k] = float(evaluate(net, val, task, cfg.batch_size)[PRIMARY[task]])
+    return cache[k]
+
+
+def _save_checkpoint(path: Path, cfg, model, w_opt, a_opt, sched, state, device) -> None:
+    """Everything needed to continue exactly after this epoch; written atomically."""
+    ckpt = {"config": cfg.to_dict(), "epoch": state["epoch"], "best": state["best"], "scores": state["scores"],
+            "model": model.state_dict(), "weight_optimizer": w_opt.state_dict(),
+            "arch_optimizer": a_opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
