@@ -38,6 +38,15 @@ def _register() -> None:
     from pipeline.cli_data import data
 
     cli.add_command(data)
+    from pipeline.cli_extract import backbones_cmd, extract_cmd, pretrain_cmd
+
+    for command in (backbones_cmd, pretrain_cmd, extract_cmd):
+        cli.add_command(command)
+    from pipeline.cli_search import search_cmd
+    from pipeline.cli_genotype import genotype
+
+    cli.add_command(search_cmd)
+    cli.add_command(genotype)
 
 
 _register()

@@ -1,0 +1,31 @@
+"""`bmnas genotype show|render FILE`: read a genotype (format v1) as a tree or a drawing."""
+
+from __future__ import annotations
+
+import click
+
+from fusion_search.genotype import Genotype, show
+from fusion_search.render import render
+
+
+@click.group("genotype")
+def genotype() -> None:
+    """Inspect genotypes (the JSON `bmnas search` writes)."""
+
+
+@genotype.command("show")
+@click.argument("file", type=click.Path())
+def show_cmd(file: str) -> None:
+    """Print the genotype as a readable tree."""
+    click.echo(show(Genotype.load(file)))
+
+
+@genotype.command("render")
+@click.argument("file", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="OUT.png, OUT.svg or OUT.dot")
+@click.option("--engine", type=click.Choice(["auto", "dot", "matplotlib"]), default="auto", show_default=True,
+              help="auto: Graphviz `dot` when on PATH, else matplotlib.")
+def render_cmd(file: str, output: str, engine: str) -> None:
+    """Draw the genotype (inputs -> Cells with their Steps -> head), like the paper's Fig. 3/5."""
+    used = render(Genotype.load(file), output, engine)
+    click.echo(f"wrote {output} ({used})")

@@ -1,0 +1,62 @@
+"""`bmnas search`: BM-NAS architecture search on a feature store, into a run directory.
+
+Settings: defaults < --config FILE.yaml < options given on the command line. `--resume RUN`
+continues a killed search from its last epoch checkpoint with the run's own config.yaml.
+"""
+
+from __future__ import annotations
+
+import click
+from click.core import ParameterSource
+
+from fusion_search.config import SearchConfig, config_from_mapping, load_config_file
+from fusion_search.errors import SearchError
+from fusion_search.search import load_run_config, run_search
+
+# CLI option name -> SearchConfig field
+_OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "channels", "length": "length",
+            "multiplier": "multiplier", "epochs": "epochs", "batch_size": "batch_size", "seed": "seed",
+            "unrolled": "unrolled", "step_inputs": "step_inputs", "nodes": "nodes", "device": "device"}
+
+
+@click.command("search")
+@click.option("--store", type=click.Path(), help="Feature store (zarr) with train and val splits.")
+@click.option("--out", type=click.Path(), help="New run directory (config, log, metrics, checkpoints, genotype.json).")
+@click.option("--cells", type=int, help="Number of Cells N (default 2).")
+@click.option("--steps", type=int, help="Steps per Cell M (default 2).")
+@click.option("--channels", type=int, help="Inner channels C (default 128).")
+@click.option("--length", type=int, help="Inner sequence length L (default 8).")
+@click.option("--multiplier", type=int, help="Inner nodes per Cell output and Cells into the head (default 2).")
+@click.option("--epochs", type=int, help="Search epochs (default 30).")
+@click.option("--batch-size", type=int, help="Batch size (default 96).")
+@click.option("--seed", type=int, help="Seed: same seed, same genotype (CPU) (default 0).")
+@click.option("--unrolled", is_flag=True, default=None, help="Second-order DARTS (finite-difference Hessian-vector product).")
+@click.option("--step-inputs", type=click.Choice(["sum", "pair"]), help="How Steps are fed during search (default sum).")
+@click.option("--nodes", help="Comma-separated store nodes to search over (default: all).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run (default auto).")
+@click.option("--config", "config_file", type=click.Path(), help="YAML file of settings (keys as the options).")
+@click.option("--resume", type=click.Path(), help="Continue the killed search in this run directory.")
+def search_cmd(config_file: str | None, resume: str | None, out: str | None, **options) -> None:
+    """Search a fusion architecture on cached features (BM-NAS, Algorithm 1)."""
+    ctx = click.get_current_context()
+    given = {k: v for k, v in options.items()
+             if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE and v is not None}
+    if resume:
+        changed = sorted(set(given) - {"device"})
+        if changed or config_file or out:
+            extra = [f"--{k.replace('_', '-')}" for k in changed] + (["--config"] if config_file else []) + (
+                ["--out"] if out else [])
+            raise SearchError(f"--resume {resume} continues with the run's own config.yaml; drop {', '.join(extra)}")
+        cfg = load_run_config(resume)
+        if "device" in given:
+            cfg.device = given["device"]
+        target = resume
+    else:
+        if not out:
+            raise SearchError("--out: give a new run directory (or --resume RUN to continue one)")
+        settings = dict(load_config_file(config_file)) if config_file else {}
+        settings.update({_OPTIONS[k]: v for k, v in given.items()})
+        cfg = config_from_mapping(settings, config_file or "options") if settings else SearchConfig()
+        target = out
+    result = run_search(cfg, target, resume=bool(resume), progress=True)
+    click.echo(f"best genotype (epoch {result.best_epoch}, val score {result.best_score:.4f}): {result.genotype_path}")
