@@ -54,6 +54,8 @@ class ExtractResult:
     bytes_on_disk: int
     bytes_raw: int
     skipped: list[dict] = field(default_factory=list)
+    models_built: dict[int, int] = field(default_factory=dict)  # process id -> models it built
+    startup_seconds: float = 0.0  # starting/connecting the dask cluster, not in samples_per_s
 
     @property
     def compression(self) -> float:
@@ -293,7 +295,7 @@ def extract(
     skipped: list[dict] = []
     failures: list[dict] = []
     rows_run = 0
-    t0 = time.perf_counter()
+    built: dict[int, int] = {}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -309,22 +311,28 @@ def extract(
                 continue
             rows_run += r["rows"]
             skipped.extend(r["skipped"])
+            built[r["pid"]] = max(built.get(r["pid"], 0), r["models_built"])
             if bar is not None:
                 bar.update(1)
         return not failures
 
+    t_start = time.perf_counter()
     runner = _Runner(use_dask, scheduler, workers, threads_per_worker, timeout)
+    t0 = time.perf_counter()
     try:
         runner.run(tasks, (source, str(writer.path), ids, tuple(entries), reduction, device, batch_size,
                            on_error), on_result)
+        seconds = time.perf_counter() - t0
     finally:
         runner.close()
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - t0
     if failures:
         f = failures[0]
         done = writer.num_chunks - len(writer.missing_chunks())
+        if f["id"] == "?":
+            raise ExtractError(f"an extraction task failed: {f['reason']}. {done}/{writer.num_chunks} chunks "
+                               "are complete and kept; rerun the same command to resume")
         raise DataError(f"sample {f['id']} ({f['path']}) could not be read: {f['reason']}. "
                         f"{done}/{writer.num_chunks} chunks are complete and kept; fix or remove the file "
                         "and rerun to resume, or pass --on-error skip")
@@ -333,7 +341,7 @@ def extract(
     disk = _dir_bytes(Path(writer.path) / "features")
     return ExtractResult(str(writer.path), {k: v for e in entries for k, v in e.shapes().items()},
                          writer.num_chunks, sum(len(t) for t in tasks), rows_run, seconds,
-                         rows_run / seconds if seconds > 0 else 0.0, disk, raw, skipped)
+                         rows_run / seconds if seconds > 0 else 0.0, disk, raw, skipped, built, t0 - t_start)
 
 
 def _finalize(writer: Any, source: Any, samples: list, skipped: list[dict]) -> None:

@@ -7,6 +7,7 @@ Decoding and input preparation run in a loader thread one batch ahead of the for
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -202,7 +203,8 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
                     data = {n: np.full((rows.stop - rows.start,) + shapes[n], np.nan, np.float32) for n in nodes}
                 writer.write_chunk(k, data)
                 results.append({"chunk": k, "rows": current["rows"], "skipped": current["skipped"],
-                                "failed": None, "seconds": time.perf_counter() - current["t0"]})
+                                "failed": None, "seconds": time.perf_counter() - current["t0"],
+                                "pid": os.getpid(), "models_built": LOADS["count"]})
                 current = None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

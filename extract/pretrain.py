@@ -1,0 +1,198 @@
+"""Unimodal pretraining: one backbone + its head on one modality of a source.
+
+BM-NAS assumes pretrained unimodal backbones; this stage makes them: train on the train split,
+keep the weights with the best validation score, and write a run directory with ``best.pt``
+(a plain state_dict that `bmnas extract --checkpoint` loads), ``config.json`` and
+``metrics.jsonl`` (one line per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from extract.backbones import get_backbone, prepare_one
+from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkpoint
+from extract.errors import DataError, ExtractError
+
+
+@dataclass
+class PretrainResult:
+    """Where the run went and how it ended."""
+
+    out_dir: str
+    checkpoint: str
+    checkpoint_sha256: str
+    best_epoch: int
+    best_score: float
+    metric: str
+    epochs: list[dict]
+
+
+class _Samples(Dataset):
+    """Prepared (input, label) pairs; with skip=True unreadable samples become None."""
+
+    def __init__(self, source: Any, samples: list, modality: str, spec: Any, skip: bool):
+        self.source, self.samples, self.modality, self.spec, self.skip = source, samples, modality, spec, skip
+        self.labels = source.label_array(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        sid = self.samples[i].id
+        try:
+            x = prepare_one(self.source.load(sid, self.modality), self.modality, self.spec)
+        except Exception as exc:  # noqa: BLE001
+            if self.skip:
+                return None
+            raise DataError(f"sample {sid} ({self.source.path_of(sid, self.modality)}): {exc}; "
+                            "fix the file or pass --on-error skip") from exc
+        return x, torch.as_tensor(self.labels[i])
+
+
+def _collate(items):
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+def weighted_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Support-weighted F1 over labels (MM-IMDB's F1-W)."""
+    tp = (y & pred).sum(0).astype(float)
+    prec = tp / np.maximum(pred.sum(0), 1)
+    rec = tp / np.maximum(y.sum(0), 1)
+    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+    support = y.sum(0)
+    return float((f1 * support).sum() / max(support.sum(), 1))
+
+
+def _evaluate(model: nn.Module, loader: DataLoader, task: str, device: torch.device, loss_fn) -> tuple[float, float]:
+    model.eval()
+    losses, ys, outs = [], [], []
+    with torch.inference_mode():
+        for batch in loader:
+            if batch is None:
+                continue
+            x, y = batch[0].to(device), batch[1].to(device)
+            logits = model(x)
+            losses.append(float(loss_fn(logits, y.float() if task == "multilabel" else y)) * len(y))
+            ys.append(y.cpu().numpy())
+            outs.append(logits.float().cpu().numpy())
+    if not ys:
+        return float("nan"), float("nan")
+    y, out = np.concatenate(ys), np.concatenate(outs)
+    score = weighted_f1(y.astype(bool), out > 0) if task == "multilabel" else float((out.argmax(1) == y).mean())
+    return sum(losses) / len(y), score
+
+
+def pretrain(
+    source: Any,
+    modality: str,
+    backbone: str,
+    out_dir: str,
+    *,
+    setting: str = "full",
+    epochs: int = 10,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    device: str = "auto",
+    init_checkpoint: str | None = None,
+    inflate_from: str | None = None,
+    num_workers: int = 0,
+    on_error: str = "fail",
+    seed: int = 0,
+    progress: bool = True,
+) -> PretrainResult:
+    """Train ``backbone`` + head on ``modality`` of ``source``; keep the best epoch on val."""
+    spec = get_backbone(backbone)
+    spec.check_modality(modality)
+    if modality not in source.modalities:
+        raise ExtractError(f"source {source.name!r} has no modality {modality!r} (it has {', '.join(source.modalities)})")
+    if on_error not in ("fail", "skip"):
+        raise ExtractError(f"--on-error must be fail or skip, not {on_error!r}")
+    torch.manual_seed(seed)
+    samples = source.samples()
+    train = [s for s in samples if s.split == "train"]
+    val = [s for s in samples if s.split == "val"]
+    if not train:
+        raise DataError(f"source {source.name!r} has no train samples")
+    inp = spec.setting(setting).input
+    skip = on_error == "skip"
+    train_ds = _Samples(source, train, modality, inp, skip)
+    first = next((train_ds[i] for i in range(min(len(train_ds), 32)) if train_ds[i] is not None), None)
+    if first is None:
+        raise DataError(f"no readable {modality} sample among the first train samples of {source.name!r}")
+    input_dim = int(first[0].shape[-1]) if modality == "text" else None
+    model = spec.build(setting, source.num_classes, modality, input_dim)
+    init_sha = None
+    if inflate_from:
+        if backbone != "inflated_resnet50":
+            raise ExtractError("--inflate-from takes 2D ResNet-50 weights for inflated_resnet50 only")
+        init_sha = inflate_checkpoint(model, inflate_from, head=spec.head)
+    elif init_checkpoint:
+        init_sha = load_checkpoint(model, init_checkpoint, head=spec.head)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model.to(dev)
+    task = source.task
+    loss_fn = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                        collate_fn=_collate, drop_last=len(train) > batch_size)
+    val_loader = DataLoader(_Samples(source, val, modality, inp, skip), batch_size=batch_size,
+                            num_workers=num_workers, collate_fn=_collate) if val else None
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metric = "val_f1_weighted" if task == "multilabel" else "val_accuracy"
+    if not val:
+        metric = metric.replace("val_", "train_")
+    config = {"backbone": backbone, "setting": setting, "modality": modality,
+              "source": getattr(source, "name", "source"), "task": task, "num_classes": source.num_classes,
+              "input_dim": input_dim, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+              "weight_decay": weight_decay, "seed": seed, "device": str(dev), "metric": metric,
+              "init_checkpoint": init_checkpoint, "inflate_from": inflate_from, "init_sha256": init_sha,
+              "taps": [asdict(t) for t in spec.tap_specs(setting)]}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    history: list[dict] = []
+    best, best_epoch, sha = -float("inf"), -1, ""
+    from tqdm import tqdm
+
+    with open(out / "metrics.jsonl", "w") as log:
+        for epoch in tqdm(range(epochs), desc=f"pretrain {backbone}", disable=not progress, leave=False):
+            model.train()
+            t0, total, seen = time.perf_counter(), 0.0, 0
+            for batch in loader:
+                if batch is None or len(batch[1]) < 2:  # BatchNorm needs two rows
+                    continue
+                x, y = batch[0].to(dev), batch[1].to(dev)
+                loss = loss_fn(model(x), y.float() if task == "multilabel" else y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total, seen = total + loss.item() * len(y), seen + len(y)
+            sched.step()
+            ev_loader = val_loader if val_loader is not None else loader
+            ev_loss, score = _evaluate(model, ev_loader, task, dev, loss_fn)
+            row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "eval_loss": ev_loss, metric: score,
+                   "seconds": time.perf_counter() - t0}
+            history.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if not np.isnan(score) and score > best or best_epoch < 0:
+                best, best_epoch = score, epoch + 1
+                sha = save_checkpoint(model, out / "best.pt")
+    summary = {"best_epoch": best_epoch, metric: best, "checkpoint": str(out / "best.pt"), "checkpoint_sha256": sha}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return PretrainResult(str(out), str(out / "best.pt"), sha, best_epoch, float(best), metric, history)

@@ -1,0 +1,161 @@
+"""`bmnas backbones`, `bmnas pretrain` and `bmnas extract`: stage 1 on the command line.
+
+Both stages are plain functions (`extract.pretrain.pretrain`, `extract.job.extract`) that the
+tests call too; this module only parses options and prints the summary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from extract.errors import ExtractError
+
+KINDS = ("ntu", "mmimdb", "egogesture", "manifest")
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """``("video=a", "skeleton=b")`` -> {"video": "a", ...}, with an error naming the option."""
+    out: dict[str, str] = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not key or not val:
+            raise ExtractError(f"{option} {v!r}: expected MODALITY=VALUE (e.g. video=inflated_resnet50)")
+        out[key.strip()] = val.strip()
+    return out
+
+
+def _source_options(values: tuple[str, ...]) -> dict:
+    """``--source-opt size=32`` -> {"size": 32}: numbers become ints/floats, the rest stay text."""
+    opts: dict = {}
+    for key, val in _pairs(values, "--source-opt").items():
+        try:
+            opts[key] = json.loads(val)
+        except json.JSONDecodeError:
+            opts[key] = val
+    return opts
+
+
+def _open(data: Path, kind: str | None, split: str | None, source_opt: tuple[str, ...]):
+    from extract.sources.registry import open_source
+
+    opts = _source_options(source_opt)
+    if split:
+        opts["split"] = split
+    try:
+        return open_source(data, kind, **opts)
+    except TypeError as exc:  # an option the adapter does not take
+        raise ExtractError(f"--source-opt: {exc}") from None
+
+
+def _source_args(f):
+    f = click.option("--source-opt", multiple=True, metavar="KEY=VALUE",
+                     help="Option for the dataset adapter, e.g. size=32 or frames=8 (repeatable).")(f)
+    f = click.option("--split", default=None, help="Split preset of the adapter (NTU: mfas, cross-subject, cross-view).")(f)
+    f = click.option("--kind", type=click.Choice(KINDS), default=None, help="Dataset kind (detected when omitted).")(f)
+    return click.argument("data", type=click.Path(path_type=Path))(f)
+
+
+@click.command("backbones")
+@click.option("--setting", default="full", show_default=True, help="Setting whose tap channels to show.")
+def backbones_cmd(setting: str) -> None:
+    """List the registered backbones and their taps (shallow to deep)."""
+    from extract.backbones import get_backbone, list_backbones
+
+    for name in list_backbones():
+        spec = get_backbone(name)
+        taps = ", ".join(f"{t.name}[{t.kind} C={t.channels}]" for t in spec.tap_specs(setting)) \
+            if setting in spec.settings else "(no such setting)"
+        click.echo(f"{name:<18} {'/'.join(spec.modalities):<14} {taps}")
+
+
+@click.command("pretrain")
+@_source_args
+@click.option("--modality", required=True, help="Modality of the source to train on (video, skeleton, ...).")
+@click.option("--backbone", required=True, help="Registered backbone name (see `bmnas backbones`).")
+@click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--checkpoint", default=None, type=click.Path(path_type=Path), help="Start from this local state_dict.")
+@click.option("--inflate-from", default=None, type=click.Path(path_type=Path),
+              help="Start inflated_resnet50 from local 2D ResNet-50 weights (e.g. ImageNet resnet50.pth).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--loader-workers", default=0, show_default=True, help="torch DataLoader worker processes.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out_dir, epochs, batch_size, lr,
+                 weight_decay, checkpoint, inflate_from, device, loader_workers, on_error, seed) -> None:
+    """Train one backbone + head on one modality of DATA; write best.pt, config.json, metrics.jsonl."""
+    from extract.pretrain import pretrain
+
+    src = _open(data, kind, split, source_opt)
+    res = pretrain(src, modality, backbone, str(out_dir), setting=setting, epochs=epochs, batch_size=batch_size,
+                   lr=lr, weight_decay=weight_decay, device=device,
+                   init_checkpoint=str(checkpoint) if checkpoint else None,
+                   inflate_from=str(inflate_from) if inflate_from else None, num_workers=loader_workers,
+                   on_error=on_error, seed=seed)
+    click.echo(f"best {res.metric} {res.best_score:.4f} at epoch {res.best_epoch}; checkpoint {res.checkpoint} "
+               f"(sha256 {res.checkpoint_sha256[:12]})")
+
+
+@click.command("extract")
+@_source_args
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Feature store to write (NAME.zarr).")
+@click.option("--backbone", "backbone_opts", multiple=True, required=True, metavar="MODALITY=NAME",
+              help="Backbone per modality, e.g. video=inflated_resnet50 (repeatable; one store).")
+@click.option("--checkpoint", "checkpoint_opts", multiple=True, metavar="MODALITY=PATH",
+              help="Local state_dict per modality (.pt/.pth/.safetensors); sha256 goes into the store.")
+@click.option("--taps", "tap_opts", multiple=True, metavar="MODALITY=A,B",
+              help="Subset of taps per modality (default: all, shallow to deep).")
+@click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
+@click.option("--rows-per-chunk", default=64, show_default=True)
+@click.option("--chunks-per-task", default=1, show_default=True, help="Row chunks per dask task.")
+@click.option("--batch-size", default=16, show_default=True, help="Samples per forward pass.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--codec", type=click.Choice(["zstd", "lz4"]), default="zstd", show_default=True)
+@click.option("--t-max", default=32, show_default=True, help="Cap on the cached length of video/skeleton taps.")
+@click.option("--grid", default=4, show_default=True, help="Image taps: adaptive max to GRID x GRID.")
+@click.option("--workers", default=2, show_default=True, help="LocalCluster worker processes.")
+@click.option("--threads-per-worker", default=1, show_default=True)
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Use an existing dask scheduler (tcp://host:8786); the store must be on shared storage.")
+@click.option("--no-dask", is_flag=True, help="Run in this process, without dask.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="Unreadable sample: stop (fail) or record it and drop it from the splits (skip).")
+@click.option("--overwrite", is_flag=True, help="Replace a store made with other settings.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for --scheduler.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_opts, tap_opts, setting,
+                rows_per_chunk, chunks_per_task, batch_size, dtype, codec, t_max, grid, workers,
+                threads_per_worker, scheduler, no_dask, device, on_error, overwrite, timeout, quiet) -> None:
+    """Run frozen backbones over DATA and write their reduced taps to the store OUT (resumable)."""
+    from extract.job import BackboneChoice, extract
+    from extract.reduction import ReductionConfig
+
+    bbs = _pairs(backbone_opts, "--backbone")
+    ckpts = _pairs(checkpoint_opts, "--checkpoint")
+    taps = _pairs(tap_opts, "--taps")
+    for option, d in (("--checkpoint", ckpts), ("--taps", taps)):
+        extra = set(d) - set(bbs)
+        if extra:
+            raise ExtractError(f"{option} names modality {sorted(extra)[0]!r} that has no --backbone")
+    choices = [BackboneChoice(m, name, setting, ckpts.get(m),
+                              tuple(t for t in taps[m].split(",") if t) if m in taps else None)
+               for m, name in bbs.items()]
+    src = _open(data, kind, split, source_opt)
+    res = extract(src, str(out), choices, reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype,
+                  rows_per_chunk=rows_per_chunk, chunks_per_task=chunks_per_task, codec=codec,
+                  batch_size=batch_size, use_dask=not no_dask, scheduler=scheduler, workers=workers,
+                  threads_per_worker=threads_per_worker, device=device, on_error=on_error,
+                  overwrite=overwrite, progress=not quiet, timeout=timeout)
+    click.echo(res.summary())
+    for node, (c, t) in res.nodes.items():
+        click.echo(f"  {node:<14} C={c:<5} T={t}")
+    for s in res.skipped:
+        click.echo(f"  skipped {s['id']} ({s['path']}): {s['reason']}")
