@@ -134,11 +134,16 @@ def read_skeleton(path: str | Path) -> list[np.ndarray]:
                     f"{path}:{pos}: joint count {nj} differs from {joints_per_body} earlier in the file; "
                     "the file is corrupt — re-extract it"
                 )
-            xyz = [number(take(12, f"joint {j + 1} of body {b + 1} in frame {f + 1}"), "joint values")[:3]
-                   for j in range(nj)]
-            bodies.append(xyz)
+            first = pos
+            rows = [take(12, f"joint {j + 1} of body {b + 1} in frame {f + 1}")[:3] for j in range(nj)]
+            try:  # only x y z are used; the other 9 values are checked for their count only
+                bodies.append(np.asarray(rows, dtype=np.float32))
+            except ValueError:
+                bad = next(i for i, r in enumerate(rows) if not _numeric(r))
+                pos = first + bad + 1
+                number(rows[bad], "joint coordinates")
         shape = (num_bodies, joints_per_body or NUM_JOINTS, 3)
-        frames.append(np.asarray(bodies, dtype=np.float32).reshape(shape))
+        frames.append(np.stack(bodies) if bodies else np.zeros(shape, np.float32))
     rest = [i for i in range(pos, len(lines)) if lines[i].strip()]
     if rest:
         raise DataError(
@@ -146,6 +151,14 @@ def read_skeleton(path: str | Path) -> list[np.ndarray]:
             "the frame count is wrong — re-extract the file"
         )
     return frames
+
+
+def _numeric(values: list[str]) -> bool:
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return False
+    return True
 
 
 def skeleton_array(path: str | Path, frames: int = 32, max_bodies: int = 2, center: bool = True) -> np.ndarray:

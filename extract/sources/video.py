@@ -7,6 +7,7 @@ corrupt or truncated file always becomes a ``DataError`` that names the file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def resize_crop(frames: np.ndarray, size: int | tuple[int, int] | None) -> np.nd
 
     scale = max(out_h / h, out_w / w)
     new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.array(frames, copy=True)).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
     top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
     x = x[:, :, top : top + out_h, left : left + out_w]
@@ -75,15 +76,32 @@ def read_video(
                 "re-encode the file or fix its annotation"
             )
         idx = start + uniform_indices(stop - start, frames)
-        data = reader.get_batch(idx.tolist()).asnumpy()
+        try:
+            data = reader.get_batch(idx.tolist()).asnumpy()
+        except decord.DECORDError as exc:
+            if "DECORDArrayCopyFromTo" not in str(exc):
+                raise
+            reader, height, width = _aligned_reader(path, reader)
+            data = resize_crop(reader.get_batch(idx.tolist()).asnumpy(), (height, width))
     except DataError:
         raise
     except Exception as exc:  # decord raises its own DECORDError and RuntimeError subclasses
+        detail = re.sub(r"^\[[\d:]+\] \S+: ", "", str(exc).splitlines()[0])[:160]
         raise DataError(
-            f"{path}: cannot decode video ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"{path}: cannot decode video ({type(exc).__name__}: {detail}); "
             "the file is corrupt or truncated — re-encode or re-download it"
         ) from exc
     return resize_crop(data, size)
+
+
+def _aligned_reader(path: Path, reader):
+    """Reopen a video whose width is not a multiple of 32 (decord 0.6 mis-sizes such frames) so
+    that decord scales it to an aligned width with the same aspect; returns the true height, width."""
+    import decord
+
+    height, width = reader[0].shape[:2]  # the shape is right even where the channel count is not
+    aligned = -(-width // 32) * 32
+    return decord.VideoReader(str(path), num_threads=1, width=aligned, height=round(height * aligned / width)), height, width
 
 
 def read_image(path: str | Path, size: int | tuple[int, int] | None = None, gray: bool = False) -> np.ndarray:
