@@ -46,7 +46,7 @@ def synth(kind: str, out: Path, samples: int, classes: int | None, seed: int) ->
 def info(path: Path, kind: str | None, split_preset: str | None, check: bool, as_json: bool) -> None:
     """Summarise the dataset at PATH: samples per split, classes, modalities, problems."""
     options = {"split": split_preset} if split_preset else {}
-    src = open_source(path, kind, **options)
+    src = open_source(path, kind, lenient=True, **options)
     samples = src.samples()
     problems = src.problems()
     if check:

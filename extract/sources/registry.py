@@ -48,24 +48,29 @@ def detect_kind(path: str | Path) -> str:
         if p.suffix.lower() in (".hdf5", ".h5"):
             return "mmimdb"
     else:
+        if (p / "manifest.csv").is_file() or (p / "manifest.jsonl").is_file():
+            return "manifest"
         if (p / "multimodal_imdb.hdf5").is_file():
             return "mmimdb"
         if any(p.glob("images/Subject*")):
             return "egogesture"
-        if next(p.rglob("*.skeleton"), None) is not None or next(p.rglob("*_rgb.avi"), None) is not None:
+        ntu = "S[0-9][0-9][0-9]C[0-9][0-9][0-9]P[0-9][0-9][0-9]R[0-9][0-9][0-9]A[0-9][0-9][0-9]"
+        if next(p.rglob(f"{ntu}.skeleton"), None) or next(p.rglob(f"{ntu}_rgb.*"), None):
             return "ntu"
-        manifests = sorted(p.glob("manifest.csv")) + sorted(p.glob("manifest.jsonl"))
-        if manifests:
-            return "manifest"
     raise DataError(
         f"{p}: cannot tell the dataset kind; pass --kind ({', '.join(KINDS)}) "
         "or point at a manifest .csv/.jsonl"
     )
 
 
-def open_source(path: str | Path, kind: str | None = None, **options: Any) -> Source:
-    """Open the dataset at ``path`` as ``kind`` (detected when ``None``) with adapter ``options``."""
+def open_source(path: str | Path, kind: str | None = None, lenient: bool = False, **options: Any) -> Source:
+    """Open the dataset at ``path`` as ``kind`` (detected when ``None``) with adapter ``options``.
+
+    ``lenient`` skips and lists bad rows where an adapter would otherwise raise (``data info``).
+    """
     kind = kind or detect_kind(path)
+    if lenient and kind == "manifest":
+        options.setdefault("strict", False)
     p = Path(path)
     if kind == "mmimdb" and p.is_dir():
         p = p / "multimodal_imdb.hdf5"
