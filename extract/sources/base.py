@@ -84,3 +84,29 @@ class Source(ABC):
                 out[row, list(s.label)] = 1
             return out
         return np.asarray([s.label for s in samples], dtype=np.int64)
+
+
+class ListedSource(Source):
+    """A source that lists once at construction: ``_samples``, ``_problems`` and one file per
+    (sample, modality) in ``_files``; ``location`` (root folder or file) names it in errors."""
+
+    location: str = ""
+
+    def __init__(self) -> None:
+        self._samples: list[Sample] = []
+        self._problems: list[str] = []
+        self._files: dict[str, dict[str, Any]] = {}
+
+    def samples(self) -> list[Sample]:
+        return list(self._samples)
+
+    def problems(self) -> list[str]:
+        return list(self._problems)
+
+    def path_of(self, sample_id: str, modality: str) -> str:
+        from extract.errors import DataError
+
+        try:
+            return str(self._files[sample_id][modality])
+        except KeyError:
+            raise DataError(f"{self.location}: sample {sample_id!r} has no {modality} file") from None

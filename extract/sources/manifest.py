@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from extract.errors import DataError
-from extract.sources.base import Sample, Source
+from extract.sources.base import ListedSource, Sample
 from extract.sources.ntu import skeleton_array
 from extract.sources.video import read_image, read_video
 
@@ -69,7 +69,7 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     raise DataError(f"{path}: manifest must be .csv or .jsonl, not {suffix or 'no suffix'}")
 
 
-class ManifestSource(Source):
+class ManifestSource(ListedSource):
     """A dataset described by a CSV/JSONL manifest (see the module docstring for the format).
 
     With ``strict`` (default) any bad row raises one ``DataError`` listing every problem with its
@@ -89,8 +89,10 @@ class ManifestSource(Source):
         skeleton_frames: int = 32,
         strict: bool = True,
     ) -> None:
+        super().__init__()
         self.path = Path(path)
         self.root = self.path.parent
+        self.location = str(self.path)
         self.frames, self.size, self.image_size = frames, size, image_size
         self.skeleton_frames = skeleton_frames
         rows = read_rows(self.path)
@@ -105,8 +107,6 @@ class ManifestSource(Source):
         classes_file = self.root / "classes.txt"
         if class_names is None and classes_file.is_file():
             class_names = [ln.strip() for ln in classes_file.read_text().splitlines() if ln.strip()]
-        self._problems: list[str] = []
-        self._files: dict[str, dict[str, Path]] = {}
         self._samples = self._list(rows, num_classes, class_names)
         if strict and self._problems:
             shown = "; ".join(self._problems[:10])
@@ -193,18 +193,6 @@ class ManifestSource(Source):
             files[modality] = p
         self._files[sid] = files
         return None
-
-    def samples(self) -> list[Sample]:
-        return list(self._samples)
-
-    def problems(self) -> list[str]:
-        return list(self._problems)
-
-    def path_of(self, sample_id: str, modality: str) -> str:
-        try:
-            return str(self._files[sample_id][modality])
-        except KeyError:
-            raise DataError(f"{self.path}: no {modality} file for sample {sample_id!r}") from None
 
     def load(self, sample_id: str, modality: str) -> Any:
         path = Path(self.path_of(sample_id, modality))

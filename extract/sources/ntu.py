@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.errors import DataError
-from extract.sources.base import Sample, Source
+from extract.sources.base import ListedSource, Sample
 from extract.sources.video import read_video, uniform_indices
 
 NAME_RE = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
@@ -213,7 +213,7 @@ def write_skeleton(path: str | Path, frames: list[np.ndarray], rng: np.random.Ge
 # --------------------------------------------------------------------------- the source
 
 
-class NTUSource(Source):
+class NTUSource(ListedSource):
     """NTU RGB+D 60 (or data in its file layout): ``video`` and ``skeleton`` modalities.
 
     ``root`` is searched recursively for ``*.skeleton`` and ``*_rgb.avi`` (or ``_rgb.mp4``) files,
@@ -236,7 +236,9 @@ class NTUSource(Source):
         skip_list: str | Path | None = None,
         num_classes: int | None = None,
     ) -> None:
+        super().__init__()
         self.root = Path(root)
+        self.location = str(self.root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: NTU root directory not found; pass the folder holding the .skeleton/_rgb.avi files")
         if split not in SPLIT_PRESETS:
@@ -251,8 +253,6 @@ class NTUSource(Source):
         self.metadata = json.loads(meta.read_text()) if meta.is_file() else None
         self.num_classes = num_classes or (self.metadata or {}).get("num_classes", 60)
         self.class_names = (self.metadata or {}).get("class_names")
-        self._files: dict[str, dict[str, Path]] = {}
-        self._problems: list[str] = []
         self._samples = self._list(skip_list)
 
     def _list(self, skip_list: str | Path | None) -> list[Sample]:
@@ -290,18 +290,6 @@ class NTUSource(Source):
                 continue
             samples.append(Sample(sid, split, action - 1))
         return samples
-
-    def samples(self) -> list[Sample]:
-        return list(self._samples)
-
-    def problems(self) -> list[str]:
-        return list(self._problems)
-
-    def path_of(self, sample_id: str, modality: str) -> str:
-        try:
-            return str(self._files[sample_id][modality])
-        except KeyError:
-            raise DataError(f"{self.root}: sample {sample_id} has no {modality} file") from None
 
     def load(self, sample_id: str, modality: str) -> np.ndarray:
         path = self.path_of(sample_id, modality)
