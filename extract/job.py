@@ -24,7 +24,7 @@ from extract.backbones.taps import TapReader
 from extract.checkpoints import sha256_file
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
-from extract.worker import Entry, run_chunks
+from extract.worker import INIT_SEED, Entry, run_chunks
 
 ON_ERROR = ("fail", "skip")
 
@@ -89,7 +89,7 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
         raise DataError(f"no readable {choice.modality} sample among the first {min(32, len(ids))} "
                         f"of source {source.name!r} (last error: {last_err})")
     input_dim = int(item.shape[-1]) if choice.modality == "text" else None
-    model = spec.build(choice.setting, num_classes, choice.modality, input_dim)
+    model = spec.build(choice.setting, num_classes, choice.modality, input_dim, seed=INIT_SEED)
     sha = None
     if choice.checkpoint:
         from extract.checkpoints import load_checkpoint
@@ -111,6 +111,7 @@ def _provenance(entries: list[Entry], shas: list[str | None], reduction: Reducti
     return {
         "backbones": [{"modality": e.modality, "backbone": e.backbone, "setting": e.setting,
                        "checkpoint": e.checkpoint, "checkpoint_sha256": sha,
+                       "init": "checkpoint" if e.checkpoint else f"random (seed {INIT_SEED})",
                        "taps": [t.name for t in e.taps], "nodes": list(e.nodes)}
                       for e, sha in zip(entries, shas)],
         "reduction": reduction.as_dict(), "dtype": dtype, "num_samples": n,
@@ -152,7 +153,8 @@ def _open_or_create(out: str, entries: list[Entry], shas: list[str | None], prov
             specs.append(NodeSpec(node, tap.channels, length, {
                 "modality": e.modality, "backbone": e.backbone, "setting": e.setting, "layer": tap.name,
                 "module": tap.module, "kind": tap.kind, "checkpoint": e.checkpoint,
-                "checkpoint_sha256": sha, "reduction": prov["reduction"]}))
+                "checkpoint_sha256": sha, "init": "checkpoint" if e.checkpoint else f"random (seed {INIT_SEED})",
+                "reduction": prov["reduction"]}))
     try:
         writer = create_store(out, task=source.task, num_classes=source.num_classes, nodes=specs,
                               num_samples=n, dtype=dtype, rows_per_chunk=rows_per_chunk, codec=codec,

@@ -52,7 +52,8 @@ class _Loaded:
 
 _MODELS: dict[tuple, _Loaded] = {}
 _MODELS_LOCK = threading.Lock()
-LOADS = {"count": 0}  # models built in this process (tests check "once per worker")
+LOADS = {"count": 0}
+INIT_SEED = 0  # weights of a backbone run without a checkpoint: the same in every process  # models built in this process (tests check "once per worker")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -78,7 +79,7 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: str) -> _Loaded:
     with _MODELS_LOCK:
         if key not in _MODELS:
             spec = get_backbone(entry.backbone)
-            model = spec.build(entry.setting, entry.num_classes, entry.modality, entry.input_dim)
+            model = spec.build(entry.setting, entry.num_classes, entry.modality, entry.input_dim, seed=INIT_SEED)
             if entry.checkpoint:
                 load_checkpoint(model, entry.checkpoint, head=spec.head)
             dev = resolve_device(device)

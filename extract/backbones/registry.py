@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 from extract.errors import BackboneError
@@ -97,8 +98,17 @@ class BackboneSpec:
         num_classes: int = 2,
         modality: str | None = None,
         input_dim: int | None = None,
+        seed: int | None = None,
     ) -> nn.Module:
-        """A fresh model with random weights; ``input_dim`` sets text width when data decides it."""
+        """A fresh model with random weights; ``input_dim`` sets text width when data decides it.
+
+        With ``seed`` the random weights are the same in every process (extraction without a
+        checkpoint must give every dask worker the same network), and the global RNG is untouched.
+        """
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.build(setting, num_classes, modality, input_dim)
         st = self.setting(setting)
         modality = modality or self.modalities[0]
         self.check_modality(modality)

@@ -1,0 +1,236 @@
+"""Extraction into a real store: real LocalCluster, resume, SIGKILL-and-resume, --on-error, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from extract.backbones import get_backbone
+from extract.checkpoints import save_checkpoint
+from extract.errors import DataError, ExtractError
+from extract.job import BackboneChoice, extract
+from extract.sources.ntu import NTUSource
+from extract.synth import generate
+from pipeline.cli import cli
+from stores import StoreError, open_store, open_writer
+
+TINY = [BackboneChoice("video", "inflated_resnet50", "tiny"), BackboneChoice("skeleton", "hcn", "tiny")]
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def ntu(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ntu") / "data"
+    generate("ntu-like", root, samples=16, classes=4, seed=3)
+    return root
+
+
+def _source(root: Path) -> NTUSource:
+    return NTUSource(root, size=32)
+
+
+def _features(path) -> dict[str, np.ndarray]:
+    store = open_store(path)
+    return {n: store.array(n)[...] for n in store.nodes}
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
+
+
+def test_localcluster_extraction(ntu, tmp_path):
+    """Two worker processes, one thread each, fill one store; equal to the in-process run."""
+    ckpt = tmp_path / "hcn.pt"
+    sha = save_checkpoint(get_backbone("hcn").build("tiny", 4), ckpt)
+    choices = [TINY[0], BackboneChoice("skeleton", "hcn", "tiny", str(ckpt))]
+    res = extract(_source(ntu), str(tmp_path / "dask.zarr"), choices, rows_per_chunk=2, batch_size=2,
+                  workers=2, threads_per_worker=1, progress=False)
+    assert res.chunks_run == res.chunks_total == 8 and res.rows_run == 16
+    assert len(res.models_built) == 2  # both workers did work
+    assert all(n == 2 for n in res.models_built.values())  # each built its 2 backbones once
+    store = open_store(tmp_path / "dask.zarr")
+    assert store.nodes == [f"video_{k}" for k in range(1, 5)] + [f"skeleton_{k}" for k in range(1, 5)]
+    assert store.node_shapes["video_4"] == (256, 8) and store.node_shapes["skeleton_1"] == (16, 16)
+    attrs = store.node_attrs("skeleton_2")
+    assert attrs["checkpoint_sha256"] == sha and attrs["layer"] == "conv5" and attrs["backbone"] == "hcn"
+    assert attrs["reduction"] == {"t_max": 32, "grid": 4}
+    assert store.array("video_1").dtype == np.float16
+    assert sum(len(v) for v in store.splits.values()) == 16
+    assert res.bytes_on_disk > 0 and res.compression > 1
+    local = extract(_source(ntu), str(tmp_path / "local.zarr"), choices, rows_per_chunk=2, batch_size=2,
+                    use_dask=False, progress=False)
+    a, b = _features(tmp_path / "dask.zarr"), _features(tmp_path / "local.zarr")
+    for node in a:
+        assert np.isfinite(a[node]).all()  # same weights in every worker; only thread-count rounding differs
+        np.testing.assert_allclose(a[node].astype(np.float32), b[node].astype(np.float32), rtol=2e-3, atol=1e-5)
+    assert local.models_built == {os.getpid(): local.models_built[os.getpid()]}
+
+
+def test_rerun_skips_completed_chunks(ntu, tmp_path):
+    out = str(tmp_path / "f.zarr")
+    first = extract(_source(ntu), out, TINY[1:], rows_per_chunk=4, use_dask=False, progress=False)
+    before = _features(out)
+    again = extract(_source(ntu), out, TINY[1:], rows_per_chunk=4, use_dask=False, progress=False)
+    assert first.chunks_run == 4 and again.chunks_run == 0 and again.rows_run == 0
+    for node, arr in _features(out).items():
+        np.testing.assert_array_equal(arr, before[node])
+    with pytest.raises(ExtractError, match="other settings \\(backbones differ\\).*--overwrite"):
+        extract(_source(ntu), out, [BackboneChoice("skeleton", "hcn", "tiny", taps=("fc7",))],
+                rows_per_chunk=4, use_dask=False, progress=False)
+    with pytest.raises(ExtractError, match="reduction differ"):
+        from extract.reduction import ReductionConfig
+
+        extract(_source(ntu), out, TINY[1:], rows_per_chunk=4, use_dask=False, progress=False,
+                reduction=ReductionConfig(t_max=4))
+    res = extract(_source(ntu), out, [BackboneChoice("skeleton", "hcn", "tiny", taps=("fc7",))],
+                  rows_per_chunk=4, use_dask=False, progress=False, overwrite=True)
+    assert open_store(out).nodes == ["skeleton_1"] and res.chunks_run == 4
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from extract_fixtures import ClipSource
+from extract.job import BackboneChoice, extract
+res = extract(ClipSource({root!r}, delay={delay}), {out!r}, [BackboneChoice("video", "inflated_resnet50", "tiny"),
+        BackboneChoice("skeleton", "hcn", "tiny")], rows_per_chunk=2, batch_size=2, use_dask=False,
+        progress=False)
+print("chunks run", res.chunks_run)
+"""
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    from extract_fixtures import make_clips
+
+    make_clips(tmp_path / "clips", n=10)
+    out = tmp_path / "killed.zarr"
+    script = KILL_SCRIPT.format(tests=str(HERE), root=str(tmp_path / "clips"), delay=0.3, out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 90
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            done = 5 - len(open_writer(out).missing_chunks())
+        except Exception:  # store not created yet
+            continue
+        if done >= 1:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 1 <= done < 5, "the kill should land mid-run"
+    missing = open_writer(out).missing_chunks()
+    with pytest.raises(StoreError):
+        open_store(out)  # unfinished: no labels/splits yet
+    # resume and the uninterrupted run: the same command in the same kind of process
+    runs = []
+    for target in (out, tmp_path / "whole.zarr"):
+        script = KILL_SCRIPT.format(tests=str(HERE), root=str(tmp_path / "clips"), delay=0, out=str(target))
+        done_now = subprocess.run([sys.executable, "-c", script], check=True, timeout=120, capture_output=True,
+                                  text=True).stdout
+        runs.append(int(done_now.split("chunks run")[-1]))
+    assert runs == [len(missing), 5]  # the resume ran only the chunks without a completion record
+    a, b = _features(out), _features(tmp_path / "whole.zarr")
+    for node in b:
+        np.testing.assert_array_equal(a[node], b[node])
+    sa, sb = open_store(out), open_store(tmp_path / "whole.zarr")
+    assert {k: v.tolist() for k, v in sa.splits.items()} == {k: v.tolist() for k, v in sb.splits.items()}
+
+
+def _broken_copy(ntu: Path, tmp_path: Path, row: int) -> tuple[Path, str, Path]:
+    root = tmp_path / "broken"
+    shutil.copytree(ntu, root)
+    sid = _source(root).samples()[row].id
+    avi = next(root.rglob(f"{sid}_rgb.avi"))
+    data = avi.read_bytes()
+    avi.write_bytes(data[: len(data) // 4])
+    return root, sid, avi
+
+
+def test_on_error_skip_records_truncated_video(ntu, tmp_path):
+    root, sid, avi = _broken_copy(ntu, tmp_path, row=5)
+    out = tmp_path / "skip.zarr"
+    r = _cli("extract", root, "--out", out, "--backbone", "video=inflated_resnet50", "--backbone", "skeleton=hcn",
+             "--setting", "tiny", "--source-opt", "size=32", "--rows-per-chunk", 4, "--no-dask",
+             "--on-error", "skip", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert f"skipped {sid}" in r.output
+    store = open_store(out)
+    (rec,) = store.attrs["skipped"]
+    assert rec["id"] == sid and rec["path"] == str(avi) and "decode" in rec["reason"]
+    assert all(5 not in rows for rows in store.splits.values())
+    assert sum(len(v) for v in store.splits.values()) == 15
+    for node in store.nodes:
+        arr = store.array(node)[...]
+        assert np.isnan(arr[5]).all()  # never zero-filled
+        assert np.isfinite(np.delete(arr, 5, axis=0)).all()
+    # the rerun retries only the chunk holding the skipped sample, and records it again
+    again = extract(_source(root), str(out), TINY, rows_per_chunk=4, use_dask=False, on_error="skip",
+                    progress=False)
+    assert again.chunks_run == 1 and [s["id"] for s in again.skipped] == [sid]
+    assert open_store(out).attrs["skipped"][0]["id"] == sid
+
+
+def test_on_error_fail_names_sample_keeps_chunks_and_resumes(ntu, tmp_path):
+    root, sid, avi = _broken_copy(ntu, tmp_path, row=9)
+    good = next(ntu.rglob(avi.name))
+    out = tmp_path / "fail.zarr"
+    args = ["extract", root, "--out", out, "--backbone", "video=inflated_resnet50", "--setting", "tiny",
+            "--source-opt", "size=32", "--rows-per-chunk", 4, "--no-dask", "--quiet"]
+    r = _cli(*args)
+    assert r.exit_code == 2
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("error: sample " + sid) and str(avi) in line and "2/4 chunks" in line
+    assert open_writer(out).missing_chunks() == [2, 3]
+    shutil.copy(good, avi)  # fix the file, rerun: resumes from chunk 2
+    r = _cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "2/4 chunks extracted" in r.output
+    assert np.isfinite(open_store(out).array("video_2")[...]).all()
+
+
+def test_bad_input_is_one_line_and_exit_2(ntu, tmp_path):
+    base = ["extract", ntu, "--source-opt", "size=32", "--setting", "tiny", "--no-dask", "--quiet"]
+    cases = {
+        "unknown backbone 'resnet9'": ["--out", tmp_path / "a.zarr", "--backbone", "video=resnet9"],
+        "has no tap 'layer9'": ["--out", tmp_path / "b.zarr", "--backbone", "video=inflated_resnet50",
+                                "--taps", "video=layer9"],
+        "reads video, not 'skeleton'": ["--out", tmp_path / "c.zarr", "--backbone", "skeleton=inflated_resnet50"],
+        "expected MODALITY=VALUE": ["--out", tmp_path / "d.zarr", "--backbone", "hcn"],
+    }
+    save_checkpoint(get_backbone("vgg19").build("tiny", 3), tmp_path / "vgg.pt")
+    cases["does not fit the architecture"] = ["--out", tmp_path / "e.zarr", "--backbone", "skeleton=hcn",
+                                              "--checkpoint", f"skeleton={tmp_path / 'vgg.pt'}"]
+    (tmp_path / "file").write_text("x")
+    cases["cannot create the store"] = ["--out", tmp_path / "file" / "f.zarr", "--backbone", "skeleton=hcn"]
+    for want, extra in cases.items():
+        r = _cli(*base, *extra)
+        assert r.exit_code == 2, (want, r.output)
+        assert want in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    r = _cli("extract", tmp_path / "nothing", "--out", tmp_path / "g.zarr", "--backbone", "skeleton=hcn")
+    assert r.exit_code == 2 and "no such file" in r.output
+
+
+def test_scheduler_that_does_not_answer(ntu, tmp_path):
+    t0 = time.time()
+    with pytest.raises(ExtractError, match="did not answer within 2s"):
+        extract(_source(ntu), str(tmp_path / "s.zarr"), TINY[1:], scheduler="tcp://127.0.0.1:9", timeout=2,
+                progress=False)
+    assert time.time() - t0 < 30
+
+
+def test_source_without_readable_samples(tmp_path):
+    from extract_fixtures import make_clips
+
+    src = make_clips(tmp_path / "c", n=3, truncate=(0, 1, 2))
+    with pytest.raises(DataError, match="no readable video sample"):
+        extract(src, str(tmp_path / "x.zarr"), TINY[:1], use_dask=False, progress=False)
