@@ -41,10 +41,11 @@ class Architect:
 
     def __init__(self, model: nn.Module, arch: list[nn.Parameter], weights: list[nn.Parameter],
                  optimizer: torch.optim.Optimizer, loss_fn: LossFn, unrolled: bool = False,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, fd_eps: float = 0.01) -> None:
         self.model, self.arch, self.weights = model, arch, weights
         self.optimizer, self.loss_fn, self.unrolled = optimizer, loss_fn, unrolled
         self.weight_decay = weight_decay
+        self.fd_eps = fd_eps  # DARTS: 0.01 / ||v||
 
     def step(self, val_batch: Batch, train_batch: Batch | None = None, xi: float = 0.0) -> torch.Tensor:
         """One optimiser step of the architecture; returns the validation loss (detached)."""
@@ -76,7 +77,7 @@ class Architect:
         grads = torch.autograd.grad(val_loss, self.arch + self.weights, allow_unused=True)
         d_arch = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[:len(self.arch)], self.arch)]
         v = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[len(self.arch):], self.weights)]
-        eps = 0.01 / (torch.sqrt(sum((x * x).sum() for x in v)) + 1e-12)
+        eps = self.fd_eps / (torch.sqrt(sum((x * x).sum() for x in v)) + 1e-12)
         hv = []
         for sign in (1.0, -1.0):
             with torch.no_grad():

@@ -46,8 +46,10 @@ class SearchConfig:
     arch_lr: float = 3e-4                   # Adam, betas (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     score: str = "found"                    # found: train the derived net briefly; hypernet: val metric of the hypernet
-    score_epochs: int = 2
+    score_epochs: int = 2                   # found-network training per genotype score ...
+    score_min_steps: int = 300              # ... but at least this many optimiser steps (small splits)
     device: str = "auto"
+    plots: bool = True                      # write plots/ at the end (heatmaps of α, β, γ; metrics)
     memory_budget_gb: float | None = None   # None: half of the RAM
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +102,7 @@ def validate(cfg: SearchConfig) -> None:
     _check_range("epochs", cfg.epochs, 1, 100000)
     _check_range("batch_size", cfg.batch_size, 1, 1 << 20)
     _check_range("score_epochs", cfg.score_epochs, 1, 1000)
+    _check_range("score_min_steps", cfg.score_min_steps, 0, 10**7)
     _check_range("multiplier", cfg.multiplier, 1, min(cfg.cells, cfg.steps + 2))
     if cfg.step_inputs not in ("sum", "pair"):
         raise SearchError(f"--step-inputs {cfg.step_inputs!r}: use sum or pair")

@@ -55,7 +55,7 @@ def plot_history(history: list[dict], nodes: Sequence[str], primitives: Sequence
                 build(axes[r][k], r, k)
         fig.tight_layout()
         path = out_dir / name
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(path)
 
@@ -103,6 +103,6 @@ def plot_metrics(metrics: list[dict], key: str, out_dir: Path) -> Path | None:
     b.legend(fontsize=7)
     fig.tight_layout()
     path = out_dir / "metrics.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

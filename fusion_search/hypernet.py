@@ -10,7 +10,10 @@ is a ranking), and mixes the primitives with γ (eq. 10).
 - `sum` (paper / official code): one α set per Cell and one β distribution per Step; the mixed
   sum is both x and y, so every op runs once on (h, h) (`Primitive.forward_same`).
 - `pair`: two α sets per Cell and two β distributions per Step, one per argument, so a Cell's x and
-  y, and a Step's query and key, can differ during search as they do after derivation.
+  y, and a Step's query and key, can differ during search as they do after derivation. With
+  symmetric initial β both arguments would be the same (x + y)/2 mix and x, y (and their α) would get
+  identical gradients, so `pair` starts each Step's first argument leaning to x and its second to y
+  (softmax logit +1, `PAIR_INIT_BIAS`), the prior op(x, y); α stays 1e-3 noise as in `sum`.
 Cell output: concat of the last `multiplier` inner nodes projected to C; network output: concat of
 the last `multiplier` Cells, flattened, into a linear head.
 """
@@ -30,6 +33,7 @@ from fusion_search.genotype import Genotype
 from fusion_search.primitives import DEFAULT_PRIMITIVES, build_primitive
 
 STEP_INPUT_MODES = ("sum", "pair")
+PAIR_INIT_BIAS = 1.0  # logit head start of x (first argument) and y (second) in `pair` mode
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,11 @@ class Hypernet(nn.Module):
         for k in range(s.cells):
             arch[f"alpha_{k}"] = nn.Parameter(1e-3 * torch.randn(a, n_in + k, 2))
             for m in range(s.steps):
-                arch[f"beta_{k}_{m}"] = nn.Parameter(1e-3 * torch.randn(a, 2 + m))
+                beta = 1e-3 * torch.randn(a, 2 + m)
+                if a == 2:  # pair: each argument starts leaning to its own Cell input (x or y)
+                    beta[0, 0] += PAIR_INIT_BIAS
+                    beta[1, 1] += PAIR_INIT_BIAS
+                arch[f"beta_{k}_{m}"] = nn.Parameter(beta)
             arch[f"gamma_{k}"] = nn.Parameter(1e-3 * torch.randn(s.steps, len(s.primitives)))
         self.arch = arch
 

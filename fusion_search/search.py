@@ -5,8 +5,9 @@ epoch: the hypernet's val metrics (no autograd), the derived genotype (eqs. 3, 1
 score on val, and the best genotype so far (the official code keeps the best on val, too).
 
 Scoring a genotype (`score: found`, default): the discrete FoundNetwork is trained `score_epochs`
-epochs on train from a seed derived from (seed, genotype) and evaluated on val; scores are cached by
-genotype, so an unchanged genotype costs nothing and a genotype always gets the same score.
+epochs (at least `score_min_steps` optimiser steps, so small splits do not score an untrained net) on
+train from a seed derived from (seed, genotype) and evaluated on val; scores are cached by genotype,
+so an unchanged genotype costs nothing and a genotype always gets the same score.
 `score: hypernet` uses the hypernet's own val metric instead (the cheap, official behaviour).
 
 Determinism and resume: batches come from the store's seeded order (seed, epoch); val batches from
@@ -262,9 +263,9 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
         log.info(msg)
         if progress:
             tqdm.write(msg)
-    history = read_jsonl(files.history)
-    plot_history(history, nodes, cfg.primitives, files.plots)
-    plot_metrics(read_jsonl(files.metrics), key, files.plots)
+    if cfg.plots:
+        plot_history(read_jsonl(files.history), nodes, cfg.primitives, files.plots)
+        plot_metrics(read_jsonl(files.metrics), key, files.plots)
     best = state["best"]
     genotype = Genotype.from_dict(best["genotype"], "checkpoint")
     genotype.save(files.genotype)
@@ -284,7 +285,9 @@ def _score(cfg: SearchConfig, genotype: Genotype, cache: dict, hypernet_score: f
             seed = _genotype_seed(cfg.seed, genotype)
             torch.manual_seed(seed)
             net = FoundNetwork(genotype, node_shapes, cfg.dropout).to(device)
-            train_epochs(net, train, task, epochs=cfg.score_epochs, batch_size=cfg.batch_size, seed=seed,
+            per_epoch = math.ceil(train.num_rows / cfg.batch_size)
+            epochs = max(cfg.score_epochs, math.ceil(cfg.score_min_steps / per_epoch))
+            train_epochs(net, train, task, epochs=epochs, batch_size=cfg.batch_size, seed=seed,
                          lr=cfg.weight_lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
             cache[k] = float(evaluate(net, val, task, cfg.batch_size)[PRIMARY[task]])
     return cache[k]

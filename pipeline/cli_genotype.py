@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fusion_search.genotype import Genotype, show
+from fusion_search.genotype import Genotype, check_against_store, show
 from fusion_search.render import render
 
 
@@ -15,9 +15,18 @@ def genotype() -> None:
 
 @genotype.command("show")
 @click.argument("file", type=click.Path())
-def show_cmd(file: str) -> None:
+@click.option("--store", type=click.Path(), help="Also check that this feature store can feed the genotype.")
+def show_cmd(file: str, store: str | None) -> None:
     """Print the genotype as a readable tree."""
-    click.echo(show(Genotype.load(file)))
+    g = Genotype.load(file)
+    if store:
+        from stores import open_store
+
+        s = open_store(store)
+        check_against_store(g, s.nodes, s.task, s.num_classes, source=file)
+    click.echo(show(g))
+    if store:
+        click.echo(f"fits store {store}")
 
 
 @genotype.command("render")

@@ -1,0 +1,95 @@
+"""Primitive ops against the paper's formulas (eqs. 4-8), hand-written in plain torch."""
+
+import math
+
+import pytest
+import torch
+
+from fusion_search.blocks import ReshapeInput, resize_length
+from fusion_search.primitives import PRIMITIVES, Primitive, build_primitive, register
+
+N, C, L = 3, 4, 5
+
+
+@pytest.fixture
+def xy():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(N, C, L, generator=g), torch.randn(N, C, L, generator=g)
+
+
+def test_registry_holds_the_five_paper_primitives():
+    assert list(PRIMITIVES) == ["Zero", "Sum", "Attention", "LinearGLU", "ConcatFC"]
+
+
+def test_zero_and_sum(xy):
+    x, y = xy
+    assert torch.equal(build_primitive("Zero", C, L)(x, y), torch.zeros(N, C, L))
+    assert torch.allclose(build_primitive("Sum", C, L)(x, y), x + y)
+
+
+def test_attention_is_eq6_query_x_key_value_y(xy):
+    x, y = xy
+    z = build_primitive("Attention", C, L)(x, y)
+    for n in range(N):
+        q, kv = x[n].T, y[n].T  # (L, C) rows are positions
+        att = torch.softmax(q @ kv.T / math.sqrt(C), dim=-1)
+        assert torch.allclose(z[n], (att @ kv).T, atol=1e-6)
+    assert not torch.allclose(z, build_primitive("Attention", C, L)(y, x))  # asymmetric
+
+
+def test_linear_glu_is_eq7_two_linears(xy):
+    x, y = xy
+    op = build_primitive("LinearGLU", C, L)
+    w1, w2 = op.weight[:C], op.weight[C:]
+    expected = torch.einsum("oc,ncl->nol", w1, x) * torch.sigmoid(torch.einsum("oc,ncl->nol", w2, y))
+    assert torch.allclose(op(x, y), expected, atol=1e-6)
+    assert sum(p.numel() for p in op.parameters()) == 2 * C * C
+
+
+def test_concat_fc_is_eq8(xy):
+    x, y = xy
+    op = build_primitive("ConcatFC", C, L)
+    cat = torch.cat([x, y], dim=1)
+    expected = torch.relu(torch.einsum("oc,ncl->nol", op.weight, cat) + op.bias[None, :, None])
+    assert torch.allclose(op(x, y), expected, atol=1e-6)
+    assert sum(p.numel() for p in op.parameters()) == 2 * C * C + C
+
+
+@pytest.mark.parametrize("name", list(PRIMITIVES))
+def test_forward_same_equals_forward_on_identical_inputs(name, xy):
+    x, _ = xy
+    op = build_primitive(name, C, L)
+    assert torch.allclose(op.forward_same(x), op(x, x), atol=1e-6)
+
+
+def test_registering_a_primitive_is_one_entry(xy):
+    @register
+    class Product(Primitive):
+        name = "TestProduct"
+
+        def forward(self, x, y):
+            return x * y
+
+    try:
+        x, y = xy
+        assert torch.allclose(build_primitive("TestProduct", C, L)(x, y), x * y)
+    finally:
+        del PRIMITIVES["TestProduct"]
+    with pytest.raises(KeyError, match="unknown primitive"):
+        build_primitive("TestProduct", C, L)
+
+
+@pytest.mark.parametrize("T", [2, 8, 16])
+def test_reshape_input_maps_any_length_to_C_L(T):
+    r = ReshapeInput(c_node=6, C=C, L=8, dropout=0.0)
+    out = r(torch.randn(N, 6, T))
+    assert out.shape == (N, C, 8)
+    assert (out >= 0).all()  # ReLU
+
+
+def test_resize_length_pools_and_interpolates():
+    x = torch.arange(8.0).view(1, 1, 8)
+    assert torch.allclose(resize_length(x, 4), torch.tensor([[[0.5, 2.5, 4.5, 6.5]]]))
+    assert resize_length(x, 8) is x
+    up = resize_length(torch.tensor([[[0.0, 2.0]]]), 4)
+    assert torch.allclose(up, torch.tensor([[[0.0, 0.5, 1.5, 2.0]]]))
