@@ -1,0 +1,100 @@
+"""Unimodal pretraining on synthetic data in real formats; its checkpoint feeds extraction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from extract.backbones import get_backbone
+from extract.checkpoints import load_checkpoint
+from extract.errors import BackboneError, ExtractError
+from extract.job import BackboneChoice, extract
+from extract.pretrain import pretrain, weighted_f1
+from extract.sources.mmimdb import MMIMDBSource
+from extract.sources.ntu import NTUSource
+from extract.synth import generate
+from pipeline.cli import cli
+from stores import open_store
+
+
+@pytest.fixture(scope="module")
+def ntu(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ntu") / "data"
+    generate("ntu-like", root, samples=16, classes=4, seed=5)
+    return root
+
+
+def test_pretrain_writes_run_and_checkpoint_feeds_extract(ntu, tmp_path):
+    src = NTUSource(ntu, size=32)
+    res = pretrain(src, "skeleton", "hcn", str(tmp_path / "run"), setting="tiny", epochs=2, batch_size=4,
+                   progress=False)
+    run = Path(res.out_dir)
+    assert {p.name for p in run.iterdir()} >= {"best.pt", "config.json", "metrics.jsonl", "summary.json"}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_accuracy"] <= 1 for r in lines)
+    assert res.best_score == max(r["val_accuracy"] for r in lines) and res.metric == "val_accuracy"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["backbone"] == "hcn" and cfg["num_classes"] == 4 and [t["name"] for t in cfg["taps"]][-1] == "fc7"
+    model = get_backbone("hcn").build("tiny", 4).eval()
+    assert load_checkpoint(model, res.checkpoint) == res.checkpoint_sha256
+    # the pretrained weights are what extraction records and uses
+    out = extract(src, str(tmp_path / "f.zarr"), [BackboneChoice("skeleton", "hcn", "tiny", res.checkpoint)],
+                  rows_per_chunk=8, use_dask=False, progress=False)
+    store = open_store(out.store)
+    assert store.node_attrs("skeleton_4")["checkpoint_sha256"] == res.checkpoint_sha256
+    from extract.backbones.taps import TapReader
+    from extract.backbones import prepare_batch
+
+    x = prepare_batch([src.load(src.samples()[0].id, "skeleton")], "skeleton", get_backbone("hcn").setting("tiny").input)
+    with torch.inference_mode():
+        want = TapReader(model, get_backbone("hcn").tap_specs("tiny")).run(x)["fc7"][0].numpy()
+    np.testing.assert_allclose(store.array("skeleton_4")[0].astype(np.float32), want, rtol=2e-3, atol=1e-3)
+
+
+def test_pretrain_cli_inflates_2d_resnet(ntu, tmp_path):
+    spec = get_backbone("inflated_resnet50")
+    model3d = spec.build("tiny", 4)
+    sd2 = {k: (v[:, :, v.shape[2] // 2].clone() if v.dim() == 5 else v.clone()) for k, v in model3d.state_dict().items()}
+    sd2["fc.weight"], sd2["fc.bias"] = torch.randn(1000, 256), torch.randn(1000)  # ImageNet head: not taken
+    torch.save(sd2, tmp_path / "resnet50.pth")
+    r = CliRunner().invoke(cli, ["pretrain", str(ntu), "--source-opt", "size=32", "--modality", "video",
+                                 "--backbone", "inflated_resnet50", "--setting", "tiny", "--epochs", "1",
+                                 "--batch-size", "4", "--inflate-from", str(tmp_path / "resnet50.pth"),
+                                 "--out", str(tmp_path / "run")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "best val_accuracy" in r.output
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["inflate_from"].endswith("resnet50.pth") and len(cfg["init_sha256"]) == 64
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_pretrain_multilabel_text(tmp_path):
+    generate("mmimdb-like", tmp_path / "mm", samples=40, seed=1)
+    src = MMIMDBSource(tmp_path / "mm" / "multimodal_imdb.hdf5")
+    res = pretrain(src, "text", "maxout_mlp", str(tmp_path / "run"), setting="tiny", epochs=1, batch_size=8,
+                   progress=False)
+    assert res.metric == "val_f1_weighted" and 0 <= res.best_score <= 1
+
+
+def test_weighted_f1():
+    y = np.array([[1, 0], [1, 1], [0, 1]], bool)
+    assert weighted_f1(y, y) == 1.0
+    p = np.array([[1, 0], [0, 0], [0, 1]], bool)  # class 0: f1 2/3 (support 2); class 1: 2/3 (support 2)
+    assert weighted_f1(y, p) == pytest.approx(2 / 3)
+
+
+def test_pretrain_bad_options(ntu, tmp_path):
+    src = NTUSource(ntu, size=32)
+    with pytest.raises(ExtractError, match="inflated_resnet50 only"):
+        pretrain(src, "skeleton", "hcn", str(tmp_path / "r"), setting="tiny", inflate_from="x.pth", progress=False)
+    with pytest.raises(BackboneError, match="reads image, not 'video'"):
+        pretrain(src, "video", "vgg19", str(tmp_path / "r"), setting="tiny", progress=False)
+    r = CliRunner().invoke(cli, ["pretrain", str(ntu), "--modality", "text", "--backbone", "maxout_mlp",
+                                 "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "has no modality 'text'" in r.output
