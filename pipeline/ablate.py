@@ -1,0 +1,246 @@
+"""`bmnas ablate`: the paper's ablations (Tables 6 and 7) on the user's own store, as one table.
+
+Table 6 (feature selection, same Cell structure as the searched genotype): random input pairs (a
+new random selection per seed), late fusion (deepest tap of each modality), searched.
+Table 7 (fusion strategy, same feature selection as the searched genotype): Sum (DARTS), ConcatFC
+(MFAS), MHA (Transformer), AoA (AoANet), searched. Every row is a genotype from
+`fusion_search.baselines`, trained by `train_on_cache` with the same settings, once per seed; the
+searched row is shared by both tables. Each (row, seed) run is one task: dask tasks on a LocalCluster
+(or `scheduler`) when more than one worker is available, otherwise one after another.
+
+Output directory (rerunning it skips finished runs and resumes killed ones):
+  genotypes/<row>[_seed<s>].json   the genotype of each row (random: one per seed)
+  runs/<row>/seed_<s>/             a full `bmnas train` run directory each
+  ablation.md                      the tables: mean ± std over seeds (sample std), parameters
+  ablation.json                    every per-seed number behind the tables
+  ablation.png                     bar chart with std error bars
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fusion_search.baselines import baseline_genotype
+from fusion_search.errors import SearchError
+from fusion_search.genotype import Genotype
+from fusion_search.metrics import PRIMARY
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str            # baseline name or "searched"
+    label: str          # as the paper's tables name it
+    note: str           # framework (Table 7) or what the inputs are (Table 6)
+    per_seed: bool = False  # a different genotype per seed (random)
+
+
+TABLE6 = (Row("random", "Random", "random input pairs, same Cells", per_seed=True),
+          Row("late", "Late fusion", "deepest tap of each modality, same Cells"),
+          Row("searched", "Searched (BM-NAS)", "the genotype given"))
+TABLE7 = (Row("sum", "Sum", "DARTS (ICLR19)"), Row("concatfc", "ConcatFC", "MFAS (CVPR19)"),
+          Row("mha", "MHA", "Transformer (NIPS17)"), Row("aoa", "AoA", "AoANet (ICCV19)"),
+          Row("searched", "Searched", "BM-NAS"))
+PAPER = {"random": 86.35, "late": 89.49, "searched": 90.48, "sum": 87.64, "concatfc": 89.20, "mha": 88.29,
+         "aoa": 89.11}  # NTU RGB-D test accuracy (%), Tables 6 and 7
+
+
+def _genotype_for(row: str, template: Genotype, store, seed: int) -> Genotype:
+    if row == "searched":
+        return template
+    return baseline_genotype(row, store.nodes, store.task, store.num_classes, seed=seed, template=template)
+
+
+def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, settings: dict[str, Any]) -> dict:
+    """One (row, seed) training run; resumes a killed one, reuses a finished one. Runs on dask workers."""
+    import torch
+
+    from pipeline.evaluate import evaluate_run
+    from pipeline.train import LAST, resume_training, train_on_cache
+
+    try:  # a dask worker: torch gets the worker's threads, not the whole machine
+        from distributed import get_worker
+
+        torch.set_num_threads(max(1, get_worker().state.nthreads))
+    except (ImportError, ValueError):
+        pass
+    run = Path(run_dir)
+    done = run / f"metrics_{split}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if (run / LAST).is_file():
+        resume_training(run, evaluate_test=False)
+    else:
+        if run.exists():
+            shutil.rmtree(run)  # killed before its first epoch: nothing to keep
+        train_on_cache(store_path, genotype_path, run, evaluate_test=False, **settings)
+    return evaluate_run(run, split)
+
+
+def _tasks(store, template: Genotype, out: Path, seeds: Sequence[int]) -> list[tuple[str, int, Path, Path]]:
+    gdir = out / "genotypes"
+    gdir.mkdir(parents=True, exist_ok=True)
+    tasks, seen = [], set()
+    for row in TABLE6 + TABLE7:
+        if row.key in seen:
+            continue
+        seen.add(row.key)
+        for s in seeds:
+            gpath = gdir / (f"{row.key}_seed{s}.json" if row.per_seed else f"{row.key}.json")
+            if not gpath.exists():
+                _genotype_for(row.key, template, store, s).save(gpath)
+            tasks.append((row.key, s, gpath, out / "runs" / row.key / f"seed_{s}"))
+    return tasks
+
+
+def _execute(tasks, settings: list[dict], store_path: str, split: str, workers: int | None,
+             scheduler: str | None) -> list[dict]:
+    """Run every task, on dask when more than one worker is available; results in task order."""
+    args = [(store_path, str(g), str(r), split, st) for (_, _, g, r), st in zip(tasks, settings)]
+    n_workers = workers if workers is not None else min(os.cpu_count() or 1, len(tasks))
+    if scheduler is None and n_workers <= 1:
+        return [_run_one(*a) for a in args]
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise SearchError(f"--scheduler {scheduler}: no dask scheduler answered ({exc})") from None
+    else:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(_run_one, *a, pure=False, retries=0) for a in args]
+        return client.gather(futures)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def run_ablation(store_path: str, genotype_path: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 seeds: int | Sequence[int] = 5, epochs: int | None = None, batch_size: int = 96,
+                 device: str = "auto", train_on: str = "train", workers: int | None = None,
+                 scheduler: str | None = None, **settings: Any) -> Path:
+    """Train every Table 6/7 row over `seeds` (a count -> 0..n-1, or a list); returns ablation.md."""
+    from pipeline.train import DEFAULT_EPOCHS, open_store_checked
+
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise SearchError(f"--seeds {seeds!r}: give a positive count or distinct seeds")
+    if epochs is None:
+        if train_on == "train+val":
+            raise SearchError("--train-on train+val needs a fixed --epochs")
+        epochs = DEFAULT_EPOCHS
+    template = Genotype.load(genotype_path)
+    store = open_store_checked(store_path, template, str(genotype_path))
+    split = "test" if len(store.splits.get("test", ())) else "val"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = _tasks(store, template, out, seed_list)
+    per_seed = [dict(settings, epochs=epochs, batch_size=batch_size, device=device, train_on=train_on, seed=s)
+                for _, s, _, _ in tasks]
+    results = _execute(tasks, per_seed, store_path, split, workers, scheduler)
+    key = PRIMARY[store.task]
+    by_row: dict[str, dict[str, Any]] = {}
+    for (row, s, gpath, run), m in zip(tasks, results):
+        r = by_row.setdefault(row, {"values": [], "seeds": [], "params": [], "runs": [], "genotypes": []})
+        r["values"].append(float(m[key]))
+        r["seeds"].append(s)
+        r["params"].append(int(m["num_parameters"]))
+        r["runs"].append(str(run))
+        r["genotypes"].append(str(gpath))
+    summary = {"store": str(store_path), "genotype": str(genotype_path), "metric": key, "split": split,
+               "seeds": seed_list, "epochs": epochs, "train_on": train_on, "rows": by_row}
+    (out / "ablation.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _plot(by_row, key, split, out / "ablation.png")
+    path = out / "ablation.md"
+    path.write_text(ablation_markdown(summary, template))
+    return path
+
+
+def _fmt(mean: float, std: float, n: int, scale: float) -> str:
+    return f"{mean * scale:.2f} ± {std * scale:.2f}" if n > 1 else f"{mean * scale:.2f}"
+
+
+def _inputs_text(g: Genotype) -> str:
+    return "; ".join(f"({c.inputs[0]}, {c.inputs[1]})" for c in g.cells)
+
+
+def _cells_text(g: Genotype) -> str:
+    from fusion_search.genotype import inner_name
+
+    def cell(c) -> str:
+        return ", ".join(f"{s.op}({inner_name(s.inputs[0])}, {inner_name(s.inputs[1])})" for s in c.steps)
+    return " | ".join(cell(c) for c in g.cells)
+
+
+def ablation_markdown(summary: dict[str, Any], template: Genotype) -> str:
+    """The two tables of `ablation.md` from the numbers in `ablation.json`."""
+    key, rows, n = summary["metric"], summary["rows"], len(summary["seeds"])
+    unit = "%"
+    head = (f"# Ablations on `{summary['store']}`\n\n"
+            f"Searched genotype: `{summary['genotype']}`; metric: {key} on {summary['split']} ({unit}), "
+            f"mean ± sample std over {n} seed(s) {summary['seeds']}; {summary['epochs']} epochs on "
+            f"{summary['train_on']} per run. Paper column: NTU RGB-D test accuracy from the paper's tables "
+            "(other data, other backbones: compare the ordering, not the values).\n\n"
+            f"- searched feature selection: {_inputs_text(template)}\n"
+            f"- searched Cells: {_cells_text(template)}\n")
+
+    def table(title: str, first: str, second: str, spec: tuple[Row, ...]) -> str:
+        lines = [f"\n## {title}\n", f"| {first} | {second} | {key} ({unit}) | per seed | parameters | paper (%) |",
+                 "|---|---|---|---|---|---|"]
+        for row in spec:
+            r = rows[row.key]
+            mean, std = _stats(r["values"])
+            params = sorted(set(r["params"]))
+            ptxt = f"{params[0]:,}" if len(params) == 1 else f"{min(params):,}–{max(params):,}"
+            seeds = ", ".join(f"{v * 100:.2f}" for v in r["values"])
+            lines.append(f"| {row.label} | {row.note} | {_fmt(mean, std, n, 100)} | {seeds} | {ptxt} | "
+                         f"{PAPER[row.key]:.2f} |")
+        return "\n".join(lines) + "\n"
+
+    return (head + table("Feature selection (cf. paper Table 6: same Cell structure)", "Features", "inputs", TABLE6)
+            + table("Fusion strategy (cf. paper Table 7: same feature selection)", "Fusion", "framework", TABLE7)
+            + "\n![ablation](ablation.png)\n")
+
+
+def _plot(by_row: dict[str, dict[str, Any]], key: str, split: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 5]})
+    for ax, spec, title in ((axes[0], TABLE6, "feature selection (Table 6)"),
+                            (axes[1], TABLE7, "fusion strategy (Table 7)")):
+        stats = [_stats(by_row[r.key]["values"]) for r in spec]
+        means = [m * 100 for m, _ in stats]
+        stds = [s * 100 for _, s in stats]
+        colors = ["#d62728" if r.key == "searched" else "#1f77b4" for r in spec]
+        ax.bar(range(len(spec)), means, yerr=stds, capsize=4, color=colors)
+        ax.set_xticks(range(len(spec)))
+        ax.set_xticklabels([r.label for r in spec], fontsize=8)
+        lo = min(m - s for m, s in zip(means, stds))
+        ax.set_ylim(max(0.0, lo - 5), min(100.0, max(m + s for m, s in zip(means, stds)) + 3))
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(f"{key} on {split} (%)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,196 @@
+"""`bmnas evaluate RUN [--split test]`: score a train or finetune run's kept checkpoint on one split.
+
+Writes into the run directory:
+  metrics_<split>.json          flat object: accuracy, top5, f1_macro (multiclass) or f1_weighted,
+                                f1_micro, f1_macro, f1_samples (multilabel); loss, num_samples,
+                                num_parameters, latency_ms_per_sample (batch 1), throughput_samples_per_s,
+                                checkpoint_epoch, split, task, run_kind
+  predictions_<split>.csv       row, sample_id, label(s), prediction(s), score
+  logits_<split>.npy            (N, K) raw logits in the order of the CSV
+  per_class_f1_<split>.json     {class name: F1}
+  confusion_<split>.png/.csv    multiclass only: rows = true class, columns = predicted
+MM-IMDB's paper number is f1_weighted; NTU's and EgoGesture's is accuracy (top-1).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusion_search.data import SplitData, resolve_device
+from fusion_search.found_network import FoundNetwork, count_parameters
+from fusion_search.genotype import Genotype
+from fusion_search.metrics import (compute_metrics, confusion_matrix, loss_fn, multiclass_f1_macro,
+                                   per_class_f1)
+from pipeline.train import BEST, open_splits, open_store_checked, read_run_config
+
+@torch.no_grad()
+def predict(model: nn.Module, data: SplitData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every row of `data`, in split order (eval mode; train mode restored)."""
+    was = model.training
+    model.eval()
+    logits, labels = [], []
+    for feats, y in data.batches(batch_size, seed=0, shuffle=False):
+        logits.append(model(feats).float().cpu().numpy())
+        labels.append(y.cpu().numpy())
+    model.train(was)
+    return np.concatenate(logits), np.concatenate(labels)
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, example: Any, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one forward of a batch of one sample, in milliseconds."""
+    was = model.training
+    model.eval()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times = []
+    for i in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        model(example)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    model.train(was)
+    return float(np.median(times) * 1000.0)
+
+def task_metrics(task: str, num_classes: int, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """All metrics of `bmnas evaluate` (compute_metrics plus multiclass macro-F1 and the loss)."""
+    truth = labels if task == "multiclass" else labels > 0.5
+    out: dict[str, float] = {}
+    if len(labels):
+        t = torch.from_numpy(logits)
+        y = torch.from_numpy(labels).long() if task == "multiclass" else torch.from_numpy(truth.astype(np.float32))
+        out["loss"] = float(loss_fn(task, t, y))
+    out.update(compute_metrics(task, logits, truth))
+    if task == "multiclass":
+        out["f1_macro"] = multiclass_f1_macro(logits.argmax(1), labels, num_classes)
+    return out
+
+def _class_names(names: Sequence[str] | None, k: int) -> list[str]:
+    return list(names) if names and len(names) == k else [str(i) for i in range(k)]
+
+def write_evaluation(run_dir: str | os.PathLike, split: str, *, task: str, num_classes: int, logits: np.ndarray,
+                     labels: np.ndarray, sample_ids: Sequence[str] | None, num_parameters: int,
+                     latency: float | None, seconds: float, class_names: Sequence[str] | None = None,
+                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write every evaluation file of one split (see module docstring); returns the flat metrics."""
+    run = Path(run_dir)
+    names = _class_names(class_names, num_classes)
+    n = len(labels)
+    metrics: dict[str, Any] = {"split": split, "task": task, **task_metrics(task, num_classes, logits, labels),
+                               "num_samples": int(n), "num_parameters": int(num_parameters),
+                               "latency_ms_per_sample": latency,
+                               "throughput_samples_per_s": (n / seconds) if seconds > 0 else None,
+                               **dict(extra or {})}
+    np.save(run / f"logits_{split}.npy", logits.astype(np.float32))
+    ids = list(sample_ids) if sample_ids is not None else [""] * n
+    with (run / f"predictions_{split}.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        if task == "multiclass":
+            prob = torch.from_numpy(logits).softmax(1).numpy() if n else logits
+            pred = logits.argmax(1) if n else np.zeros(0, np.int64)
+            w.writerow(["row", "sample_id", "label", "prediction", "score"])
+            for r in range(n):
+                w.writerow([r, ids[r], names[int(labels[r])], names[int(pred[r])], f"{prob[r, pred[r]]:.4f}"])
+            per_class = per_class_f1(np.eye(num_classes, dtype=bool)[pred], np.eye(num_classes, dtype=bool)[labels])
+            cm = confusion_matrix(pred, labels, num_classes)
+            np.savetxt(run / f"confusion_{split}.csv", cm, fmt="%d", delimiter=",")
+            _plot_confusion(cm, names, run / f"confusion_{split}.png", metrics.get("accuracy", 0.0), split)
+        else:
+            pred = logits > 0.0
+            w.writerow(["row", "sample_id", "labels", "predictions"])
+            for r in range(n):
+                w.writerow([r, ids[r], " ".join(names[j] for j in np.flatnonzero(labels[r] > 0.5)),
+                            " ".join(names[j] for j in np.flatnonzero(pred[r]))])
+            per_class = per_class_f1(pred, labels > 0.5)
+    (run / f"per_class_f1_{split}.json").write_text(
+        json.dumps({nm: float(f) for nm, f in zip(names, per_class)}, indent=1) + "\n")
+    path = run / f"metrics_{split}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
+    os.replace(tmp, path)
+    return metrics
+
+def _plot_confusion(cm: np.ndarray, names: list[str], path: Path, acc: float, split: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = cm.shape[0]
+    side = min(12.0, 2.5 + 0.25 * k)
+    fig, ax = plt.subplots(figsize=(side, side))
+    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{split}: accuracy {acc:.4f} (row-normalised)", fontsize=9)
+    if k <= 30:
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_yticklabels(names, fontsize=6)
+        if k <= 12:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+def _first_example(data: SplitData) -> Any:
+    feats, _ = next(data.batches(1, seed=0, shuffle=False))
+    return feats
+
+def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
+                 batch_size: int | None = None) -> dict[str, Any]:
+    """Evaluate a run's kept checkpoint (best on val, or last for train+val) on `split`; returns the metrics."""
+    from fusion_search.errors import SearchError
+
+    run = Path(run_dir)
+    cfg = read_run_config(run)
+    if cfg["kind"] == "finetune":
+        from pipeline.finetune import evaluate_finetune_run
+
+        return evaluate_finetune_run(run, split, device=device, batch_size=batch_size)
+    if not (run / BEST).is_file():
+        raise SearchError(f"{run}: no {BEST}; the run has not finished an epoch yet")
+    genotype = Genotype.load(run / "genotype.json")
+    store = open_store_checked(cfg["store"], genotype, str(run / "genotype.json"))
+    if len(store.splits.get(split, ())) == 0:
+        raise SearchError(f"--split {split}: the store {store.path} has no rows there "
+                          f"(splits: {', '.join(store.splits) or 'none'})")
+    dev = resolve_device(device or cfg.get("device", "auto"))
+    bs = int(batch_size or cfg.get("batch_size", 96))
+    model = FoundNetwork(genotype, store.node_shapes, float(cfg.get("dropout", 0.2))).to(dev)
+    ckpt = torch.load(run / BEST, map_location=dev, weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    data = open_splits(store, [split], genotype.used_nodes(), dev)
+    t0 = time.perf_counter()
+    logits, labels = predict(model, data, bs)
+    seconds = time.perf_counter() - t0
+    rows = store.split_rows(split)
+    ids = store.sample_ids
+    sample_ids = [str(ids[r]) for r in rows] if ids is not None else [str(r) for r in rows]
+    return write_evaluation(run, split, task=store.task, num_classes=store.num_classes, logits=logits,
+                            labels=labels, sample_ids=sample_ids, num_parameters=count_parameters(model),
+                            latency=latency_ms(model, _first_example(data)), seconds=seconds,
+                            class_names=store.class_names,
+                            extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "train"})
+
+def read_metrics(run_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
+    """The metrics_<split>.json a run wrote (for ablate, report and the demo)."""
+    path = Path(run_dir) / f"metrics_{split}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not written yet; run `bmnas evaluate {run_dir} --split {split}`")
+    return json.loads(path.read_text())

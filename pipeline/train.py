@@ -1,0 +1,322 @@
+"""`bmnas train`: train a found genotype on cached features, keep the best checkpoint, evaluate on test.
+
+Two protocols (paper §3.4):
+- `train_on="train"` (default): train on the train split, evaluate on val after every epoch, keep the
+  checkpoint with the best val score (accuracy / weighted F1), evaluate that one on test;
+- `train_on="train+val"`: the paper's final protocol, train on train ∪ val for a fixed number of
+  epochs (no model selection, so `epochs` must be given) and evaluate the last weights on test.
+
+Schedule as the paper/official code: Adam lr 1e-3, weight decay 3e-4, cosine annealing with warm
+restarts to 1e-6 (T_0 = 1 epoch, T_mult = 2), gradient clipping at 5, dropout 0.2.
+
+Run directory (resumable like search: everything needed to continue is saved after each epoch, so a
+killed run resumed with `resume=True` ends with the same weights as an uninterrupted one on CPU):
+  config.yaml            kind: train + resolved settings (what resume and evaluate read)
+  genotype.json          the genotype trained (a copy: the run stays valid if the original moves)
+  log.txt, metrics.jsonl one JSON line per epoch (train loss/accuracy, val metrics, lr, seconds)
+  checkpoints/last.pt    model, optimiser, scheduler, RNG, best score (for resume)
+  checkpoints/best.pt    {"model", "epoch", "score"}: the weights `evaluate` and `finetune` load
+  metrics_test.json ...  written by `pipeline.evaluate.evaluate_run` at the end
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from fusion_search.architect import weight_step
+from fusion_search.data import SplitData, default_memory_budget, resolve_device
+from fusion_search.errors import SearchError
+from fusion_search.evaluation import evaluate
+from fusion_search.found_network import FoundNetwork, count_parameters
+from fusion_search.genotype import Genotype, check_against_store
+from fusion_search.metrics import PRIMARY, loss_fn
+
+TRAIN_ON = ("train", "train+val")
+DEFAULT_EPOCHS = 30
+LAST = "checkpoints/last.pt"
+BEST = "checkpoints/best.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (with the store's contents: its result)."""
+
+    store: str = ""
+    genotype: str = ""                  # the file given; the run keeps its own copy
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = 96
+    seed: int = 0
+    device: str = "auto"
+    train_on: str = "train"
+    lr: float = 1e-3
+    lr_min: float = 1e-6
+    restart_period: int = 1
+    restart_mult: int = 2
+    weight_decay: float = 3e-4
+    dropout: float = 0.2
+    grad_clip: float = 5.0
+    memory_budget_gb: float | None = None
+    kind: str = "train"
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The config.yaml of a train or finetune run directory, as a mapping with its `kind`."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise SearchError(f"{run_dir}: no config.yaml; is it a run directory of `bmnas train` or `bmnas finetune`?")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or data.get("kind") not in ("train", "finetune"):
+        raise SearchError(f"{path}: not the config of a train/finetune run (a search run? evaluate a train run)")
+    return data
+
+
+def open_store_checked(store_path: str, genotype: Genotype, source: str):
+    """Open the store and check the genotype fits it (nodes, task, classes): one clear SearchError."""
+    from stores import StoreError, open_store
+
+    if not store_path:
+        raise SearchError("--store: give the feature store to train on")
+    try:
+        store = open_store(store_path)
+    except StoreError as exc:
+        raise SearchError(f"--store {store_path}: {exc}") from None
+    check_against_store(genotype, store.nodes, store.task, store.num_classes, source)
+    return store
+
+
+class _ChainedStream:
+    """Streams of several splits as one epoch: each batch comes from a split drawn in proportion to
+    its remaining rows (seeded), so train+val mixes without holding either in RAM."""
+
+    def __init__(self, readers: list) -> None:
+        self.readers = readers
+        self.num_rows = sum(int(r.num_rows) for r in readers)
+
+    def batches(self, batch_size: int, seed: int, epoch: int = 0, shuffle: bool = True):
+        iters = [r.batches(batch_size, seed + 7919 * k, epoch, shuffle) for k, r in enumerate(self.readers)]
+        left = [int(r.num_rows) for r in self.readers]
+        rng = np.random.default_rng([seed, epoch, 1])
+        while any(left):
+            k = int(rng.choice(len(left), p=np.asarray(left) / sum(left))) if shuffle else next(
+                i for i, n in enumerate(left) if n)
+            batch = next(iters[k], None)
+            if batch is None:
+                left[k] = 0
+                continue
+            left[k] = max(0, left[k] - len(batch[1]))
+            yield batch
+
+
+def open_splits(store, splits: list[str], nodes: list[str], device: torch.device,
+                memory_budget_bytes: int | None = None) -> SplitData:
+    """One split, or the union of several (train+val), as SplitData: a RAM bank when it fits."""
+    from stores import FeatureBank
+
+    budget = default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
+    for s in splits:
+        if len(store.splits.get(s, ())) == 0:
+            raise SearchError(f"--store {store.path} has no rows in split {s!r} "
+                              f"(splits: {', '.join(store.splits) or 'none'})")
+    multilabel = store.task == "multilabel"
+    if len(splits) == 1:
+        return SplitData(store.reader(splits[0], nodes, memory_budget_bytes=budget), device, multilabel)
+    if sum(store.estimate_bytes(s, nodes) for s in splits) <= budget:
+        banks = [store.bank(s, nodes) for s in splits]
+        reader = FeatureBank({n: np.concatenate([b.features[n] for b in banks]) for n in nodes},
+                             np.concatenate([b.labels for b in banks]), np.concatenate([b.rows for b in banks]))
+    else:
+        reader = _ChainedStream([store.stream(s, nodes) for s in splits])
+    return SplitData(reader, device, multilabel)
+
+
+def _logger(run_dir: Path) -> tuple[logging.Logger, logging.Handler]:
+    log = logging.getLogger(f"bmnas.train.{run_dir.resolve()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    return log, handler
+
+
+def _validate(cfg: TrainConfig) -> None:
+    if cfg.train_on not in TRAIN_ON:
+        raise SearchError(f"--train-on {cfg.train_on!r}: use train or train+val")
+    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
+        raise SearchError(f"--epochs {cfg.epochs!r}: use a positive integer")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise SearchError(f"--batch-size {cfg.batch_size!r}: use a positive integer")
+    if not 0.0 <= float(cfg.dropout) < 1.0:
+        raise SearchError(f"dropout {cfg.dropout!r}: use a value in [0, 1)")
+
+
+def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: str | os.PathLike, *,
+                   epochs: int | None = None, batch_size: int = 96, seed: int = 0, device: str = "auto",
+                   train_on: str = "train", progress: bool = False, evaluate_test: bool = True,
+                   **settings: Any) -> dict[str, Any]:
+    """Train `genotype_path` on `store_path` into the new run directory `out_dir`; returns the summary.
+
+    `epochs=None` means 30 with `train_on="train"`; `train+val` needs a fixed count (no val to stop on).
+    Extra `settings` are TrainConfig fields (lr, weight_decay, dropout, grad_clip, memory_budget_gb, ...).
+    """
+    if epochs is None:
+        if train_on == "train+val":
+            raise SearchError("--train-on train+val trains for a fixed number of epochs with no validation "
+                              "split to select on: give --epochs")
+        epochs = DEFAULT_EPOCHS
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise SearchError(f"unknown training setting(s) {', '.join(unknown)}")
+    cfg = TrainConfig(store=str(store_path), genotype=str(genotype_path), epochs=epochs, batch_size=batch_size,
+                      seed=seed, device=device, train_on=train_on, **settings)
+    _validate(cfg)
+    run = Path(out_dir)
+    if run.exists() and any(run.iterdir()):
+        raise SearchError(f"--out {run} exists and is not empty: choose a new run directory or continue it "
+                          f"with `bmnas train --resume {run}`")
+    genotype = Genotype.load(genotype_path)
+    open_store_checked(cfg.store, genotype, str(genotype_path))
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    genotype.save(run / "genotype.json")
+    cfg.save(run / "config.yaml")
+    return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test)
+
+
+def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True) -> dict[str, Any]:
+    """Continue a killed `train` run from its last completed epoch (a finished run just re-evaluates)."""
+    run = Path(run_dir)
+    data = read_run_config(run)
+    if data.get("kind") != "train":
+        raise SearchError(f"--resume {run}: a finetune run; resume it with `bmnas finetune --resume {run}`")
+    cfg = TrainConfig(**data)
+    if not (run / LAST).is_file():
+        raise SearchError(f"--resume {run}: no {LAST}; the run stopped before its first epoch ended, start it again")
+    genotype = Genotype.load(run / "genotype.json")
+    return _train(cfg, genotype, run, resume=True, progress=progress, evaluate_test=evaluate_test)
+
+
+def _train(cfg: TrainConfig, genotype: Genotype, run: Path, *, resume: bool, progress: bool,
+           evaluate_test: bool) -> dict[str, Any]:
+    log, handler = _logger(run)
+    try:
+        return _loop(cfg, genotype, run, log, resume, progress, evaluate_test)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, resume: bool, progress: bool,
+          evaluate_test: bool) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    store = open_store_checked(cfg.store, genotype, str(run / "genotype.json"))
+    task, key = store.task, PRIMARY[store.task]
+    device = resolve_device(cfg.device)
+    nodes = genotype.used_nodes()
+    budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * (1 << 30))
+    select = cfg.train_on == "train"
+    train = open_splits(store, cfg.train_on.split("+"), nodes, device, budget)
+    val = open_splits(store, ["val"], nodes, device, budget) if select else None
+    torch.manual_seed(cfg.seed)
+    model = FoundNetwork(genotype, store.node_shapes, cfg.dropout).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=cfg.restart_period, T_mult=cfg.restart_mult, eta_min=cfg.lr_min)
+    state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": 0}
+    if resume:
+        ckpt = torch.load(run / LAST, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+        state = {k: ckpt[k] for k in state}
+        _truncate(run / "metrics.jsonl", state["epoch"])
+        log.info("resumed after epoch %d", state["epoch"])
+    else:
+        log.info("train %s on %s (%s): %d rows, nodes %s, device %s, %d parameters", run / "genotype.json",
+                 store.path, cfg.train_on, train.num_rows, ",".join(nodes), device, count_parameters(model))
+    n_batches = max(1, math.ceil(train.num_rows / cfg.batch_size))
+    loss = lambda z, y: loss_fn(task, z, y)  # noqa: E731
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        total, correct, rows = 0.0, 0.0, 0
+        bar = tqdm(train.batches(cfg.batch_size, cfg.seed, epoch), total=n_batches, disable=not progress,
+                   desc=f"train {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        for i, batch in enumerate(bar):
+            w_loss, logits = weight_step(model, params, opt, loss, batch, cfg.grad_clip)
+            sched.step(epoch + (i + 1) / n_batches)
+            total += float(w_loss) * len(batch[1])
+            rows += len(batch[1])
+            if task == "multiclass":
+                correct += float((logits.argmax(1) == batch[1]).sum())
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(rows, 1),
+                                  "lr": opt.param_groups[0]["lr"]}
+        if task == "multiclass":
+            record["train_accuracy"] = correct / max(rows, 1)
+        improved = True
+        if val is not None:
+            record["val"] = evaluate(model, val, task, cfg.batch_size)
+            score = float(record["val"].get(key, float("nan")))
+            improved = state["best_score"] is None or score > state["best_score"]
+            if improved:
+                state["best_score"] = score
+        if improved:
+            state["best_epoch"] = epoch + 1
+            _atomic_save({"model": model.state_dict(), "epoch": epoch + 1, "score": state["best_score"]}, run / BEST)
+        state["epoch"] = epoch + 1
+        record["seconds"] = time.perf_counter() - t0
+        with (run / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "rng": torch.get_rng_state(),
+                      "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, **state},
+                     run / LAST)
+        val_txt = f", val {key} {record['val'].get(key, float('nan')):.4f}" if val is not None else ""
+        msg = (f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}{val_txt}, "
+               f"best epoch {state['best_epoch']} ({record['seconds']:.1f}s)")
+        log.info(msg)
+        if progress:
+            tqdm.write(msg)
+    summary: dict[str, Any] = {"run_dir": str(run), "epochs": cfg.epochs, "train_on": cfg.train_on,
+                               "best_epoch": state["best_epoch"], "best_val": state["best_score"],
+                               "num_parameters": count_parameters(model), "test": None}
+    if evaluate_test and len(store.splits.get("test", ())) > 0:
+        from pipeline.evaluate import evaluate_run
+
+        summary["test"] = evaluate_run(run, "test")
+        log.info("test (checkpoint of epoch %d): %s %.4f", state["best_epoch"], key,
+                 summary["test"].get(key, float("nan")))
+    return summary
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _truncate(path: Path, epochs_done: int) -> None:
+    """Drop metric lines of epochs the checkpoint does not cover (a kill between the two writes)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
+    path.write_text("".join(ln + "\n" for ln in keep))
