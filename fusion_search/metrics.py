@@ -65,3 +65,29 @@ def compute_metrics(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[s
             out["top5"] = topk_accuracy(logits, labels, 5)
         return out
     return f1_scores(logits > 0.0, labels)  # sigmoid(z) > 0.5  <=>  z > 0
+
+
+# --- evaluation extras (appended for `bmnas evaluate`) ---
+
+def per_class_f1(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """F1 of each column of binary (N, K) predictions against multi-hot truth (0 where undefined)."""
+    pred = pred.astype(bool)
+    truth = truth.astype(bool)
+    tp = (pred & truth).sum(0).astype(np.float64)
+    return _f1(tp, (pred & ~truth).sum(0).astype(np.float64), (~pred & truth).sum(0).astype(np.float64))
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels.astype(np.int64), pred.astype(np.int64)), 1)
+    return cm
+
+
+def multiclass_f1_macro(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Mean one-vs-rest F1 over the classes that occur in truth or prediction (scikit-learn's macro)."""
+    cm = confusion_matrix(pred, labels, num_classes).astype(np.float64)
+    tp = np.diag(cm)
+    f1 = _f1(tp, cm.sum(0) - tp, cm.sum(1) - tp)
+    present = (cm.sum(0) + cm.sum(1)) > 0
+    return float(f1[present].mean()) if present.any() else 0.0

@@ -56,11 +56,11 @@ def test_cell_structures_match_the_paper_figure():
 
 
 def test_late_fusion_reads_only_the_deepest_taps():
-    assert deepest_taps(NODES) == ["video_3", "skeleton_3"]
+    assert deepest_taps(NODES) == ["a_3", "b_3"]
     assert deepest_taps(["a_2", "a_10", "b_1", "odd"]) == ["a_10", "b_1", "odd"]
     g = baseline_genotype("late", NODES, "multiclass", K, cells=3)
-    assert [c.inputs for c in g.cells] == [("video_3", "skeleton_3"), ("cell_1", "video_3"), ("cell_2", "skeleton_3")]
-    assert g.used_nodes() == ["video_3", "skeleton_3"]
+    assert [c.inputs for c in g.cells] == [("a_3", "b_3"), ("cell_1", "a_3"), ("cell_2", "b_3")]
+    assert g.used_nodes() == ["a_3", "b_3"]
     with pytest.raises(SearchError, match="two modalities"):
         baseline_genotype("late", ["video_1", "video_2"], "multiclass", K)
 
@@ -75,7 +75,7 @@ def test_templates_keep_one_half_of_the_searched_genotype():
         g = baseline_genotype(name, NODES, "multiclass", K, template=t, seed=1)
         assert [(c.steps, c.concat) for c in g.cells] == [(c.steps, c.concat) for c in t.cells]
     late = baseline_genotype("late", NODES, "multiclass", K, template=t)
-    assert late.cells[0].inputs == ("video_3", "skeleton_3")
+    assert late.cells[0].inputs == ("a_3", "b_3")
 
 
 def test_random_is_seeded_with_distinct_pairs():
@@ -102,11 +102,11 @@ def test_unknown_baseline_and_cli(tmp_path):
                               "--like", str(tmp_path / "g.json"), "-o", str(tmp_path / "aoa.json")])
     assert res.exit_code == 0, res.output
     g = Genotype.load(tmp_path / "aoa.json")
-    assert g.cells[0].inputs == ("video_2", "skeleton_3") and g.cells[1].steps[1].op == "LinearGLU"
+    assert g.cells[0].inputs == ("a_2", "b_3") and g.cells[1].steps[1].op == "LinearGLU"
     bad = searched_genotype().to_dict()
-    bad["cells"][0]["inputs"] = ["video_9", "skeleton_3"]
-    bad["nodes"] = NODES + ["video_9"]
+    bad["cells"][0]["inputs"] = ["a_9", "b_3"]
+    bad["nodes"] = NODES + ["a_9"]
     Genotype.from_dict(bad).save(tmp_path / "bad.json")
     res = runner.invoke(cli, ["genotype", "baseline", "sum", "--store", str(tmp_path / "s.zarr"),
                               "--like", str(tmp_path / "bad.json"), "-o", str(tmp_path / "x.json")])
-    assert res.exit_code == 2 and "video_9" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "a_9" in res.output and "Traceback" not in res.output

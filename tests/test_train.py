@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype
 from pipeline.cli import cli
+from stores import open_store
 from pipeline.evaluate import evaluate_run
 from pipeline.train import BEST, LAST, resume_training, train_on_cache
 from _train_data import NODES, searched_genotype, small_store
@@ -41,7 +42,7 @@ def test_train_evaluate_round_trip(setup):
     assert summary["best_epoch"] == best and torch.load(run / BEST, weights_only=True)["epoch"] == best
     test = json.loads((run / "metrics_test.json").read_text())
     assert test == summary["test"]
-    assert test["num_samples"] == 40 and test["num_parameters"] == summary["num_parameters"] > 0
+    assert test["num_samples"] == 20 and test["num_parameters"] == summary["num_parameters"] > 0
     assert test["checkpoint_epoch"] == best and test["latency_ms_per_sample"] > 0
     assert test["accuracy"] > 0.6  # planted pair read by the genotype: well above chance (0.25)
     # evaluating the run again gives the same numbers (from the kept checkpoint)
@@ -49,7 +50,8 @@ def test_train_evaluate_round_trip(setup):
     assert again["accuracy"] == test["accuracy"] and again["loss"] == pytest.approx(test["loss"])
     val = evaluate_run(run, "val")
     assert val["accuracy"] == pytest.approx(hist[best - 1]["val"]["accuracy"])
-    assert (run / "predictions_test.csv").read_text().splitlines()[1].split(",")[1].startswith("s0")
+    first = (run / "predictions_test.csv").read_text().splitlines()[1].split(",")
+    assert first[1] == str(open_store(d / "s.zarr").split_rows("test")[0])  # no sample_ids: the store row
     assert Genotype.load(run / "genotype.json").key() == searched_genotype().key()
 
 
@@ -65,7 +67,7 @@ def test_train_plus_val_fixed_epochs_and_multilabel(tmp_path):
     assert all("val" not in h for h in hist)  # no selection on val: it is training data here
     m = json.loads((tmp_path / "r" / "metrics_test.json").read_text())
     assert {"f1_weighted", "f1_micro", "f1_macro", "f1_samples", "num_samples", "num_parameters"} <= set(m)
-    assert set(json.loads((tmp_path / "r" / "per_class_f1_test.json").read_text())) == {"c0", "c1", "c2"}
+    assert set(json.loads((tmp_path / "r" / "per_class_f1_test.json").read_text())) == {"0", "1", "2"}
 
 
 def test_resume_continues_exactly(setup):
@@ -108,7 +110,7 @@ def test_cli_train_evaluate_and_bad_input(setup):
     fails(base + ["--genotype", str(d / "g.json"), "--train-on", "train+val"], "give --epochs")
     other = searched_genotype().to_dict()
     other["nodes"] = NODES + ["depth_1"]
-    other["cells"][1]["inputs"] = ["cell_1", "depth_1"]
+    other["cells"][1]["inputs"] = ["cell_1", "depth_1"]  # a node the store lacks
     Genotype.from_dict(other).save(d / "absent.json")
     fails(base + ["--genotype", str(d / "absent.json")], "depth_1")
     searched_genotype("multilabel", 4).save(d / "task.json")
