@@ -141,6 +141,7 @@ def _ntu_root(tmp_path: Path) -> Path:
         "S001C001P008R001A005": "empty",  # empty skeleton file
         "S001C001P013R001A006": "skeleton",  # video missing
         "S001C003P015R001A007": "skip",  # in NTU's missing-skeletons list
+        "S001C003P016R001A008": "bodiless",  # frames with no body, as NTU's 302 missing skeletons
     }
     for name, kind in names.items():
         if kind != "skeleton":
@@ -149,6 +150,8 @@ def _ntu_root(tmp_path: Path) -> Path:
             (root / "nturgb+d_skeletons" / f"{name}.skeleton").write_text(_skeleton_text([[_body(0)]] * 4))
         if kind == "empty":
             (root / "nturgb+d_skeletons" / f"{name}.skeleton").write_text("")
+        if kind == "bodiless":
+            (root / "nturgb+d_skeletons" / f"{name}.skeleton").write_text(_skeleton_text([[]] * 40))
     (root / "NTU_RGBD_samples_with_missing_skeletons.txt").write_text("S001C003P015R001A007\n")
     return root
 
@@ -161,7 +164,7 @@ def test_source_lists_splits_skips_and_loads(tmp_path: Path) -> None:
     assert src.label_array().tolist() == [0, 1, 2] and src.num_classes == 60
     problems = "\n".join(src.problems())
     for sid, why in [("P004", "no skeleton"), ("P008", "empty skeleton"), ("P013", "no video"),
-                     ("P015", "missing skeletons")]:
+                     ("P015", "missing skeletons"), ("P016", "no body in any frame")]:
         assert sid in problems and why in problems
     clone = pickle.loads(pickle.dumps(src))
     video = clone.load(ids[0], "video")
@@ -183,9 +186,11 @@ def test_source_check_reports_every_corrupt_file(tmp_path: Path) -> None:
     root = _ntu_root(tmp_path)
     (root / "nturgb+d_rgb" / "S001C001P001R001A001_rgb.avi").write_bytes(b"\x00" * 3000)
     (root / "nturgb+d_skeletons" / "S002C001P003R002A003.skeleton").write_text("4\n1\n" + INFO + "\n25\n1 2 3\n")
-    found = NTUSource(root, frames=4, size=16).check()
-    assert len(found) == 2
-    assert "S001C001P001R001A001_rgb.avi" in found[0] and "S002C001P003R002A003.skeleton:5:" in found[1]
+    src = NTUSource(root, frames=4, size=16)
+    found = src.check()  # the corrupt video is found by decoding ...
+    assert len(found) == 1 and "S001C001P001R001A001_rgb.avi" in found[0]
+    # ... the malformed (small) skeleton already while listing, with its line
+    assert any("S002C001P003R002A003.skeleton:5:" in p for p in src.problems())
 
 
 def test_bad_root_and_options(tmp_path: Path) -> None:

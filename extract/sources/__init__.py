@@ -1,5 +1,7 @@
-"""Raw-data sources: one interface (`Source`) for every dataset adapter."""
+"""Raw-data sources: one interface (`Source`) for every dataset adapter; `open_source` opens one
+by kind (ntu, mmimdb, egogesture, manifest) and path."""
 
-from extract.sources.base import Sample, Source
+from extract.sources.base import ListedSource, Sample, Source
+from extract.sources.registry import KINDS, detect_kind, open_source
 
-__all__ = ["Sample", "Source"]
+__all__ = ["KINDS", "ListedSource", "Sample", "Source", "detect_kind", "open_source"]

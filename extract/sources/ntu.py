@@ -213,12 +213,25 @@ def write_skeleton(path: str | Path, frames: list[np.ndarray], rng: np.random.Ge
 # --------------------------------------------------------------------------- the source
 
 
+SMALL_SKELETON_BYTES = 4096  # one body in one frame takes ~1.5 kB; smaller files are parsed when listing
+
+
+def _bodiless(path: Path) -> str | None:
+    """Why a (small) skeleton file is unusable, or ``None``: NTU's "missing skeleton" files list
+    frames with no body at all, so they are tiny and cheap to parse while listing."""
+    try:
+        frames = read_skeleton(path)
+    except DataError as exc:
+        return str(exc)
+    return None if any(f.shape[0] for f in frames) else f"skeleton {path.name} has no body in any frame"
+
+
 class NTUSource(ListedSource):
     """NTU RGB+D 60 (or data in its file layout): ``video`` and ``skeleton`` modalities.
 
     ``root`` is searched recursively for ``*.skeleton`` and ``*_rgb.avi`` (or ``_rgb.mp4``) files,
     so both the official ``nturgb+d_skeletons/`` + ``nturgb+d_rgb/`` folders and a flat folder work.
-    Samples whose skeleton (or video) is missing, empty, or named in a skip list
+    Samples whose skeleton (or video) is missing, empty, has no body in any frame, or is named in a skip list
     (``*missing_skeletons*.txt`` in ``root`` or ``skip_list``) are skipped and listed in ``problems()``.
     """
 
@@ -277,6 +290,8 @@ class NTUSource(ListedSource):
                     reason = f"no {modality} file (has {', '.join(sorted(files))})"
                 elif p.stat().st_size == 0:
                     reason = f"empty {modality} file {p}"
+                elif modality == "skeleton" and p.stat().st_size < SMALL_SKELETON_BYTES:
+                    reason = _bodiless(p)
             if reason is None and "skeleton" in self.modalities and sid in skip:
                 reason = "listed as a sample with missing skeletons"
             action = parse_name(sid)["action"]
