@@ -50,7 +50,7 @@ def info(path: Path, kind: str | None, split_preset: str | None, check: bool, as
     samples = src.samples()
     problems = src.problems()
     if check:
-        problems += src.check(samples)
+        problems += src.check(samples, progress=True)
     summary = {
         "path": str(path),
         "source": src.name,

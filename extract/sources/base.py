@@ -55,7 +55,7 @@ class Source(ABC):
         """Problems found while listing (skipped samples, missing files), one line each."""
         return []
 
-    def check(self, samples: list[Sample] | None = None) -> list[str]:
+    def check(self, samples: list[Sample] | None = None, progress: bool = False) -> list[str]:
         """Load every modality of every sample and return one line per failure.
 
         Listing only looks at names and sizes; this is the deep check ``bmnas data info --check``
@@ -63,8 +63,11 @@ class Source(ABC):
         """
         from extract.errors import DataError
 
+        from tqdm import tqdm
+
         found = []
-        for s in self.samples() if samples is None else samples:
+        samples = self.samples() if samples is None else samples
+        for s in tqdm(samples, desc=f"checking {self.name}", unit="sample", disable=not progress):
             for modality in self.modalities:
                 try:
                     self.load(s.id, modality)

@@ -22,6 +22,7 @@ NAME_RE = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 NUM_JOINTS = 25
 CENTER_JOINT = 1  # "middle of the spine"; skeletons are centred on it (first body, per frame)
 SYNTH_META = "bmnas_synth.json"
+DEFAULT_SIZE = 112
 
 MFAS_SUBJECTS = {
     "train": (1, 4, 8, 13, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38),
@@ -231,6 +232,7 @@ class NTUSource(ListedSource):
 
     ``root`` is searched recursively for ``*.skeleton`` and ``*_rgb.avi`` (or ``_rgb.mp4``) files,
     so both the official ``nturgb+d_skeletons/`` + ``nturgb+d_rgb/`` folders and a flat folder work.
+    ``size="auto"`` resizes/crops frames to 112 px, or keeps the frame size of synthetic data.
     Samples whose skeleton (or video) is missing, empty, has no body in any frame, or is named in a skip list
     (``*missing_skeletons*.txt`` in ``root`` or ``skip_list``) are skipped and listed in ``problems()``.
     """
@@ -243,7 +245,7 @@ class NTUSource(ListedSource):
         root: str | Path,
         split: str = "mfas",
         frames: int = 8,
-        size: int | tuple[int, int] | None = 112,
+        size: int | tuple[int, int] | None | str = "auto",
         skeleton_frames: int = 32,
         modalities: tuple[str, ...] = ("video", "skeleton"),
         skip_list: str | Path | None = None,
@@ -259,11 +261,14 @@ class NTUSource(ListedSource):
         unknown = set(modalities) - {"video", "skeleton"}
         if unknown or not modalities:
             raise DataError(f"NTU modalities are 'video' and 'skeleton'; got {sorted(modalities)}")
-        self.split, self.frames, self.size = split, frames, size
+        self.split, self.frames = split, frames
         self.skeleton_frames = skeleton_frames
         self.modalities = tuple(modalities)
         meta = self.root / SYNTH_META
         self.metadata = json.loads(meta.read_text()) if meta.is_file() else None
+        if size == "auto":  # 112 px for real NTU; synthetic data keeps its own (small) frame size
+            size = tuple(self.metadata["video"]["size"]) if self.metadata else DEFAULT_SIZE
+        self.size = size
         self.num_classes = num_classes or (self.metadata or {}).get("num_classes", 60)
         self.class_names = (self.metadata or {}).get("class_names")
         self._samples = self._list(skip_list)

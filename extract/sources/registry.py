@@ -5,6 +5,7 @@ The one place the CLI, extraction and the demo turn a user's path into a :class:
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -79,4 +80,9 @@ def open_source(path: str | Path, kind: str | None = None, lenient: bool = False
         if not found:
             raise DataError(f"{p}: no manifest.csv or manifest.jsonl in this folder; pass the manifest file")
         p = found[0]
-    return source_class(kind)(p, **options)
+    cls = source_class(kind)
+    accepted = inspect.signature(cls.__init__).parameters
+    wrong = [k for k in options if k not in accepted]
+    if wrong:
+        raise DataError(f"option(s) {', '.join(wrong)} do not apply to {kind} sources")
+    return cls(p, **options)
