@@ -24,7 +24,7 @@ from extract.backbones.taps import TapReader
 from extract.checkpoints import sha256_file
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
-from extract.worker import INIT_SEED, Entry, run_chunks
+from extract.worker import INIT_SEED, Entry, run_chunks, warm_up
 
 ON_ERROR = ("fail", "skip")
 
@@ -204,7 +204,7 @@ class _Runner:
                                    "check the address or run without --scheduler") from None
         else:
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                                        processes=True, dashboard_address=None,
+                                        processes=True, dashboard_address=":0",
                                         silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
         info = self.client.scheduler_info()["workers"]
@@ -215,6 +215,13 @@ class _Runner:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+    def warm_up(self, entries: tuple, reduction: ReductionConfig, device: str) -> None:
+        """Every worker imports and builds its models once, before the clock for samples/s starts."""
+        if self.client is None:
+            warm_up(entries, reduction, device)
+        else:
+            self.client.run(warm_up, entries, reduction, device)
 
     def run(self, tasks: list[list[int]], args: tuple, on_result) -> None:
         """Call ``on_result(results)`` per task; stop starting tasks once it returns False."""
@@ -322,6 +329,9 @@ def extract(
     runner = _Runner(use_dask, scheduler, workers, threads_per_worker, timeout)
     t0 = time.perf_counter()
     try:
+        if tasks:
+            runner.warm_up(tuple(entries), reduction, device)
+        t0 = time.perf_counter()
         runner.run(tasks, (source, str(writer.path), ids, tuple(entries), reduction, device, batch_size,
                            on_error), on_result)
         seconds = time.perf_counter() - t0

@@ -95,6 +95,16 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: str) -> _Loaded:
         return _MODELS[key]
 
 
+def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, device: str) -> int:
+    """Import and build every model on this worker before tasks arrive; returns the process id."""
+    for e in entries:
+        get_model(e, reduction, device)
+    import decord  # noqa: F401  - first import costs seconds on a busy machine
+    import stores  # noqa: F401
+
+    return os.getpid()
+
+
 def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple[dict, list[dict]]:
     """Read and prepare every modality of some samples; failures become skip records."""
     specs = {e.modality: get_backbone(e.backbone).setting(e.setting).input for e in entries}
@@ -164,8 +174,10 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
         _k, _rows, a, b = plan
         return _load_rows(source, sample_ids[a:b], entries)
 
-    results: list[dict] = []
+    results: list[dict] = []  # only a failed chunk's result lands here
+    writes: list[tuple] = []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmnas-decode")
+    write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmnas-write")
     try:
         it: Iterator = iter(plans)
         pending = pool.submit(load, next(it)) if plans else None
@@ -202,12 +214,17 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
                 if any(v is None for v in data.values()):  # every sample of the chunk unreadable
                     shapes = {n: s for e in entries for n, s in e.shapes().items()}
                     data = {n: np.full((rows.stop - rows.start,) + shapes[n], np.nan, np.float32) for n in nodes}
-                writer.write_chunk(k, data)
-                results.append({"chunk": k, "rows": current["rows"], "skipped": current["skipped"],
+                # the write (compression, files, then the completion record) overlaps the next chunk
+                writes.append((write_pool.submit(writer.write_chunk, k, data),
+                               {"chunk": k, "rows": current["rows"], "skipped": current["skipped"],
                                 "failed": None, "seconds": time.perf_counter() - current["t0"],
-                                "pid": os.getpid(), "models_built": LOADS["count"]})
+                                "pid": os.getpid(), "models_built": LOADS["count"]}))
                 current = None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return results
+        write_pool.shutdown(wait=True)
+
+    for fut, res in writes:
+        fut.result()  # a failed write raises here, after every other chunk's write has finished
+    return [res for _, res in writes] + results
 

@@ -47,9 +47,9 @@ def _register() -> None:
 
     cli.add_command(search_cmd)
     cli.add_command(genotype)
-    from pipeline.cli_train import ablate_cmd, baseline_cmd, evaluate_cmd, report_cmd, train_cmd
+    from pipeline.cli_train import ablate_cmd, baseline_cmd, evaluate_cmd, finetune_cmd, report_cmd, train_cmd
 
-    for command in (train_cmd, evaluate_cmd, ablate_cmd, report_cmd):
+    for command in (train_cmd, finetune_cmd, evaluate_cmd, ablate_cmd, report_cmd):
         cli.add_command(command)
     genotype.add_command(baseline_cmd)
 

@@ -1,0 +1,129 @@
+"""`bmnas finetune` on synthetic NTU-format raw data (decord in DataLoader workers), real checkpoints.
+
+The chain is the real one: ntu-like files -> extraction with checkpoints -> store -> `train` on the
+cache -> `finetune` from raw data starting from that train run. The joint model must compute the
+very features the cache holds (same backbones, taps, reduction), or fine-tuning would start from a
+different network than the one trained on the cache.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from extract.backbones import get_backbone
+from extract.checkpoints import read_state_dict, save_checkpoint
+from fusion_search.baselines import baseline_genotype
+from fusion_search.genotype import Genotype
+from pipeline.cli import cli
+from pipeline.evaluate import evaluate_run
+from pipeline.finetune import FinetuneConfig, build_model, finetune, parse_backbone
+from pipeline.train import BEST, train_on_cache
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    from extract.job import BackboneChoice, extract
+    from extract.sources.registry import open_source
+    from extract.synth import generate
+
+    d = tmp_path_factory.mktemp("ft")
+    generate("ntu-like", d / "ntu", samples=24, classes=4, seed=0)
+    torch.manual_seed(0)
+    rgb = save_checkpoint(get_backbone("inflated_resnet50").build("tiny", 4, "video"), d / "rgb.pt")
+    save_checkpoint(get_backbone("hcn").build("tiny", 4, "skeleton"), d / "hcn.pt")
+    assert len(rgb) == 64
+    extract(open_source(d / "ntu"), str(d / "s.zarr"),
+            [BackboneChoice("video", "inflated_resnet50", "tiny", str(d / "rgb.pt")),
+             BackboneChoice("skeleton", "hcn", "tiny", str(d / "hcn.pt"))],
+            use_dask=False, dtype="float32", progress=False, batch_size=8)
+    from stores import open_store
+
+    store = open_store(d / "s.zarr")
+    g = baseline_genotype("random", store.nodes, store.task, store.num_classes, seed=1, C=8, L=4)
+    g = Genotype.from_dict({**g.to_dict(), "cells": [
+        {"inputs": ["video_2", "skeleton_4"], "steps": [{"op": "ConcatFC", "inputs": [0, 1]}], "concat": [2]},
+        {"inputs": ["cell_1", "video_4"], "steps": [{"op": "Attention", "inputs": [0, 1]}], "concat": [2]}]})
+    g.save(d / "g.json")
+    train_on_cache(str(d / "s.zarr"), d / "g.json", d / "cache_run", epochs=1, batch_size=8, device="cpu")
+    backbones = [f"video=inflated_resnet50:{d / 'rgb.pt'}", f"skeleton=hcn:{d / 'hcn.pt'}"]
+    return d, store, g, backbones
+
+
+def test_joint_model_computes_the_cached_features(chain):
+    d, store, g, backbones = chain
+    cfg = FinetuneConfig(genotype=str(d / "g.json"), source=str(d / "ntu"), setting="tiny",
+                         backbones=[parse_backbone(b) for b in backbones])
+    built = build_model(cfg, g)
+    assert set(built.node_shapes) == set(g.used_nodes()) == {"video_2", "video_4", "skeleton_4"}
+    assert all(built.node_shapes[n] == store.node_shapes[n] for n in built.node_shapes)
+    samples = built.source.samples()
+    ids = [str(i) for i in store.sample_ids]
+    from pipeline.finetune import RawSamples
+
+    model = built.model.eval()
+    for row in (0, 5):
+        x, y = RawSamples(built.source, [samples[row]], built.specs)[0]
+        assert ids[row] == samples[row].id and int(y) == int(store.labels()[row])
+        with torch.no_grad():
+            feats = model.features({m: t[None] for m, t in x.items()})
+        for node, t in feats.items():
+            np.testing.assert_allclose(t[0].numpy(), store.array(node)[row], rtol=1e-4, atol=1e-4)
+    keys = set(model.state_dict())
+    assert "backbones.video.fc.weight" not in keys and "backbones.skeleton.fc8.weight" not in keys  # heads dropped
+    assert "backbones.skeleton.fc7.0.weight" in keys
+
+
+def test_finetune_one_epoch_from_raw_data(chain):
+    d, store, g, backbones = chain
+    s = finetune(d / "g.json", str(d / "ntu"), backbones, d / "ft", setting="tiny", init_from=str(d / "cache_run"),
+                 epochs=1, batch_size=4, accumulate=2, device="cpu", loader_workers=2)
+    run = d / "ft"
+    cache_run = json.loads((d / "cache_run" / "metrics_test.json").read_text())
+    assert s["fusion_parameters"] == cache_run["num_parameters"]  # the same found network
+    assert s["num_parameters"] > s["fusion_parameters"]
+    test = json.loads((run / "metrics_test.json").read_text())
+    assert test["run_kind"] == "finetune" and "accuracy" in test
+    assert test["num_samples"] == len(store.splits["test"])
+    # backbones were trained (small lr, but moved) from their checkpoints; fusion from the train run
+    state = torch.load(run / BEST, weights_only=True)["model"]
+    rgb0 = read_state_dict(d / "rgb.pt")
+    assert not torch.equal(state["backbones.video.conv1.weight"], rgb0["conv1.weight"])
+    hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert hist[0]["backbone_lr"] == pytest.approx(0.1 * hist[0]["lr"])
+    assert "accuracy" in hist[0]["val"]
+    again = evaluate_run(run, "test")  # `bmnas evaluate` dispatches on the run kind
+    assert again["accuracy"] == test["accuracy"] and again["num_parameters"] == test["num_parameters"]
+
+
+def test_finetune_bad_input(chain):
+    d, store, g, backbones = chain
+    runner = CliRunner()
+    base = ["finetune", "--genotype", str(d / "g.json"), "--source", str(d / "ntu"), "--setting", "tiny",
+            "--out", str(d / "bad"), "--epochs", "1", "--device", "cpu"]
+
+    def fails(argv, needle):
+        r = runner.invoke(cli, argv)
+        assert r.exit_code == 2, r.output
+        assert needle in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+    # the skeleton checkpoint given for the video backbone
+    fails(base + ["--backbone", f"video=inflated_resnet50:{d / 'hcn.pt'}", "--backbone", backbones[1]],
+          "does not fit the architecture")
+    fails(base + ["--backbone", backbones[0]], "--backbone skeleton=")
+    fails(base + ["--backbone", "video", "--backbone", backbones[1]], "MODALITY=NAME")
+    deep = g.to_dict()
+    deep["nodes"] = list(g.nodes) + ["video_7"]
+    deep["cells"][1]["inputs"] = ["cell_1", "video_7"]
+    Genotype.from_dict(deep).save(d / "deep.json")
+    fails(["finetune", "--genotype", str(d / "deep.json")] + base[3:] + ["--backbone", backbones[0], "--backbone",
+                                                                         backbones[1]], "has 4 taps")
+    fails(base[:-4] + ["--train-on", "train+val", "--backbone", backbones[0], "--backbone", backbones[1]],
+          "give --epochs")
+    fails(base + ["--backbone", backbones[0], "--backbone", backbones[1], "--init-from", str(d / "ntu")],
+          "config.yaml")
+    assert not (d / "bad").exists()  # nothing written for bad input
