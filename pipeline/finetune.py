@@ -21,9 +21,7 @@ train+val), with the whole model in the checkpoints; killed runs resume exactly 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
 import re
 import time
@@ -42,7 +40,8 @@ from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
-from pipeline.train import BEST, DEFAULT_EPOCHS, LAST, TRAIN_ON, read_run_config
+from pipeline.rundir import BEST, LAST, EpochBook, with_logger
+from pipeline.train import DEFAULT_EPOCHS, TRAIN_ON, read_run_config
 
 _NODE = re.compile(r"^(?P<modality>.+)_(?P<k>\d+)$")
 
@@ -378,24 +377,9 @@ def _init_fusion(model: JointModel, genotype: Genotype, init_from: str) -> None:
                           f"(were the features extracted with other backbones or settings?): {first}") from None
 
 
-def _logger(run: Path) -> tuple[logging.Logger, logging.Handler]:
-    log = logging.getLogger(f"bmnas.finetune.{run.resolve()}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    handler = logging.FileHandler(run / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(handler)
-    return log, handler
-
-
 def _run(cfg: FinetuneConfig, genotype: Genotype, built: Built, run: Path, *, resume: bool, progress: bool,
          evaluate_test: bool) -> dict[str, Any]:
-    log, handler = _logger(run)
-    try:
-        return _loop(cfg, built, run, log, resume, progress, evaluate_test)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    return with_logger(run, "finetune", lambda log: _loop(cfg, built, run, log, resume, progress, evaluate_test))
 
 
 def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, resume: bool, progress: bool,
@@ -403,7 +387,6 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
     from tqdm import tqdm
 
     from pipeline.evaluate import task_metrics
-    from pipeline.train import _atomic_save, _truncate
 
     device = resolve_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
@@ -417,24 +400,21 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         opt, T_0=cfg.restart_period, T_mult=cfg.restart_mult, eta_min=cfg.lr_min)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": 0}
+    book = EpochBook(run, key)
     if resume:
-        ckpt = torch.load(run / LAST, map_location=device, weights_only=True)
+        ckpt = book.restore(device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
-        state = {k: ckpt[k] for k in state}
-        _truncate(run / "metrics.jsonl", state["epoch"])
-        log.info("resumed after epoch %d", state["epoch"])
+        log.info("resumed after epoch %d", book.epoch)
     else:
         log.info("finetune %s on %s: backbones %s, %d backbone + %d fusion parameters, device %s, amp %s",
                  cfg.genotype, cfg.source, ", ".join(f"{b['modality']}={b['backbone']}" for b in cfg.backbones),
                  sum(p.numel() for p in bb_params), sum(p.numel() for p in fusion_params), device, amp)
     splits = cfg.train_on.split("+")
     val_loader = _loader(built, ["val"], cfg, shuffle=False) if cfg.train_on == "train" else None
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(book.epoch, cfg.epochs):
         t0 = time.perf_counter()
         loader = _loader(built, splits, cfg, shuffle=True, epoch=epoch)
         n_batches = len(loader)
@@ -459,30 +439,13 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
                 sched.step(epoch + (i + 1) / n_batches)
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(rows, 1),
                                   "lr": opt.param_groups[0]["lr"], "backbone_lr": opt.param_groups[1]["lr"]}
-        improved = True
         if val_loader is not None:
-            logits, labels = predict_loader(model, val_loader, device, amp)
-            record["val"] = task_metrics(task, built.source.num_classes, logits, labels)
-            score = float(record["val"].get(key, float("nan")))
-            improved = state["best_score"] is None or score > state["best_score"]
-            if improved:
-                state["best_score"] = score
-        if improved:
-            state["best_epoch"] = epoch + 1
-            _atomic_save({"model": model.state_dict(), "epoch": epoch + 1, "score": state["best_score"]}, run / BEST)
-        state["epoch"] = epoch + 1
+            record["val"] = task_metrics(task, built.source.num_classes, *predict_loader(model, val_loader, device, amp))
         record["seconds"] = time.perf_counter() - t0
-        with (run / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), **state}, run / LAST)
-        val_txt = f", val {key} {record['val'].get(key, float('nan')):.4f}" if val_loader is not None else ""
-        log.info("epoch %d/%d: train loss %.4f%s (%.1fs)", epoch + 1, cfg.epochs, record["train_loss"], val_txt,
-                 record["seconds"])
-    summary: dict[str, Any] = {"run_dir": str(run), "epochs": cfg.epochs, "train_on": cfg.train_on,
-                               "best_epoch": state["best_epoch"], "best_val": state["best_score"],
-                               "num_parameters": count_parameters(model),
-                               "fusion_parameters": count_parameters(model.fusion), "test": None}
+        log.info(book.end_epoch(record, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                                "scaler": scaler.state_dict()}, device))
+    summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on, "num_parameters": count_parameters(model),
+                            "fusion_parameters": count_parameters(model.fusion), "test": None})
     if evaluate_test and any(s.split == "test" for s in built.source.samples()):
         summary["test"] = evaluate_finetune_run(run, "test", built=built)
     return summary

@@ -22,7 +22,6 @@ killed run resumed with `resume=True` ends with the same weights as an uninterru
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -42,11 +41,13 @@ from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype, check_against_store
 from fusion_search.metrics import PRIMARY, loss_fn
+from pipeline.rundir import BEST, LAST, EpochBook, with_logger
+
+__all__ = ["BEST", "LAST", "TrainConfig", "train_on_cache", "resume_training", "open_splits", "open_store_checked",
+           "read_run_config"]
 
 TRAIN_ON = ("train", "train+val")
 DEFAULT_EPOCHS = 30
-LAST = "checkpoints/last.pt"
-BEST = "checkpoints/best.pt"
 
 
 @dataclass
@@ -144,16 +145,6 @@ def open_splits(store, splits: list[str], nodes: list[str], device: torch.device
     return SplitData(reader, device, multilabel)
 
 
-def _logger(run_dir: Path) -> tuple[logging.Logger, logging.Handler]:
-    log = logging.getLogger(f"bmnas.train.{run_dir.resolve()}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    handler = logging.FileHandler(run_dir / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(handler)
-    return log, handler
-
-
 def _validate(cfg: TrainConfig) -> None:
     if cfg.train_on not in TRAIN_ON:
         raise SearchError(f"--train-on {cfg.train_on!r}: use train or train+val")
@@ -212,12 +203,7 @@ def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evalu
 
 def _train(cfg: TrainConfig, genotype: Genotype, run: Path, *, resume: bool, progress: bool,
            evaluate_test: bool) -> dict[str, Any]:
-    log, handler = _logger(run)
-    try:
-        return _loop(cfg, genotype, run, log, resume, progress, evaluate_test)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    return with_logger(run, "train", lambda log: _loop(cfg, genotype, run, log, resume, progress, evaluate_test))
 
 
 def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, resume: bool, progress: bool,
@@ -229,33 +215,27 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, 
     device = resolve_device(cfg.device)
     nodes = genotype.used_nodes()
     budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * (1 << 30))
-    select = cfg.train_on == "train"
     train = open_splits(store, cfg.train_on.split("+"), nodes, device, budget)
-    val = open_splits(store, ["val"], nodes, device, budget) if select else None
+    val = open_splits(store, ["val"], nodes, device, budget) if cfg.train_on == "train" else None
     torch.manual_seed(cfg.seed)
     model = FoundNetwork(genotype, store.node_shapes, cfg.dropout).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         opt, T_0=cfg.restart_period, T_mult=cfg.restart_mult, eta_min=cfg.lr_min)
-    state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": 0}
+    book = EpochBook(run, key)
     if resume:
-        ckpt = torch.load(run / LAST, map_location=device, weights_only=True)
+        ckpt = book.restore(device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"])
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-        state = {k: ckpt[k] for k in state}
-        _truncate(run / "metrics.jsonl", state["epoch"])
-        log.info("resumed after epoch %d", state["epoch"])
+        log.info("resumed after epoch %d", book.epoch)
     else:
         log.info("train %s on %s (%s): %d rows, nodes %s, device %s, %d parameters", run / "genotype.json",
                  store.path, cfg.train_on, train.num_rows, ",".join(nodes), device, count_parameters(model))
     n_batches = max(1, math.ceil(train.num_rows / cfg.batch_size))
     loss = lambda z, y: loss_fn(task, z, y)  # noqa: E731
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(book.epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         total, correct, rows = 0.0, 0.0, 0
@@ -272,51 +252,19 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, 
                                   "lr": opt.param_groups[0]["lr"]}
         if task == "multiclass":
             record["train_accuracy"] = correct / max(rows, 1)
-        improved = True
         if val is not None:
             record["val"] = evaluate(model, val, task, cfg.batch_size)
-            score = float(record["val"].get(key, float("nan")))
-            improved = state["best_score"] is None or score > state["best_score"]
-            if improved:
-                state["best_score"] = score
-        if improved:
-            state["best_epoch"] = epoch + 1
-            _atomic_save({"model": model.state_dict(), "epoch": epoch + 1, "score": state["best_score"]}, run / BEST)
-        state["epoch"] = epoch + 1
         record["seconds"] = time.perf_counter() - t0
-        with (run / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "rng": torch.get_rng_state(),
-                      "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, **state},
-                     run / LAST)
-        val_txt = f", val {key} {record['val'].get(key, float('nan')):.4f}" if val is not None else ""
-        msg = (f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}{val_txt}, "
-               f"best epoch {state['best_epoch']} ({record['seconds']:.1f}s)")
+        msg = book.end_epoch(record, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, device)
         log.info(msg)
         if progress:
             tqdm.write(msg)
-    summary: dict[str, Any] = {"run_dir": str(run), "epochs": cfg.epochs, "train_on": cfg.train_on,
-                               "best_epoch": state["best_epoch"], "best_val": state["best_score"],
-                               "num_parameters": count_parameters(model), "test": None}
+    summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on,
+                            "num_parameters": count_parameters(model), "test": None})
     if evaluate_test and len(store.splits.get("test", ())) > 0:
         from pipeline.evaluate import evaluate_run
 
         summary["test"] = evaluate_run(run, "test")
-        log.info("test (checkpoint of epoch %d): %s %.4f", state["best_epoch"], key,
+        log.info("test (checkpoint of epoch %d): %s %.4f", summary["best_epoch"], key,
                  summary["test"].get(key, float("nan")))
     return summary
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _truncate(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs the checkpoint does not cover (a kill between the two writes)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
-    path.write_text("".join(ln + "\n" for ln in keep))
