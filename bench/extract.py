@@ -47,7 +47,7 @@ def _pure_forward(source, choices, batch_size: int, rows_per_chunk: int) -> tupl
     """Seconds of the bare forward passes over the batches extraction runs (decoded beforehand)."""
     import torch
 
-    from extract.backbones import get_backbone, prepare_one
+    from extract.backbones import get_backbone
     from extract.worker import INIT_SEED
 
     ids = [s.id for s in source.samples()]
@@ -55,8 +55,7 @@ def _pure_forward(source, choices, batch_size: int, rows_per_chunk: int) -> tupl
     for c in choices:
         spec = get_backbone(c.backbone)
         models.append(spec.build(c.setting, source.num_classes, c.modality, seed=INIT_SEED).eval())
-        inp = spec.setting(c.setting).input
-        xs = [prepare_one(source.load(i, c.modality), c.modality, inp) for i in ids]
+        xs = [spec.prepare_input(source.load(i, c.modality), c.modality, c.setting) for i in ids]
         per = []
         for start in range(0, len(ids), rows_per_chunk):  # same chunk-aligned batches as extraction
             stop = min(start + rows_per_chunk, len(ids))

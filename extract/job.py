@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from extract.backbones import get_backbone, prepare_one
+from extract.backbones import get_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import sha256_file
 from extract.errors import BackboneError, DataError, ExtractError
@@ -77,11 +77,10 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
         raise ExtractError(f"source {source.name!r} has no modality {choice.modality!r} "
                            f"(it has {', '.join(source.modalities)})")
     taps = spec.tap_specs(choice.setting, list(choice.taps) if choice.taps else None)
-    inp = spec.setting(choice.setting).input
     item, last_err = None, None
     for sid in ids[:32]:  # the first readable sample decides data-dependent sizes
         try:
-            item = prepare_one(source.load(sid, choice.modality), choice.modality, inp)
+            item = spec.prepare_input(source.load(sid, choice.modality), choice.modality, choice.setting)
             break
         except Exception as exc:  # noqa: BLE001
             last_err = f"{sid}: {exc}"
@@ -95,6 +94,8 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
         from extract.checkpoints import load_checkpoint
 
         sha = load_checkpoint(model, choice.checkpoint, head=spec.head)
+    elif spec.weights is not None:  # weights shipped with the backbone's package
+        sha = sha256_file(spec.weights())
     reader = TapReader(model.eval(), taps, reduction)
     with torch.inference_mode():
         out = reader.run(item[None])
@@ -106,12 +107,22 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
                  num_classes, input_dim, lengths), sha
 
 
+def _init(e: Entry) -> str:
+    """Where a backbone's weights came from, for the store's provenance."""
+    spec = get_backbone(e.backbone)
+    if e.checkpoint:
+        return "checkpoint"
+    if spec.weights is not None:
+        return f"shipped weights {spec.weights()}"
+    return f"random (seed {INIT_SEED})"
+
+
 def _provenance(entries: list[Entry], shas: list[str | None], reduction: ReductionConfig, dtype: str,
                 n: int, rows_per_chunk: int, source: Any) -> dict:
     return {
         "backbones": [{"modality": e.modality, "backbone": e.backbone, "setting": e.setting,
                        "checkpoint": e.checkpoint, "checkpoint_sha256": sha,
-                       "init": "checkpoint" if e.checkpoint else f"random (seed {INIT_SEED})",
+                       "init": _init(e),
                        "taps": [t.name for t in e.taps], "nodes": list(e.nodes)}
                       for e, sha in zip(entries, shas)],
         "reduction": reduction.as_dict(), "dtype": dtype, "num_samples": n,
@@ -153,7 +164,7 @@ def _open_or_create(out: str, entries: list[Entry], shas: list[str | None], prov
             specs.append(NodeSpec(node, tap.channels, length, {
                 "modality": e.modality, "backbone": e.backbone, "setting": e.setting, "layer": tap.name,
                 "module": tap.module, "kind": tap.kind, "checkpoint": e.checkpoint,
-                "checkpoint_sha256": sha, "init": "checkpoint" if e.checkpoint else f"random (seed {INIT_SEED})",
+                "checkpoint_sha256": sha, "init": _init(e),
                 "reduction": prov["reduction"]}))
     try:
         writer = create_store(out, task=source.task, num_classes=source.num_classes, nodes=specs,

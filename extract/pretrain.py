@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from extract.backbones import get_backbone, prepare_one
+from extract.backbones import get_backbone
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkpoint
 from extract.errors import DataError, ExtractError
 
@@ -40,8 +40,9 @@ class PretrainResult:
 class _Samples(Dataset):
     """Prepared (input, label) pairs; with skip=True unreadable samples become None."""
 
-    def __init__(self, source: Any, samples: list, modality: str, spec: Any, skip: bool):
+    def __init__(self, source: Any, samples: list, modality: str, spec: Any, setting: str, skip: bool):
         self.source, self.samples, self.modality, self.spec, self.skip = source, samples, modality, spec, skip
+        self.setting = setting
         self.labels = source.label_array(samples)
 
     def __len__(self) -> int:
@@ -50,7 +51,7 @@ class _Samples(Dataset):
     def __getitem__(self, i: int):
         sid = self.samples[i].id
         try:
-            x = prepare_one(self.source.load(sid, self.modality), self.modality, self.spec)
+            x = self.spec.prepare_input(self.source.load(sid, self.modality), self.modality, self.setting)
         except Exception as exc:  # noqa: BLE001
             if self.skip:
                 return None
@@ -127,9 +128,8 @@ def pretrain(
     val = [s for s in samples if s.split == "val"]
     if not train:
         raise DataError(f"source {source.name!r} has no train samples")
-    inp = spec.setting(setting).input
     skip = on_error == "skip"
-    train_ds = _Samples(source, train, modality, inp, skip)
+    train_ds = _Samples(source, train, modality, spec, setting, skip)
     first = next((train_ds[i] for i in range(min(len(train_ds), 32)) if train_ds[i] is not None), None)
     if first is None:
         raise DataError(f"no readable {modality} sample among the first train samples of {source.name!r}")
@@ -149,7 +149,7 @@ def pretrain(
     loss_fn = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
     loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                         collate_fn=_collate, drop_last=len(train) > batch_size)
-    val_loader = DataLoader(_Samples(source, val, modality, inp, skip), batch_size=batch_size,
+    val_loader = DataLoader(_Samples(source, val, modality, spec, setting, skip), batch_size=batch_size,
                             num_workers=num_workers, collate_fn=_collate) if val else None
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))

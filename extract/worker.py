@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from extract.backbones import TapSpec, get_backbone, prepare_one
+from extract.backbones import TapSpec, get_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import load_checkpoint
 from extract.reduction import ReductionConfig
@@ -107,14 +107,14 @@ def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, device: str)
 
 def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple[dict, list[dict]]:
     """Read and prepare every modality of some samples; failures become skip records."""
-    specs = {e.modality: get_backbone(e.backbone).setting(e.setting).input for e in entries}
+    specs = {e.modality: (get_backbone(e.backbone), e.setting) for e in entries}
     out: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     errors: list[dict] = []
     for row, sid in enumerate(ids):
         got: dict[str, torch.Tensor] = {}
-        for modality, spec in specs.items():
+        for modality, (spec, setting) in specs.items():
             try:
-                got[modality] = prepare_one(source.load(sid, modality), modality, spec)
+                got[modality] = spec.prepare_input(source.load(sid, modality), modality, setting)
             except Exception as exc:  # noqa: BLE001 - any read/decode failure is this sample's
                 try:
                     path = source.path_of(sid, modality)
@@ -136,7 +136,7 @@ def _forward(entries, loaded_by_entry, batch: dict[int, dict[str, torch.Tensor]]
     for entry in entries:
         lm = loaded_by_entry[entry]
         x = torch.stack([batch[r][entry.modality] for r in rows]).to(lm.device)
-        if lm.half:
+        if lm.half and x.is_floating_point():  # token ids stay integers
             x = x.half()
         with lm.lock, torch.inference_mode():
             taps = lm.reader.run(x)

@@ -29,6 +29,7 @@ class InputSpec:
     dim: int | None = None  # feature width (text vectors); None = taken from the data
     joints: int | None = None  # skeleton joints
     bodies: int | None = None  # skeleton bodies
+    tokens: int | None = None  # raw-text backbones: padded token count
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,15 @@ class BackboneSpec:
     settings: dict[str, Setting]
     description: str = ""
     in_channels: dict[str, int] = field(default_factory=dict)  # per modality override (depth: 1)
+    prepare: Callable[[Any, InputSpec], Any] | None = None  # own input preparation (tokenizers)
+    weights: Callable[[], str] | None = None  # file of weights the factory loads itself (shipped)
+
+    def prepare_input(self, item: Any, modality: str, setting: str) -> Any:
+        """One sample's raw array (or text) as this backbone's input tensor, without batch axis."""
+        from extract.backbones.prepare import prepare_one
+
+        inp = self.setting(setting).input
+        return self.prepare(item, inp) if self.prepare else prepare_one(item, modality, inp)
 
     def setting(self, setting: str) -> Setting:
         if setting not in self.settings:
@@ -116,7 +126,7 @@ class BackboneSpec:
         kwargs["num_classes"] = int(num_classes)
         if st.input.channels is not None:
             kwargs["in_channels"] = self.in_channels.get(modality, st.input.channels)
-        if st.input.dim is not None or input_dim is not None:
+        if st.input.dim is not None:
             kwargs["in_dim"] = int(input_dim or st.input.dim)
         return self.factory(**kwargs)
 
