@@ -71,6 +71,19 @@ def _pure_forward(source, choices, batch_size: int, rows_per_chunk: int) -> tupl
     return time.perf_counter() - t0, len(ids)
 
 
+def _write_cost(path: Path, repeats: int = 5) -> float:
+    """Seconds per sample to write one row chunk (every node, then its record) into this store."""
+    from stores import open_writer
+
+    w = open_writer(path)
+    rows = w.chunk_rows(0)
+    data = {n: w._group[f"features/{n}"][rows] for n in w.nodes}  # rewrite chunk 0 with its own values
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        w.write_chunk(0, data)
+    return (time.perf_counter() - t0) / repeats / (rows.stop - rows.start)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=256)
@@ -107,6 +120,9 @@ def main() -> None:
               f"overhead {fwd / mem.samples_per_s - 1:+.0%} (target <= +15%): hooks, reduction, zarr writes")
         print(f"  extract from files (decord + .skeleton)   {ext.samples_per_s:8.1f} samples/s   "
               f"overhead {fwd / ext.samples_per_s - 1:+.0%}: decoding included")
+        per_sample_write = _write_cost(tmp / "m.zarr")
+        print(f"  zarr write of one chunk (all nodes)      {per_sample_write * 1e3:8.2f} ms/sample "
+              f"(= {per_sample_write * fwd:.0%} of the forward time per sample)")
 
         runs = {}
         for w in (1, 2):
