@@ -333,6 +333,7 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
         raise SearchError(f"--out {run} exists and is not empty: choose a new run directory or continue it "
                           f"with `bmnas finetune --resume {run}`")
     genotype = Genotype.load(genotype_path)
+    torch.manual_seed(cfg.seed)  # the fusion network's initial weights
     built = build_model(cfg, genotype)  # all user errors (checkpoints, nodes, task) before the run dir exists
     if cfg.init_from:
         _init_fusion(built.model, genotype, cfg.init_from)

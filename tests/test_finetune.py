@@ -127,3 +127,28 @@ def test_finetune_bad_input(chain):
     fails(base + ["--backbone", backbones[0], "--backbone", backbones[1], "--init-from", str(d / "ntu")],
           "config.yaml")
     assert not (d / "bad").exists()  # nothing written for bad input
+
+
+def test_finetune_resume_is_exact(chain):
+    """A run 'killed' after epoch 1 (its config then says 2) resumes to the weights of an uninterrupted one.
+    Skeleton-only genotype: no video decoding, so two short runs stay cheap."""
+    import yaml
+
+    d, store, g, backbones = chain
+    sk = Genotype.from_dict({**g.to_dict(), "cells": [
+        {"inputs": ["skeleton_2", "skeleton_4"], "steps": [{"op": "LinearGLU", "inputs": [0, 1]}], "concat": [2]},
+        {"inputs": ["cell_1", "skeleton_3"], "steps": [{"op": "Sum", "inputs": [0, 1]}], "concat": [2]}]})
+    sk.save(d / "sk.json")
+    kw = dict(setting="tiny", batch_size=8, device="cpu", loader_workers=0, evaluate_test=False)
+    finetune(d / "sk.json", str(d / "ntu"), backbones[1:], d / "sk_full", epochs=2, **kw)
+    finetune(d / "sk.json", str(d / "ntu"), backbones[1:], d / "sk_cut", epochs=1, **kw)
+    cfg = yaml.safe_load((d / "sk_cut" / "config.yaml").read_text())
+    cfg["epochs"] = 2
+    (d / "sk_cut" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(cli, ["finetune", "--resume", str(d / "sk_cut")])
+    assert res.exit_code == 0, res.output
+    a = torch.load(d / "sk_full" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(d / "sk_cut" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(k.startswith("backbones.video") for k in a)  # only the modality the genotype reads
+    assert "test: " in res.output and (d / "sk_cut" / "metrics_test.json").is_file()
