@@ -73,8 +73,14 @@ class MixedStep(nn.Module):
 
 
 def _mix(weights: torch.Tensor, states: Sequence[torch.Tensor]) -> torch.Tensor:
-    out = weights[0] * states[0]
-    for w, s in zip(weights[1:], states[1:]):
+    """sum_i weights[i] * states[i]; with `sum` inputs x is y, so their two weights scale it once."""
+    if len(states) > 1 and states[1] is states[0]:
+        out = (weights[0] + weights[1]) * states[0]
+        rest = zip(weights[2:], states[2:])
+    else:
+        out = weights[0] * states[0]
+        rest = zip(weights[1:], states[1:])
+    for w, s in rest:
         out = out + w * s
     return out
 
@@ -140,18 +146,20 @@ class Hypernet(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.spec
         if s.reshape:
-            states = [r(features[n]) for r, n in zip(self.reshapes, s.nodes)]
+            inputs = torch.stack([r(features[n]) for r, n in zip(self.reshapes, s.nodes)])
         else:
-            states = [features[n] for n in s.nodes]
-        cells = []
+            inputs = torch.stack([features[n] for n in s.nodes])
+        n_in = inputs.shape[0]
+        flat = inputs.reshape(n_in, -1)  # eq. 2 over the inputs as one (A, P) @ (P, N·C·L) product
+        cells: list[torch.Tensor] = []
         for k, cell in enumerate(self.cells):
-            alpha = self.arch[f"alpha_{k}"].softmax(-1)[..., 0]  # Identity weight of each edge
-            x = _mix(alpha[0], states)
-            y = _mix(alpha[1], states) if s.step_inputs == "pair" else None
+            alpha = self.arch[f"alpha_{k}"].softmax(-1)[..., 0]  # (A, P): Identity weight of each edge
+            mixed = (alpha[:, :n_in] @ flat).view(alpha.shape[0], *inputs.shape[1:])
+            for j, earlier in enumerate(cells):
+                mixed = mixed + alpha[:, n_in + j].view(-1, 1, 1, 1) * earlier
+            y = mixed[1] if s.step_inputs == "pair" else None
             betas = [self.arch[f"beta_{k}_{m}"].softmax(-1) for m in range(s.steps)]
-            out = cell(x, y, betas, self.arch[f"gamma_{k}"].softmax(-1))
-            states.append(out)
-            cells.append(out)
+            cells.append(cell(mixed[0], y, betas, self.arch[f"gamma_{k}"].softmax(-1)))
         return self.head(cells[-s.multiplier:])
 
     @torch.no_grad()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 NODES = ["a_1", "a_2", "a_3", "b_1", "b_2", "b_3"]
 PLANTED = ("a_2", "b_3")
@@ -44,3 +46,13 @@ def planted_store(path: Path, kind: str = "joint", n: int = 480, C: int = 8, T: 
               "test": np.sort(order[n_train + n_val:])}
     return write_store_from_arrays(path, features=feats, labels=labels, splits=splits, task=task,
                                    num_classes=k, rows_per_chunk=64)
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test on one torch thread (restored after): the tiny nets here lose far more to thread
+    synchronisation on a shared 2-core machine than they gain from a second thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from _search_data import single_thread  # noqa: F401
+
 from fusion_search.derive import derive_genotype, select_pairs, select_step
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
@@ -11,6 +13,8 @@ from fusion_search.hypernet import Hypernet, HypernetSpec
 from fusion_search.primitives import DEFAULT_PRIMITIVES
 
 OPS = list(DEFAULT_PRIMITIVES)  # Zero, Sum, Attention, LinearGLU, ConcatFC
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def edges(*strengths):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from _search_data import planted_store
+from _search_data import planted_store, single_thread  # noqa: F401
 from fusion_search.architect import Architect
 from fusion_search.config import SearchConfig
 from fusion_search.errors import SearchError
@@ -14,6 +14,8 @@ from fusion_search.genotype import Genotype
 from fusion_search.hypernet import Hypernet, HypernetSpec
 from fusion_search.metrics import loss_fn
 from fusion_search.search import run_search
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

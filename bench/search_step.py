@@ -1,0 +1,130 @@
+"""One first-order BM-NAS search step (weight step on a train batch + architecture step on a val
+batch) at the NTU configuration, timed side by side:
+
+- `bmnas`: this implementation (arch gradient w.r.t. α, β, γ only; x = y ops computed once);
+- `naive`: the same network stepped the way the official code does it (loss.backward() over all
+  parameters in both steps, every op evaluated on (h, h) as two arguments);
+each with and without the ReshapeInput layers (the official 227 ms/step reference excludes them).
+
+NTU configuration: 8 input nodes, channels 512,1024,2048,2048,128,256,1024,512, T = 8; 2 Cells,
+2 Steps, C = 128, L = 8, multiplier 2, 60 classes, batch 96.
+
+    .venv/bin/python bench/search_step.py [--threads 2] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from fusion_search.architect import Architect, weight_step
+from fusion_search.found_network import FoundNetwork, count_parameters
+from fusion_search.genotype import Genotype
+from fusion_search.hypernet import Hypernet, HypernetSpec
+from fusion_search.metrics import loss_fn
+from fusion_search.primitives import Primitive
+
+REFERENCE_MS = 227.0  # official implementation, per step, 2-core machine, without reshape layers
+CHANNELS = [512, 1024, 2048, 2048, 128, 256, 1024, 512]
+NODES = [f"video_{i}" for i in range(1, 5)] + [f"skeleton_{i}" for i in range(1, 5)]
+C, L, T, K, B = 128, 8, 8, 60, 96
+FIG5_LIKE = {  # a two-Cell NTU genotype in the shape of the paper's Fig. 5, for a parameter count
+    "format": "bmnas-genotype", "version": 1, "task": "multiclass", "num_classes": K, "nodes": NODES,
+    "C": C, "L": L, "multiplier": 2,
+    "cells": [{"inputs": ["video_4", "skeleton_4"], "steps": [{"op": "ConcatFC", "inputs": [0, 1]},
+                                                             {"op": "Attention", "inputs": [2, 1]}], "concat": [2, 3]},
+              {"inputs": ["video_2", "cell_1"], "steps": [{"op": "LinearGLU", "inputs": [1, 0]},
+                                                         {"op": "ConcatFC", "inputs": [2, 1]}], "concat": [2, 3]}],
+    "output": ["cell_1", "cell_2"]}
+
+
+def make(reshape: bool):
+    shapes = {n: ((c if reshape else C), (T if reshape else L)) for n, c in zip(NODES, CHANNELS)}
+    spec = HypernetSpec(nodes=tuple(NODES), node_shapes=shapes, task="multiclass", num_classes=K, cells=2, steps=2,
+                        C=C, L=L, multiplier=2, step_inputs="sum", dropout=0.2, reshape=reshape)
+    torch.manual_seed(0)
+    model = Hypernet(spec)
+    g = torch.Generator().manual_seed(1)
+
+    def batch():
+        return ({n: torch.randn(B, *shapes[n], generator=g) for n in NODES}, torch.randint(0, K, (B,), generator=g))
+
+    return model, batch(), batch()
+
+
+def bmnas_step(model, train, val):
+    loss = lambda z, y: loss_fn("multiclass", z, y)  # noqa: E731
+    w, a = model.weight_parameters(), model.arch_parameters()
+    w_opt = torch.optim.Adam(w, lr=1e-3, weight_decay=3e-4)
+    arch = Architect(model, a, w, torch.optim.Adam(a, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3), loss)
+
+    def step():
+        weight_step(model, w, w_opt, loss, train, 5.0)
+        arch.step(val)
+    return step
+
+
+def naive_step(model, train, val):
+    w, a = model.weight_parameters(), model.arch_parameters()
+    w_opt = torch.optim.Adam(w, lr=1e-3, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(a, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+
+    def step():
+        for opt, (x, y) in ((w_opt, train), (a_opt, val)):
+            model.zero_grad(set_to_none=True)
+            loss_fn("multiclass", model(x), y).backward()
+            if opt is w_opt:
+                torch.nn.utils.clip_grad_norm_(w, 5.0)
+            opt.step()
+    return step
+
+
+def timed(step, n: int) -> float:
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"NTU config: 8 nodes, C={C}, L={L}, 2 cells x 2 steps, batch {B}, {K} classes; "
+          f"{args.threads} threads, median of {args.steps} steps")
+    same = Primitive.forward_same
+    results = {}
+    for reshape in (False, True):
+        for name, build in (("bmnas", bmnas_step), ("naive", naive_step)):
+            model, train, val = make(reshape)
+            if name == "naive":
+                Primitive.forward_same = lambda self, x: self(x, x)
+            try:
+                ms = timed(build(model, train, val), args.steps)
+            finally:
+                Primitive.forward_same = same
+            results[(name, reshape)] = ms
+            params = sum(p.numel() for p in model.weight_parameters())
+            label = "with reshape   " if reshape else "without reshape"
+            print(f"{name:5s} {label}: {ms:7.1f} ms/step  {ms / B:6.3f} ms/sample  "
+                  f"{REFERENCE_MS / ms:5.2f}x vs official {REFERENCE_MS:.0f} ms  ({params / 1e6:.2f} M hypernet weights)")
+    for reshape in (False, True):
+        print(f"bmnas vs naive {'with' if reshape else 'without'} reshape: "
+              f"{results[('naive', reshape)] / results[('bmnas', reshape)]:.2f}x")
+    g = Genotype.from_dict(FIG5_LIKE)
+    found = FoundNetwork(g, {n: (c, T) for n, c in zip(NODES, CHANNELS)})
+    print(f"found network (Fig. 5-like NTU genotype): {count_parameters(found) / 1e6:.2f} M parameters "
+          f"(paper: 0.98 M)")
+
+
+if __name__ == "__main__":
+    main()
