@@ -40,7 +40,7 @@ from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
-from pipeline.rundir import BEST, LAST, EpochBook, with_logger
+from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
 from pipeline.train import DEFAULT_EPOCHS, TRAIN_ON, read_run_config
 
 _NODE = re.compile(r"^(?P<modality>.+)_(?P<k>\d+)$")
@@ -95,7 +95,8 @@ def _node_taps(genotype: Genotype) -> dict[str, list[tuple[str, int]]]:
     for node in genotype.used_nodes():
         m = _NODE.match(node)
         if not m:
-            raise SearchError(f"genotype node {node!r} is not named <modality>_<k>; finetune maps nodes to backbone taps by that name")
+            raise SearchError(f"genotype node {node!r} is not named <modality>_<k>; "
+                              "finetune maps nodes to backbone taps by that name")
         out.setdefault(m["modality"], []).append((node, int(m["k"])))
     return out
 
@@ -314,12 +315,15 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     if unknown:
         raise SearchError(f"unknown finetune setting(s) {', '.join(unknown)}")
     bbs = [parse_backbone(b) if isinstance(b, str) else dict(b) for b in backbones]
+    for b in bbs:  # absolute paths: evaluate and resume work from any directory
+        if b.get("checkpoint"):
+            b["checkpoint"] = abs_path(b["checkpoint"])
     mods = [b["modality"] for b in bbs]
     if len(set(mods)) != len(mods):
         raise SearchError(f"--backbone: one backbone per modality (got {', '.join(mods)})")
-    cfg = FinetuneConfig(genotype=str(genotype_path), source=str(source_path), source_kind=source_kind,
+    cfg = FinetuneConfig(genotype=abs_path(genotype_path), source=abs_path(source_path), source_kind=source_kind,
                          source_split=source_split, source_opts=dict(source_opts or {}), backbones=bbs,
-                         setting=setting, init_from=str(init_from) if init_from else None, epochs=epochs,
+                         setting=setting, init_from=abs_path(init_from) if init_from else None, epochs=epochs,
                          batch_size=batch_size, accumulate=accumulate, device=device, train_on=train_on, seed=seed,
                          **settings)
     if cfg.train_on not in TRAIN_ON:
@@ -422,7 +426,8 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
         model.train()
         opt.zero_grad(set_to_none=True)
         total, rows = 0.0, 0
-        for i, (x, y) in enumerate(tqdm(loader, disable=not progress, leave=False, desc=f"finetune {epoch + 1}/{cfg.epochs}")):
+        bar = tqdm(loader, disable=not progress, leave=False, desc=f"finetune {epoch + 1}/{cfg.epochs}")
+        for i, (x, y) in enumerate(bar):
             x, y = _to(x, y, device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 logits = model(x)

@@ -165,9 +165,11 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     for i in infos:
         params = next((m.get("num_parameters") for m in i["metrics"].values()), None)
         g = Genotype.load(i["genotype"]) if i["genotype"].is_file() else None
-        cells = "; ".join(f"({c.inputs[0]}, {c.inputs[1]}): " + ", ".join(s.op for s in c.steps) for c in g.cells) if g else "—"
-        lines.append(f"| [{i['run'].name}]({os.path.relpath(i['run'] / 'report.md', path.parent)}) | {i['kind']} | "
-                     f"{cells} | {_num(params)} | " + " | ".join(_num(i["metrics"].get(s, {}).get(key)) for s in splits) + " |")
+        cells = "; ".join(f"({c.inputs[0]}, {c.inputs[1]}): " + ", ".join(s.op for s in c.steps)
+                          for c in g.cells) if g else "—"
+        link = os.path.relpath(i["run"] / "report.md", path.parent)
+        values = " | ".join(_num(i["metrics"].get(s, {}).get(key)) for s in splits)
+        lines.append(f"| [{i['run'].name}]({link}) | {i['kind']} | {cells} | {_num(params)} | {values} |")
     plot = _compare_curves(infos, key, path.with_suffix(".png"))
     if plot:
         lines += ["", f"![validation curves]({plot.name})"]

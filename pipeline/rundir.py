@@ -21,6 +21,11 @@ LAST = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
 
 
+def abs_path(path: str | os.PathLike) -> str:
+    """Absolute form of a path a run config records, so evaluate/report/resume work from any directory."""
+    return str(Path(path).resolve()) if str(path) else ""
+
+
 def atomic_save(obj: dict, path: Path) -> None:
     """torch.save through a temporary file, so a kill never leaves half a checkpoint."""
     tmp = path.with_suffix(".tmp")

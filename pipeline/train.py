@@ -41,7 +41,7 @@ from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype, check_against_store
 from fusion_search.metrics import PRIMARY, loss_fn
-from pipeline.rundir import BEST, LAST, EpochBook, with_logger
+from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
 
 __all__ = ["BEST", "LAST", "TrainConfig", "train_on_cache", "resume_training", "open_splits", "open_store_checked",
            "read_run_config"]
@@ -173,7 +173,8 @@ def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: s
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise SearchError(f"unknown training setting(s) {', '.join(unknown)}")
-    cfg = TrainConfig(store=str(store_path), genotype=str(genotype_path), epochs=epochs, batch_size=batch_size,
+    # absolute paths: `evaluate`, `report` and resume work from any directory
+    cfg = TrainConfig(store=abs_path(store_path), genotype=abs_path(genotype_path), epochs=epochs, batch_size=batch_size,
                       seed=seed, device=device, train_on=train_on, **settings)
     _validate(cfg)
     run = Path(out_dir)

@@ -74,7 +74,8 @@ def test_write_evaluation_files(tmp_path):
     assert saved["accuracy"] == pytest.approx(4 / 6) and saved["num_samples"] == 6 and saved["num_parameters"] == 123
     rows = list(csv.DictReader((tmp_path / "predictions_val.csv").open()))
     assert [r["prediction"] for r in rows] == ["a", "b", "b", "c", "c", "a"] and rows[0]["sample_id"] == "id0"
-    assert np.loadtxt(tmp_path / "confusion_val.csv", delimiter=",").astype(int).tolist() == confusion_matrix(P, Y, 4).tolist()
+    saved_cm = np.loadtxt(tmp_path / "confusion_val.csv", delimiter=",").astype(int)
+    assert saved_cm.tolist() == confusion_matrix(P, Y, 4).tolist()
     assert (tmp_path / "confusion_val.png").stat().st_size > 1000
     assert json.loads((tmp_path / "per_class_f1_val.json").read_text())["c"] == pytest.approx(0.8)
     ml = write_evaluation(tmp_path, "test", task="multilabel", num_classes=3,
