@@ -52,6 +52,9 @@ def _register() -> None:
     for command in (train_cmd, finetune_cmd, evaluate_cmd, ablate_cmd, report_cmd):
         cli.add_command(command)
     genotype.add_command(baseline_cmd)
+    from pipeline.cli_demo import demo_cmd
+
+    cli.add_command(demo_cmd)
 
 
 _register()

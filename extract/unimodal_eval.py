@@ -1,0 +1,50 @@
+"""Test metrics of a pretrained unimodal model (backbone + head), for comparisons with fusion.
+
+A pretraining run keeps its best-on-val weights; this rebuilds the model from the run's
+`config.json`, loads `best.pt` with the strict key check, and scores it on a split of the source.
+It writes `RUN/metrics_<split>.json` in the flat format the fusion runs use (`accuracy` or
+`f1_weighted`, `num_samples`, `num_parameters`), so one table can hold both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from extract.backbones import get_backbone
+from extract.checkpoints import load_checkpoint
+from extract.errors import ExtractError
+from extract.pretrain import _collate, _evaluate, _Samples
+
+
+def evaluate_pretrained(source: Any, run_dir: str | Path, split: str = "test", *, device: str = "cpu",
+                        batch_size: int = 32) -> dict[str, Any]:
+    """Score the pretrained model in `run_dir` on `split` of `source`; write and return the metrics."""
+    run = Path(run_dir)
+    cfg_path, ckpt = run / "config.json", run / "best.pt"
+    if not cfg_path.is_file() or not ckpt.is_file():
+        raise ExtractError(f"{run}: not a finished pretraining run (needs config.json and best.pt)")
+    cfg = json.loads(cfg_path.read_text())
+    spec = get_backbone(cfg["backbone"])
+    model = spec.build(cfg["setting"], cfg["num_classes"], cfg["modality"], cfg.get("input_dim"))
+    load_checkpoint(model, ckpt)
+    dev = torch.device(device)
+    model.to(dev)
+    samples = [s for s in source.samples() if s.split == split]
+    if not samples:
+        raise ExtractError(f"source {getattr(source, 'name', '?')!r} has no {split!r} samples")
+    loader = DataLoader(_Samples(source, samples, cfg["modality"], spec, cfg["setting"], False),
+                        batch_size=batch_size, collate_fn=_collate)
+    task = cfg["task"]
+    loss_fn = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
+    loss, score = _evaluate(model, loader, task, dev, loss_fn)
+    metrics = {("f1_weighted" if task == "multilabel" else "accuracy"): score, "loss": loss,
+               "num_samples": len(samples), "num_parameters": sum(p.numel() for p in model.parameters()),
+               "split": split, "backbone": cfg["backbone"], "modality": cfg["modality"]}
+    (run / f"metrics_{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
