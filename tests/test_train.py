@@ -119,3 +119,23 @@ def test_cli_train_evaluate_and_bad_input(setup):
           "not empty")
     fails(["evaluate", str(d)], "config.yaml")
     fails(["evaluate", str(d / "run"), "--split", "holdout"], "holdout")
+
+
+def test_train_plus_val_streams_when_it_does_not_fit(setup):
+    from pipeline.train import open_splits
+
+    store = open_store(setup / "s.zarr")
+    nodes = ["a_2", "b_3"]
+    banked = open_splits(store, ["train", "val"], nodes, torch.device("cpu"))
+    streamed = open_splits(store, ["train", "val"], nodes, torch.device("cpu"), memory_budget_bytes=0)
+    assert banked.in_ram and not streamed.in_ram and banked.num_rows == streamed.num_rows == 140
+    want = np.sort(np.concatenate([store.labels("train"), store.labels("val")]))
+    for data in (banked, streamed):
+        for epoch in (0, 1):  # every train and val row exactly once per epoch, in a seeded order
+            rows = [(f["a_2"].numpy(), y.numpy()) for f, y in data.batches(32, seed=3, epoch=epoch)]
+            feats = np.concatenate([r[0] for r in rows])
+            assert np.array_equal(np.sort(np.concatenate([r[1] for r in rows])), want)
+            assert len({x.tobytes() for x in feats}) == 140
+    a = [y.numpy() for _, y in streamed.batches(32, seed=3, epoch=1)]
+    b = [y.numpy() for _, y in streamed.batches(32, seed=3, epoch=1)]
+    assert all(np.array_equal(x, z) for x, z in zip(a, b))
