@@ -11,6 +11,7 @@ completion record are skipped, except chunks holding skipped samples, which are 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,24 +141,38 @@ def _comparable(prov: dict) -> dict:
     return out
 
 
-def _open_or_create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, source: Any,
-                    n: int, dtype: str, rows_per_chunk: int, codec: str, overwrite: bool):
-    from stores import NodeSpec, StoreError, create_store, open_writer
+def _reopen(out: str, prov: dict):
+    """The writer of an existing store made with the same settings (resume), else an ExtractError."""
+    from stores import StoreError, open_writer
 
-    path = Path(out)
-    if path.exists() and not overwrite:
-        try:
-            writer = open_writer(path)
-        except StoreError as exc:
-            raise ExtractError(f"{out} exists and is not a feature store this run can resume ({exc}); "
-                               "pass --overwrite to replace it") from None
-        old = _comparable(writer.attrs.get("extraction") or {})
-        new = _comparable(prov)
-        if old != new:
-            diff = [k for k in SAME_KEYS if old.get(k) != new.get(k)]
-            raise ExtractError(f"{out} was extracted with other settings ({', '.join(diff)} differ); "
-                               "pass --overwrite to replace it, or choose another --out")
-        return writer, True
+    try:
+        writer = open_writer(Path(out))
+    except StoreError as exc:
+        raise ExtractError(f"{out} exists and is not a feature store this run can resume ({exc}); "
+                           "pass --overwrite to replace it") from None
+    old = _comparable(writer.attrs.get("extraction") or {})
+    new = _comparable(prov)
+    if old != new:
+        diff = [k for k in SAME_KEYS if old.get(k) != new.get(k)]
+        raise ExtractError(f"{out} was extracted with other settings ({', '.join(diff)} differ); "
+                           "pass --overwrite to replace it, or choose another --out")
+    return writer
+
+
+def _check_writable(out: str) -> None:
+    """Fail before starting any worker when the store cannot be created where asked."""
+    parent = Path(out).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ExtractError(f"cannot create the store {out}: {parent} is not a writable directory")
+
+
+def _create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, source: Any,
+            n: int, dtype: str, rows_per_chunk: int, codec: str, overwrite: bool):
+    """A new, empty store with one node per tap and the per-node provenance attrs."""
+    from stores import NodeSpec, StoreError, create_store
+
     specs = []
     for e, sha in zip(entries, shas):
         for tap, node, length in zip(e.taps, e.nodes, e.lengths):
@@ -173,7 +188,7 @@ def _open_or_create(out: str, entries: list[Entry], shas: list[str | None], prov
                               dataset=getattr(source, "name", None), extraction=prov, overwrite=overwrite)
     except (StoreError, OSError) as exc:
         raise ExtractError(f"cannot create the store {out}: {exc}") from None
-    return writer, False
+    return writer
 
 
 def _chunks_with_skips(writer: Any) -> list[int]:
@@ -216,7 +231,7 @@ class _Runner:
         else:
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                                         processes=True, dashboard_address=":0",
-                                        silence_logs=logging.ERROR)
+                                        silence_logs=logging.CRITICAL)
             self.client = Client(self.cluster)
         info = self.client.scheduler_info()["workers"]
         self.slots = max(1, sum(w.get("nthreads", 1) for w in info.values()))
@@ -308,20 +323,15 @@ def extract(
     probed = [_probe(source, ids, b, reduction, source.num_classes) for b in backbones]
     entries, shas = [p[0] for p in probed], [p[1] for p in probed]
     prov = _provenance(entries, shas, reduction, dtype, n, rows_per_chunk, source)
-    writer, resumed = _open_or_create(out, entries, shas, prov, source, n, dtype, rows_per_chunk, codec,
-                                      overwrite)
-    todo = sorted(set(writer.missing_chunks()) | (set(_chunks_with_skips(writer)) if resumed else set()))
-    tasks = [todo[i:i + chunks_per_task] for i in range(0, len(todo), max(1, chunks_per_task))]
+    writer = _reopen(out, prov) if Path(out).exists() and not overwrite else None
+    resumed = writer is not None
+    if writer is None:
+        _check_writable(out)
     skipped: list[dict] = []
     failures: list[dict] = []
     rows_run = 0
     built: dict[int, int] = {}
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=writer.num_chunks, initial=writer.num_chunks - len(todo), unit="chunk",
-                   desc="extract", leave=False)
 
     def on_result(results: list[dict]) -> bool:
         nonlocal rows_run
@@ -337,11 +347,20 @@ def extract(
         return not failures
 
     t_start = time.perf_counter()
+    # connect or start the cluster first: a scheduler that does not answer leaves no files behind
     runner = _Runner(use_dask, scheduler, workers, threads_per_worker, timeout)
-    t0 = time.perf_counter()
     try:
+        if writer is None:
+            writer = _create(out, entries, shas, prov, source, n, dtype, rows_per_chunk, codec, overwrite)
+        todo = sorted(set(writer.missing_chunks()) | (set(_chunks_with_skips(writer)) if resumed else set()))
+        tasks = [todo[i:i + chunks_per_task] for i in range(0, len(todo), max(1, chunks_per_task))]
         if tasks:
             runner.warm_up(tuple(entries), reduction, device)
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=writer.num_chunks, initial=writer.num_chunks - len(todo), unit="chunk",
+                       desc="extract", leave=False)
         t0 = time.perf_counter()
         runner.run(tasks, (source, str(writer.path), ids, tuple(entries), reduction, device, batch_size,
                            on_error), on_result)

@@ -122,6 +122,10 @@ def pretrain(
         raise ExtractError(f"source {source.name!r} has no modality {modality!r} (it has {', '.join(source.modalities)})")
     if on_error not in ("fail", "skip"):
         raise ExtractError(f"--on-error must be fail or skip, not {on_error!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ExtractError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExtractError("--device cuda: no CUDA device is visible here; use --device auto or cpu")
     torch.manual_seed(seed)
     samples = source.samples()
     train = [s for s in samples if s.split == "train"]

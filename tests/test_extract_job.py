@@ -226,6 +226,7 @@ def test_scheduler_that_does_not_answer(ntu, tmp_path):
         extract(_source(ntu), str(tmp_path / "s.zarr"), TINY[1:], scheduler="tcp://127.0.0.1:9", timeout=2,
                 progress=False)
     assert time.time() - t0 < 30
+    assert not (tmp_path / "s.zarr").exists()  # nothing written before the cluster answered
 
 
 def test_source_without_readable_samples(tmp_path):
