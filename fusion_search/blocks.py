@@ -19,6 +19,17 @@ def resize_length(x: torch.Tensor, L: int) -> torch.Tensor:
     return F.interpolate(x, size=L, mode="linear", align_corners=False)
 
 
+class Dropout(nn.Dropout):
+    """Inverted dropout from a uniform mask: same distribution as nn.Dropout, about 2x cheaper on CPU
+    (torch's bernoulli_ dominates a small-network step: ~1.3 ms per (96, 128, 8) tensor)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = (torch.rand_like(x) >= self.p).to(x.dtype)
+        return x * keep.mul_(1.0 / (1.0 - self.p))
+
+
 class ReshapeInput(nn.Module):
     """The learned part of the paper's reshaping: (N, C_node, T_node) -> (N, C, L).
 
@@ -31,7 +42,7 @@ class ReshapeInput(nn.Module):
         self.L = L
         self.proj = nn.Conv1d(c_node, C, kernel_size=1, bias=False)
         self.bn = nn.BatchNorm1d(C)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = channel_linear(resize_length(x, self.L), self.proj.weight[:, :, 0])
@@ -45,7 +56,7 @@ class CellOutput(nn.Module):
         super().__init__()
         self.proj = nn.Conv1d(k * C, C, kernel_size=1, bias=False)
         self.bn = nn.BatchNorm1d(C)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(states, dim=1) if len(states) > 1 else states[0]

@@ -87,6 +87,10 @@ def _check_store(store, cfg: SearchConfig) -> list[str]:
     unknown = [n for n in (cfg.nodes or []) if n not in store.nodes]
     if unknown:
         raise SearchError(f"--nodes: unknown node(s) {', '.join(unknown)}; the store has {', '.join(store.nodes)}")
+    reserved = [n for n in nodes if n.startswith("cell_")]
+    if reserved:
+        raise SearchError(f"--store {store.path}: node name(s) {', '.join(reserved)} clash with Cell names "
+                          "(cell_k); rename the modality")
     if len(nodes) < 2:
         raise SearchError(f"--nodes: a Cell fuses two inputs, choose at least two nodes (got {', '.join(nodes) or 'none'})")
     return nodes

@@ -93,3 +93,17 @@ def test_resize_length_pools_and_interpolates():
     assert resize_length(x, 8) is x
     up = resize_length(torch.tensor([[[0.0, 2.0]]]), 4)
     assert torch.allclose(up, torch.tensor([[[0.0, 0.5, 1.5, 2.0]]]))
+
+
+def test_dropout_keeps_expectation_and_is_identity_in_eval():
+    from fusion_search.blocks import Dropout
+
+    torch.manual_seed(0)
+    d = Dropout(0.2)
+    x = torch.ones(200, 50, 10)
+    y = d(x)
+    assert set(torch.unique(y).tolist()) == {0.0, 1.25}
+    assert abs(float((y == 0).float().mean()) - 0.2) < 0.01
+    assert abs(float(y.mean()) - 1.0) < 0.02
+    d.eval()
+    assert d(x) is x
