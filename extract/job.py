@@ -105,7 +105,7 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
     lengths = tuple(int(out[t.name].shape[-1]) for t in taps)
     ckpt = str(Path(choice.checkpoint).resolve()) if choice.checkpoint else None
     return Entry(choice.modality, choice.backbone, choice.setting, ckpt, tuple(taps), nodes,
-                 num_classes, input_dim, lengths), sha
+                 num_classes, input_dim, lengths, tuple(item.shape), str(item.dtype).replace("torch.", "")), sha
 
 
 def _init(e: Entry) -> str:
@@ -242,12 +242,12 @@ class _Runner:
         if self.cluster is not None:
             self.cluster.close()
 
-    def warm_up(self, entries: tuple, reduction: ReductionConfig, device: str) -> None:
+    def warm_up(self, entries: tuple, reduction: ReductionConfig, device: str, batch_size: int) -> None:
         """Every worker imports and builds its models once, before the clock for samples/s starts."""
         if self.client is None:
-            warm_up(entries, reduction, device)
+            warm_up(entries, reduction, device, batch_size)
         else:
-            self.client.run(warm_up, entries, reduction, device)
+            self.client.run(warm_up, entries, reduction, device, batch_size)
 
     def run(self, tasks: list[list[int]], args: tuple, on_result) -> None:
         """Call ``on_result(results)`` per task; stop starting tasks once it returns False."""
@@ -355,7 +355,7 @@ def extract(
         todo = sorted(set(writer.missing_chunks()) | (set(_chunks_with_skips(writer)) if resumed else set()))
         tasks = [todo[i:i + chunks_per_task] for i in range(0, len(todo), max(1, chunks_per_task))]
         if tasks:
-            runner.warm_up(tuple(entries), reduction, device)
+            runner.warm_up(tuple(entries), reduction, device, batch_size)
         if progress:
             from tqdm import tqdm
 

@@ -36,6 +36,8 @@ class Entry:
     num_classes: int
     input_dim: int | None
     lengths: tuple[int, ...]  # cached T of each node, from the probe forward
+    input_shape: tuple[int, ...] = ()  # one prepared sample's shape (warm-up forward)
+    input_dtype: str = "float32"
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         return {n: (t.channels, ln) for n, t, ln in zip(self.nodes, self.taps, self.lengths)}
@@ -95,10 +97,16 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: str) -> _Loaded:
         return _MODELS[key]
 
 
-def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, device: str) -> int:
-    """Import and build every model on this worker before tasks arrive; returns the process id."""
+def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, device: str, batch_size: int = 0) -> int:
+    """Import, build and run every model once on this worker before tasks arrive; returns the pid."""
     for e in entries:
-        get_model(e, reduction, device)
+        lm = get_model(e, reduction, device)
+        if e.input_shape and batch_size:  # first forward at the batch shape sets up kernels: not timed
+            x = torch.zeros((batch_size,) + e.input_shape, dtype=getattr(torch, e.input_dtype), device=lm.device)
+            if lm.half and x.is_floating_point():
+                x = x.half()
+            with lm.lock, torch.inference_mode():
+                lm.reader.run(x)
     import decord  # noqa: F401  - first import costs seconds on a busy machine
     import stores  # noqa: F401
 
