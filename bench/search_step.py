@@ -15,6 +15,7 @@ NTU configuration: 8 input nodes, channels 512,1024,2048,2048,128,256,1024,512, 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -100,8 +101,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"NTU config: 8 nodes, C={C}, L={L}, 2 cells x 2 steps, batch {B}, {K} classes; "
-          f"{args.threads} threads, median (and min) of {args.steps} steps")
+          f"{args.threads} threads, median (and min) of {args.steps} steps; load average {load} on {os.cpu_count()} CPUs")
     same = Primitive.forward_same
     results = {}
     for reshape in (False, True):
