@@ -2,7 +2,8 @@
 
 Each process (dask worker or the driver with --no-dask) keeps its models in a module-level
 cache, so a backbone is built and its checkpoint read once per worker, not once per task.
-Decoding and input preparation run in a loader thread one batch ahead of the forward pass.
+Decoding and input preparation run in a loader thread one batch ahead of the forward pass, and
+chunk writes in a writer thread, so both overlap the forward passes.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class _Loaded:
 
 _MODELS: dict[tuple, _Loaded] = {}
 _MODELS_LOCK = threading.Lock()
-LOADS = {"count": 0}
-INIT_SEED = 0  # weights of a backbone run without a checkpoint: the same in every process  # models built in this process (tests check "once per worker")
+LOADS = {"count": 0}  # models built in this process (tests check "once per worker")
+INIT_SEED = 0  # weights of a backbone run without a checkpoint: the same in every process
 
 
 def resolve_device(device: str) -> torch.device:
