@@ -39,6 +39,7 @@ class BackboneChoice:
     setting: str = "full"
     checkpoint: str | None = None
     taps: tuple[str, ...] | None = None
+    inflate: bool = False  # checkpoint holds 2D ResNet-50 weights to inflate (inflated_resnet50 only)
 
 
 @dataclass
@@ -91,10 +92,13 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
     input_dim = int(item.shape[-1]) if choice.modality == "text" else None
     model = spec.build(choice.setting, num_classes, choice.modality, input_dim, seed=INIT_SEED)
     sha = None
+    if choice.inflate and (choice.backbone != "inflated_resnet50" or not choice.checkpoint):
+        raise BackboneError("--inflate-from takes 2D ResNet-50 weights for inflated_resnet50 only")
     if choice.checkpoint:
-        from extract.checkpoints import load_checkpoint
+        from extract.checkpoints import inflate_checkpoint, load_checkpoint
 
-        sha = load_checkpoint(model, choice.checkpoint, head=spec.head)
+        load = inflate_checkpoint if choice.inflate else load_checkpoint
+        sha = load(model, choice.checkpoint, head=spec.head)
     elif spec.weights is not None:  # weights shipped with the backbone's package
         sha = sha256_file(spec.weights())
     reader = TapReader(model.eval(), taps, reduction)
@@ -105,14 +109,15 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
     lengths = tuple(int(out[t.name].shape[-1]) for t in taps)
     ckpt = str(Path(choice.checkpoint).resolve()) if choice.checkpoint else None
     return Entry(choice.modality, choice.backbone, choice.setting, ckpt, tuple(taps), nodes,
-                 num_classes, input_dim, lengths, tuple(item.shape), str(item.dtype).replace("torch.", "")), sha
+                 num_classes, input_dim, lengths, tuple(item.shape), str(item.dtype).replace("torch.", ""),
+                 choice.inflate), sha
 
 
 def _init(e: Entry) -> str:
     """Where a backbone's weights came from, for the store's provenance."""
     spec = get_backbone(e.backbone)
     if e.checkpoint:
-        return "checkpoint"
+        return "2D ResNet-50 checkpoint, centre-inflated" if e.inflate else "checkpoint"
     if spec.weights is not None:
         return f"shipped weights {spec.weights()}"
     return f"random (seed {INIT_SEED})"

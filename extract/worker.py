@@ -20,7 +20,7 @@ import torch
 
 from extract.backbones import TapSpec, get_backbone
 from extract.backbones.taps import TapReader
-from extract.checkpoints import load_checkpoint
+from extract.checkpoints import inflate_checkpoint, load_checkpoint
 from extract.reduction import ReductionConfig
 
 
@@ -39,6 +39,7 @@ class Entry:
     lengths: tuple[int, ...]  # cached T of each node, from the probe forward
     input_shape: tuple[int, ...] = ()  # one prepared sample's shape (warm-up forward)
     input_dtype: str = "float32"
+    inflate: bool = False  # checkpoint is a 2D ResNet-50 state_dict to centre-inflate
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         return {n: (t.channels, ln) for n, t, ln in zip(self.nodes, self.taps, self.lengths)}
@@ -84,7 +85,8 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: str) -> _Loaded:
             spec = get_backbone(entry.backbone)
             model = spec.build(entry.setting, entry.num_classes, entry.modality, entry.input_dim, seed=INIT_SEED)
             if entry.checkpoint:
-                load_checkpoint(model, entry.checkpoint, head=spec.head)
+                load = inflate_checkpoint if entry.inflate else load_checkpoint
+                load(model, entry.checkpoint, head=spec.head)
             dev = resolve_device(device)
             half = dev.type == "cuda"
             model = model.to(dev).eval()

@@ -110,6 +110,9 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
               help="Backbone per modality, e.g. video=inflated_resnet50 (repeatable; one store).")
 @click.option("--checkpoint", "checkpoint_opts", multiple=True, metavar="MODALITY=PATH",
               help="Local state_dict per modality (.pt/.pth/.safetensors); sha256 goes into the store.")
+@click.option("--inflate-from", default=None, type=click.Path(path_type=Path),
+              help="Local 2D ResNet-50 weights (e.g. ImageNet resnet50.pth) to centre-inflate into the "
+                   "inflated_resnet50 backbone of this run.")
 @click.option("--taps", "tap_opts", multiple=True, metavar="MODALITY=A,B",
               help="Subset of taps per modality (default: all, shallow to deep).")
 @click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
@@ -131,7 +134,7 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
 @click.option("--overwrite", is_flag=True, help="Replace a store made with other settings.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for --scheduler.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_opts, tap_opts, setting,
+def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_opts, inflate_from, tap_opts, setting,
                 rows_per_chunk, chunks_per_task, batch_size, dtype, codec, t_max, grid, workers,
                 threads_per_worker, scheduler, no_dask, device, on_error, overwrite, timeout, quiet) -> None:
     """Run frozen backbones over DATA and write their reduced taps to the store OUT (resumable)."""
@@ -145,8 +148,15 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
         extra = set(d) - set(bbs)
         if extra:
             raise ExtractError(f"{option} names modality {sorted(extra)[0]!r} that has no --backbone")
+    if inflate_from:
+        targets = [m for m, name in bbs.items() if name == "inflated_resnet50"]
+        if len(targets) != 1 or targets[0] in ckpts:
+            raise ExtractError("--inflate-from needs exactly one --backbone MODALITY=inflated_resnet50 "
+                               "without its own --checkpoint")
+        ckpts[targets[0]] = str(inflate_from)
     choices = [BackboneChoice(m, name, setting, ckpts.get(m),
-                              tuple(t for t in taps[m].split(",") if t) if m in taps else None)
+                              tuple(t for t in taps[m].split(",") if t) if m in taps else None,
+                              inflate=bool(inflate_from) and name == "inflated_resnet50")
                for m, name in bbs.items()]
     src = _open(data, kind, split, source_opt)
     res = extract(src, str(out), choices, reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype,

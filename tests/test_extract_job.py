@@ -248,3 +248,23 @@ def test_existing_scheduler(ntu, tmp_path):
         with Client(cluster) as client:  # still serving
             assert len(client.scheduler_info()["workers"]) == 1
     assert np.isfinite(open_store(tmp_path / "s.zarr").array("skeleton_1")[...]).all()
+
+
+def test_extract_inflate_from_2d_resnet(ntu, tmp_path):
+    from extract.checkpoints import sha256_file
+
+    model3d = get_backbone("inflated_resnet50").build("tiny", 4)
+    sd2 = {k: (v[:, :, v.shape[2] // 2].clone() if v.dim() == 5 else v.clone()) for k, v in model3d.state_dict().items()}
+    import torch
+
+    sd2["fc.weight"], sd2["fc.bias"] = torch.randn(1000, 256), torch.randn(1000)
+    torch.save(sd2, tmp_path / "resnet50.pth")
+    base = ["extract", ntu, "--source-opt", "size=32", "--setting", "tiny", "--no-dask", "--quiet",
+            "--rows-per-chunk", 8, "--taps", "video=layer4"]
+    r = _cli(*base, "--out", tmp_path / "i.zarr", "--backbone", "video=inflated_resnet50",
+             "--inflate-from", tmp_path / "resnet50.pth")
+    assert r.exit_code == 0, r.output
+    attrs = open_store(tmp_path / "i.zarr").node_attrs("video_1")
+    assert attrs["checkpoint_sha256"] == sha256_file(tmp_path / "resnet50.pth") and "inflated" in attrs["init"]
+    r = _cli(*base, "--out", tmp_path / "j.zarr", "--backbone", "video=hcn", "--inflate-from", tmp_path / "resnet50.pth")
+    assert r.exit_code == 2 and "--inflate-from needs exactly one" in r.output
