@@ -80,7 +80,7 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
         if run.exists():
             shutil.rmtree(run)  # killed before its first epoch: nothing to keep
         train_on_cache(store_path, genotype_path, run, evaluate_test=False, **settings)
-    return evaluate_run(run, split)
+    return evaluate_run(run, split, plots=False)
 
 
 def _tasks(store, template: Genotype, out: Path, seeds: Sequence[int]) -> list[tuple[str, int, Path, Path]]:

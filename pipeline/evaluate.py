@@ -80,8 +80,10 @@ def _class_names(names: Sequence[str] | None, k: int) -> list[str]:
 def write_evaluation(run_dir: str | os.PathLike, split: str, *, task: str, num_classes: int, logits: np.ndarray,
                      labels: np.ndarray, sample_ids: Sequence[str] | None, num_parameters: int,
                      latency: float | None, seconds: float, class_names: Sequence[str] | None = None,
-                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write every evaluation file of one split (see module docstring); returns the flat metrics."""
+                     extra: Mapping[str, Any] | None = None, plots: bool = True) -> dict[str, Any]:
+    """Write every evaluation file of one split (see module docstring); returns the flat metrics.
+
+    `plots=False` skips the confusion-matrix image (ablations evaluate dozens of runs)."""
     run = Path(run_dir)
     names = _class_names(class_names, num_classes)
     n = len(labels)
@@ -103,7 +105,8 @@ def write_evaluation(run_dir: str | os.PathLike, split: str, *, task: str, num_c
             per_class = per_class_f1(np.eye(num_classes, dtype=bool)[pred], np.eye(num_classes, dtype=bool)[labels])
             cm = confusion_matrix(pred, labels, num_classes)
             np.savetxt(run / f"confusion_{split}.csv", cm, fmt="%d", delimiter=",")
-            _plot_confusion(cm, names, run / f"confusion_{split}.png", metrics.get("accuracy", 0.0), split)
+            if plots:
+                _plot_confusion(cm, names, run / f"confusion_{split}.png", metrics.get("accuracy", 0.0), split)
         else:
             pred = logits > 0.0
             w.writerow(["row", "sample_id", "labels", "predictions"])
@@ -153,7 +156,7 @@ def _first_example(data: SplitData) -> Any:
     return feats
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
-                 batch_size: int | None = None) -> dict[str, Any]:
+                 batch_size: int | None = None, plots: bool = True) -> dict[str, Any]:
     """Evaluate a run's kept checkpoint (best on val, or last for train+val) on `split`; returns the metrics."""
     from fusion_search.errors import SearchError
 
@@ -162,7 +165,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
     if cfg["kind"] == "finetune":
         from pipeline.finetune import evaluate_finetune_run
 
-        return evaluate_finetune_run(run, split, device=device, batch_size=batch_size)
+        return evaluate_finetune_run(run, split, device=device, batch_size=batch_size, plots=plots)
     if not (run / BEST).is_file():
         raise SearchError(f"{run}: no {BEST}; the run has not finished an epoch yet")
     genotype = Genotype.load(run / "genotype.json")
@@ -186,7 +189,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
                             labels=labels, sample_ids=sample_ids, num_parameters=count_parameters(model),
                             latency=latency_ms(model, _first_example(data)), seconds=seconds,
                             class_names=store.class_names,
-                            extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "train"})
+                            extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "train"}, plots=plots)
 
 def read_metrics(run_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
     """The metrics_<split>.json a run wrote (for ablate, report and the demo)."""

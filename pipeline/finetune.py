@@ -458,7 +458,8 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
 
 
 def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
-                          batch_size: int | None = None, built: Built | None = None) -> dict[str, Any]:
+                          batch_size: int | None = None, built: Built | None = None,
+                          plots: bool = True) -> dict[str, Any]:
     """`bmnas evaluate` for a finetune run: the kept whole-model checkpoint on a split of the raw data."""
     from pipeline.evaluate import latency_ms, write_evaluation
 
@@ -485,4 +486,4 @@ def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, de
                             latency=latency_ms(model, example, repeats=5, warmup=1), seconds=seconds,
                             class_names=getattr(built.source, "class_names", None),
                             extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "finetune",
-                                   "fusion_parameters": count_parameters(model.fusion)})
+                                   "fusion_parameters": count_parameters(model.fusion)}, plots=plots)
