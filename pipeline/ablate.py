@@ -9,7 +9,7 @@ searched row is shared by both tables. Each (row, seed) run is one task: dask ta
 (or `scheduler`) when more than one worker is available, otherwise one after another.
 
 Output directory (rerunning it skips finished runs and resumes killed ones):
-  genotypes/<row>[_seed<s>].json   the genotype of each row (random: one per seed)
+  genotypes/<row>[_seed<s>].json   the genotype of each baseline row (random: one per seed)
   runs/<row>/seed_<s>/             a full `bmnas train` run directory each
   ablation.md                      the tables: mean ± std over seeds (sample std), parameters
   ablation.json                    every per-seed number behind the tables
@@ -52,8 +52,6 @@ PAPER = {"random": 86.35, "late": 89.49, "searched": 90.48, "sum": 87.64, "conca
 
 
 def _genotype_for(row: str, template: Genotype, store, seed: int) -> Genotype:
-    if row == "searched":
-        return template
     return baseline_genotype(row, store.nodes, store.task, store.num_classes, seed=seed, template=template)
 
 
@@ -83,7 +81,10 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
     return evaluate_run(run, split, plots=False)
 
 
-def _tasks(store, template: Genotype, out: Path, seeds: Sequence[int]) -> list[tuple[str, int, Path, Path]]:
+def _tasks(store, template: Genotype, template_path: Path, out: Path,
+           seeds: Sequence[int]) -> list[tuple[str, int, Path, Path]]:
+    """(row, seed, genotype file, run dir) of every run; the searched row trains the user's own file
+    (so `bmnas report` finds the search run's architecture weights beside it)."""
     gdir = out / "genotypes"
     gdir.mkdir(parents=True, exist_ok=True)
     tasks, seen = [], set()
@@ -93,7 +94,9 @@ def _tasks(store, template: Genotype, out: Path, seeds: Sequence[int]) -> list[t
         seen.add(row.key)
         for s in seeds:
             gpath = gdir / (f"{row.key}_seed{s}.json" if row.per_seed else f"{row.key}.json")
-            if not gpath.exists():
+            if row.key == "searched":
+                gpath = template_path.resolve()
+            elif not gpath.exists():
                 _genotype_for(row.key, template, store, s).save(gpath)
             tasks.append((row.key, s, gpath, out / "runs" / row.key / f"seed_{s}"))
     return tasks
@@ -153,7 +156,7 @@ def run_ablation(store_path: str, genotype_path: str | os.PathLike, out_dir: str
     split = "test" if len(store.splits.get("test", ())) else "val"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = _tasks(store, template, out, seed_list)
+    tasks = _tasks(store, template, Path(genotype_path), out, seed_list)
     per_seed = [dict(settings, epochs=epochs, batch_size=batch_size, device=device, train_on=train_on, seed=s)
                 for _, s, _, _ in tasks]
     results = _execute(tasks, per_seed, store_path, split, workers, scheduler)

@@ -162,14 +162,16 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     splits = sorted({s for i in infos for s in i["metrics"]})
     lines = [f"# Comparison of {len(infos)} runs", "", "| " + " | ".join(cols + [f"{key} ({s})" for s in splits]) + " |",
              "|" + "---|" * (len(cols) + len(splits))]
+    names = [i["run"].name for i in infos]
     for i in infos:
         params = next((m.get("num_parameters") for m in i["metrics"].values()), None)
+        label = i["run"].name if names.count(i["run"].name) == 1 else f"{i['run'].parent.name}/{i['run'].name}"
         g = Genotype.load(i["genotype"]) if i["genotype"].is_file() else None
         cells = "; ".join(f"({c.inputs[0]}, {c.inputs[1]}): " + ", ".join(s.op for s in c.steps)
                           for c in g.cells) if g else "—"
         link = os.path.relpath(i["run"] / "report.md", path.parent)
         values = " | ".join(_num(i["metrics"].get(s, {}).get(key)) for s in splits)
-        lines.append(f"| [{i['run'].name}]({link}) | {i['kind']} | {cells} | {_num(params)} | {values} |")
+        lines.append(f"| [{label}]({link}) | {i['kind']} | {cells} | {_num(params)} | {values} |")
     plot = _compare_curves(infos, key, path.with_suffix(".png"))
     if plot:
         lines += ["", f"![validation curves]({plot.name})"]

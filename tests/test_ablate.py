@@ -31,6 +31,7 @@ def test_ablate_two_seeds_on_dask(tmp_path):
     assert rows["sum"]["values"][1] == m["accuracy"] and rows["sum"]["params"][1] == m["num_parameters"]
     # random: one genotype per seed; the others one genotype for all seeds
     assert len(set(rows["random"]["genotypes"])) == 2 and len(set(rows["late"]["genotypes"])) == 1
+    assert set(rows["searched"]["genotypes"]) == {str((tmp_path / "g.json").resolve())}  # the user's own file
     assert (tmp_path / "abl" / "ablation.png").stat().st_size > 1000
     # rerun: finished runs are reused, not retrained
     ckpt = tmp_path / "abl" / "runs" / "aoa" / "seed_0" / "checkpoints" / "best.pt"
