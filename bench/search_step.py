@@ -14,19 +14,25 @@ NTU configuration: 8 input nodes, channels 512,1024,2048,2048,128,256,1024,512, 
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import time
 
-import torch
+# Idle OpenMP threads sleep instead of spinning. On a shared machine (more runnable threads than
+# cores) spinning threads steal the cores their partners need: measured here under load ~7 on 2
+# cores, 2-thread steps took 3-4x longer with the default (spinning) policy. Set it yourself to compare.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fusion_search.architect import Architect, weight_step
-from fusion_search.found_network import FoundNetwork, count_parameters
-from fusion_search.genotype import Genotype
-from fusion_search.hypernet import Hypernet, HypernetSpec
-from fusion_search.metrics import loss_fn
-from fusion_search.primitives import Primitive
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from fusion_search.architect import Architect, weight_step  # noqa: E402
+from fusion_search.found_network import FoundNetwork, count_parameters  # noqa: E402
+from fusion_search.genotype import Genotype  # noqa: E402
+from fusion_search.hypernet import Hypernet, HypernetSpec  # noqa: E402
+from fusion_search.metrics import loss_fn  # noqa: E402
+from fusion_search.primitives import Primitive  # noqa: E402
 
 REFERENCE_MS = 227.0  # official implementation, per step, 2-core machine, without reshape layers
 CHANNELS = [512, 1024, 2048, 2048, 128, 256, 1024, 512]
@@ -103,7 +109,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"NTU config: 8 nodes, C={C}, L={L}, 2 cells x 2 steps, batch {B}, {K} classes; "
-          f"{args.threads} threads, median (and min) of {args.steps} steps; load average {load} on {os.cpu_count()} CPUs")
+          f"{args.threads} threads, median (and min) of {args.steps} steps; load average {load} on {os.cpu_count()} CPUs; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     same = Primitive.forward_same
     results = {}
     for reshape in (False, True):
