@@ -14,7 +14,8 @@ Determinism and resume: batches come from the store's seeded order (seed, epoch)
 a separate seeded stream restarted every epoch; the torch RNG, optimisers, scheduler, score cache
 and best genotype are checkpointed after each epoch; scoring runs in a forked RNG. A killed search
 resumed with `--resume RUN` therefore ends with the same genotype and metrics as an uninterrupted
-one (CPU, same seed); work of the interrupted epoch is redone.
+one (CPU, same seed); work of the interrupted epoch is redone (a run killed before its first
+checkpoint starts over with its config.yaml).
 
 Run directory:
   config.yaml            resolved settings (what --resume reads)
@@ -126,6 +127,13 @@ class _RunFiles:
         with path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def clear_partial(self) -> None:
+        """Remove what an epoch without checkpoint may have written (a kill before the first one)."""
+        for path in (self.metrics, self.history, self.genotype):
+            path.unlink(missing_ok=True)
+        for path in self.genotypes.glob("epoch_*.json") if self.genotypes.is_dir() else ():
+            path.unlink()
+
     def truncate_to(self, path: Path, epochs_done: int) -> None:
         """Drop lines of epochs the checkpoint does not cover (a kill between the two writes)."""
         keep = [r for r in read_jsonl(path) if r["epoch"] <= epochs_done]
@@ -157,10 +165,13 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = Fals
     """Run (or resume) a search into run directory `out`; returns the best genotype."""
     validate(cfg)
     files = _RunFiles(Path(out))
-    if resume:
-        if not files.checkpoint.is_file():
-            raise SearchError(f"--resume {out}: no {CHECKPOINT}; the run stopped before its first epoch ended, start it again")
-    elif files.root.exists() and any(files.root.iterdir()):
+    restart = False
+    if resume and not files.checkpoint.is_file():
+        if not files.config.is_file():
+            raise SearchError(f"--resume {out}: no config.yaml there; is it a run directory of `bmnas search`?")
+        resume, restart = False, True  # killed before its first epoch ended: start over with its config
+        files.clear_partial()
+    elif not resume and files.root.exists() and any(files.root.iterdir()):
         raise SearchError(f"--out {out} exists and is not empty: choose a new run directory or continue it with --resume {out}")
     store = _open_store(cfg.store)
     nodes = _check_store(store, cfg)
@@ -168,9 +179,11 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = Fals
     files.root.mkdir(parents=True, exist_ok=True)
     files.genotypes.mkdir(exist_ok=True)
     files.checkpoint.parent.mkdir(exist_ok=True)
-    if not resume:
+    if not resume and not restart:
         cfg.save(files.config)
     log, handler = _logger(files)
+    if restart:
+        log.info("no checkpoint yet: restarting the search from its first epoch")
     try:
         return _search(cfg, store, nodes, device, files, log, resume, progress, on_batch)
     finally:

@@ -97,9 +97,23 @@ def test_killed_and_resumed_search_equals_uninterrupted(joint_store, tmp_path, s
     assert "resumed after epoch 1" in (cut / "log.txt").read_text()
 
 
-def test_resume_needs_a_checkpoint(joint_store, tmp_path):
-    with pytest.raises(SearchError, match="no checkpoints/last.pt"):
+def test_resume_before_the_first_checkpoint_starts_over(joint_store, tmp_path):
+    with pytest.raises(SearchError, match="no config.yaml"):
         run_search(small(joint_store), tmp_path / "never", resume=True)
+    cfg = small(joint_store, epochs=1, cells=1, steps=1, multiplier=1)
+    run_search(cfg, tmp_path / "whole")
+
+    def kill(epoch, batch):
+        if batch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_search(cfg, tmp_path / "cut", on_batch=kill)
+    (tmp_path / "cut/metrics.jsonl").write_text('{"epoch": 1}\n')  # as if killed before the checkpoint
+    run_search(cfg, tmp_path / "cut", resume=True)
+    for name in ("genotype.json", "metrics.jsonl", "arch_history.jsonl"):
+        assert (tmp_path / "whole" / name).read_text() == (tmp_path / "cut" / name).read_text(), name
+    assert "restarting the search" in (tmp_path / "cut/log.txt").read_text()
 
 
 def test_multilabel_search_reports_f1(tmp_path):
