@@ -38,17 +38,32 @@ class PretrainResult:
 
 
 class _Samples(Dataset):
-    """Prepared (input, label) pairs; with skip=True unreadable samples become None."""
+    """Prepared (input, label) pairs; with skip=True unreadable samples become None.
 
-    def __init__(self, source: Any, samples: list, modality: str, spec: Any, setting: str, skip: bool):
+    With ``keep=True`` each prepared input is kept in memory after its first read, so later epochs
+    skip decoding (worth it for small data sets such as the demo's; off by default because a real
+    data set does not fit in RAM).
+    """
+
+    def __init__(self, source: Any, samples: list, modality: str, spec: Any, setting: str, skip: bool,
+                 keep: bool = False):
         self.source, self.samples, self.modality, self.spec, self.skip = source, samples, modality, spec, skip
         self.setting = setting
         self.labels = source.label_array(samples)
+        self.kept: dict[int, Any] | None = {} if keep else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        if self.kept is not None and i in self.kept:
+            return self.kept[i]
+        item = self._read(i)
+        if self.kept is not None:
+            self.kept[i] = item
+        return item
+
+    def _read(self, i: int):
         sid = self.samples[i].id
         try:
             x = self.spec.prepare_input(self.source.load(sid, self.modality), self.modality, self.setting)
@@ -114,6 +129,7 @@ def pretrain(
     on_error: str = "fail",
     seed: int = 0,
     progress: bool = True,
+    keep_in_memory: bool = False,
 ) -> PretrainResult:
     """Train ``backbone`` + head on ``modality`` of ``source``; keep the best epoch on val."""
     spec = get_backbone(backbone)
@@ -133,7 +149,7 @@ def pretrain(
     if not train:
         raise DataError(f"source {source.name!r} has no train samples")
     skip = on_error == "skip"
-    train_ds = _Samples(source, train, modality, spec, setting, skip)
+    train_ds = _Samples(source, train, modality, spec, setting, skip, keep=keep_in_memory)
     first = next((train_ds[i] for i in range(min(len(train_ds), 32)) if train_ds[i] is not None), None)
     if first is None:
         raise DataError(f"no readable {modality} sample among the first train samples of {source.name!r}")
@@ -153,7 +169,8 @@ def pretrain(
     loss_fn = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
     loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                         collate_fn=_collate, drop_last=len(train) > batch_size)
-    val_loader = DataLoader(_Samples(source, val, modality, spec, setting, skip), batch_size=batch_size,
+    val_loader = DataLoader(_Samples(source, val, modality, spec, setting, skip, keep=keep_in_memory),
+                            batch_size=batch_size,
                             num_workers=num_workers, collate_fn=_collate) if val else None
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))

@@ -88,8 +88,11 @@ def backbones_cmd(setting: str) -> None:
 @click.option("--loader-workers", default=0, show_default=True, help="torch DataLoader worker processes.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--keep-in-memory", is_flag=True,
+              help="Keep decoded inputs in RAM after the first epoch (small data sets only).")
 def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out_dir, epochs, batch_size, lr,
-                 weight_decay, checkpoint, inflate_from, device, loader_workers, on_error, seed) -> None:
+                 weight_decay, checkpoint, inflate_from, device, loader_workers, on_error, seed,
+                 keep_in_memory) -> None:
     """Train one backbone + head on one modality of DATA; write best.pt, config.json, metrics.jsonl."""
     from extract.pretrain import pretrain
 
@@ -98,7 +101,7 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
                    lr=lr, weight_decay=weight_decay, device=device,
                    init_checkpoint=str(checkpoint) if checkpoint else None,
                    inflate_from=str(inflate_from) if inflate_from else None, num_workers=loader_workers,
-                   on_error=on_error, seed=seed)
+                   on_error=on_error, seed=seed, keep_in_memory=keep_in_memory)
     click.echo(f"best {res.metric} {res.best_score:.4f} at epoch {res.best_epoch}; checkpoint {res.checkpoint} "
                f"(sha256 {res.checkpoint_sha256[:12]})")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,9 +30,11 @@ class DemoConfig:
     classes: int = 8
     seed: int = 0
     video_size: int = 32
-    pretrain_epochs: int = 4
+    pretrain_epochs: dict[str, int] = field(default_factory=lambda: {"video": 5, "skeleton": 12})
+    pretrain_lr: float = 3e-3
     workers: int = 2
     search_epochs: int = 10
+    score_min_steps: int = 100  # found-network steps when scoring an epoch's genotype (search default 300)
     train_epochs: int = 25
     channels: int = 32
     length: int = 8
@@ -44,8 +46,8 @@ class DemoConfig:
     @classmethod
     def quick(cls, **kw: Any) -> "DemoConfig":
         """A reduced demo for tests and smoke checks: same stages, a fraction of the work."""
-        return cls(**{"samples": 240, "pretrain_epochs": 1, "search_epochs": 2, "train_epochs": 3,
-                      "channels": 16, **kw})
+        return cls(**{"samples": 240, "pretrain_epochs": {"video": 1, "skeleton": 2}, "search_epochs": 2,
+                      "train_epochs": 3, "channels": 16, "score_min_steps": 20, **kw})
 
 
 def _say(msg: str) -> None:
@@ -136,8 +138,9 @@ def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) ->
         if (run / "best.pt").is_file():
             _say(f"  {modality}: cache hit, reusing {run / 'best.pt'}")
             continue
-        res = pretrain(source, modality, backbone, str(run), setting="tiny", epochs=cfg.pretrain_epochs,
-                       batch_size=32, seed=cfg.seed, device="cpu", progress=True)
+        res = pretrain(source, modality, backbone, str(run), setting="tiny", epochs=cfg.pretrain_epochs[modality],
+                       batch_size=32, lr=cfg.pretrain_lr, seed=cfg.seed, device="cpu", progress=True,
+                       keep_in_memory=True)
         _say(f"  {modality}: best val {res.metric} {res.best_score:.3f} (epoch {res.best_epoch})")
 
 
@@ -170,7 +173,7 @@ def _search(cfg: DemoConfig, store: Path, run: Path) -> None:
     resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
     scfg = SearchConfig(store=str(store), cells=cfg.cells, steps=cfg.steps, channels=cfg.channels,
                         length=cfg.length, epochs=cfg.search_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                        device="cpu")
+                        score_min_steps=cfg.score_min_steps, device="cpu")
     if resume:
         _say(f"  resuming the search in {run}")
     res = run_search(scfg, run, resume=resume, progress=True)
@@ -178,18 +181,21 @@ def _search(cfg: DemoConfig, store: Path, run: Path) -> None:
 
 
 def _genotypes(cfg: DemoConfig, store: Path, search_dir: Path, root: Path) -> dict[str, Path]:
-    """Genotype files to train: the found one (once searched) and the baselines."""
+    """Genotype files to train: the found one and the baselines built on it (paper Tables 6 and 7:
+    late fusion keeps the found Cells and swaps in the deepest taps; Sum and ConcatFC keep the found
+    inputs and swap the Cells)."""
     from fusion_search.baselines import baseline_for_store
+    from fusion_search.genotype import Genotype
     from stores import open_store
 
     root.mkdir(parents=True, exist_ok=True)
     runs = {"found": search_dir / "genotype.json"}
     opened = open_store(store)
+    found = Genotype.load(runs["found"])
     for name in cfg.baselines:
         path = root / f"{name}.json"
         if not path.is_file():
-            baseline_for_store(name, opened, seed=cfg.seed, C=cfg.channels, L=cfg.length,
-                               cells=cfg.cells).save(path)
+            baseline_for_store(name, opened, seed=cfg.seed, template=found).save(path)
         runs[name] = path
     return runs
 
@@ -226,7 +232,8 @@ def _rows(out: Path, runs: dict[str, Path], backbones: dict[str, str]) -> list[d
         rows.append({"method": f"unimodal {modality} ({backbone}, tiny)", "accuracy": m["accuracy"],
                      "parameters": m.get("num_parameters")})
     labels = {"found": "BM-NAS found network", "late": "late fusion (deepest taps, same cell)",
-              "sum": "Sum cell (DARTS-style)", "concatfc": "ConcatFC cell (MFAS-style)"}
+              "sum": "Sum cells on the found inputs (DARTS-style)",
+              "concatfc": "ConcatFC cells on the found inputs (MFAS-style)"}
     for name in runs:
         m = json.loads((out / "train" / name / "metrics_test.json").read_text())
         rows.append({"method": labels.get(name, name), "accuracy": m["accuracy"],

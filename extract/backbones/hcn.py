@@ -47,6 +47,10 @@ class HCN(nn.Module):
         w = widths
         self.bodies = bodies
         self.frames = frames
+        # Input normalisation per coordinate: frame-to-frame motion is ~50x smaller than the pose, and
+        # without rescaling the motion stream starts too weak to learn from (BN as ST-GCN's data_bn).
+        self.point_bn = nn.BatchNorm2d(in_channels)
+        self.motion_bn = nn.BatchNorm2d(in_channels)
         self.point = _Branch(in_channels, joints, w, dropout)
         self.motion = _Branch(in_channels, joints, w, dropout)
         self.joint = Concat()
@@ -63,7 +67,7 @@ class HCN(nn.Module):
         x = x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, j)
         motion = x[:, :, 1:] - x[:, :, :-1]
         motion = F.interpolate(motion, size=(t, j), mode="bilinear", align_corners=False)
-        out = self.conv6(self.conv5(self.joint(self.point(x), self.motion(motion))))
+        out = self.conv6(self.conv5(self.joint(self.point(self.point_bn(x)), self.motion(self.motion_bn(motion)))))
         out = out.reshape(n, m, -1).amax(dim=1)  # merge bodies
         return self.fc8(self.fc7(out))
 
@@ -80,7 +84,9 @@ register(BackboneSpec(
     settings={
         "full": Setting({"widths": (64, 32, 32, 64, 128, 256, 256), "frames": 32, "joints": 25, "bodies": 2},
                         InputSpec(frames=32, channels=3, joints=25, bodies=2), (128, 128, 256, 256)),
-        "tiny": Setting({"widths": (8, 8, 8, 8, 16, 16, 16), "frames": 32, "joints": 25, "bodies": 2},
-                        InputSpec(frames=32, channels=3, joints=25, bodies=2), (16, 16, 16, 16)),
+        # tiny: narrow and lightly regularised (Dropout2d(0.5) on 8 channels leaves too little to learn)
+        "tiny": Setting({"widths": (16, 16, 16, 16, 32, 32, 32), "frames": 32, "joints": 25, "bodies": 2,
+                         "dropout": 0.1},
+                        InputSpec(frames=32, channels=3, joints=25, bodies=2), (32, 32, 32, 32)),
     },
 ))

@@ -1,7 +1,10 @@
 """``ntu-like``: NTU RGB+D-format videos and skeletons whose label needs both modalities.
 
 Label = (visual factor v, motion factor m, cross-modal factor x):
-- v: colour of a disk that oscillates horizontally in the video (invisible in the skeleton);
+- v: colour of a disk that oscillates horizontally in the video, its brightness pulsing with the same
+  wave (invisible in the skeleton). The pulse is what survives the cache's parameter-free reduction
+  (max over H, W keeps how strongly a colour is present, not where), so a fusion network that
+  compares cached video and skeleton features over time can see the phase;
 - m: which limb, along which axis, oscillates in the skeleton (invisible in the video);
 - x: whether the disk's oscillation and the limb's oscillation are in phase or in anti-phase.
   Both share a random frequency and each has a uniformly random phase on its own, so x cannot
@@ -152,8 +155,8 @@ def _names(rng: np.random.Generator, labels: np.ndarray) -> list[str]:
 
 
 def render_video(rng: np.random.Generator, v: int, wave: np.ndarray, size: int) -> np.ndarray:
-    """Frames ``(T, size, size, 3)``: a disk of colour ``v`` moving by ``wave`` on a noisy textured
-    background, plus an independently moving grey square."""
+    """Frames ``(T, size, size, 3)``: a disk of colour ``v`` moving by ``wave`` and pulsing in
+    brightness with it, on a noisy textured background, plus an independently moving grey square."""
     frames = len(wave)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     coarse = rng.uniform(50, 140, (4, 4, 3)).astype(np.float32)
@@ -173,7 +176,8 @@ def render_video(rng: np.random.Generator, v: int, wave: np.ndarray, size: int) 
     out = np.where(in_square, np.float32(sq_grey), background[None])
     d = np.sqrt((xx - (cx0 + amp * wave)[:, None, None]) ** 2 + (yy - cy) ** 2)
     alpha = np.clip(radius + 0.5 - d, 0, 1)[..., None]
-    out = out * (1 - alpha) + colour * alpha + rng.normal(0, 6, out.shape)
+    pulse = (0.75 + 0.25 * wave)[:, None, None, None].astype(np.float32)
+    out = out * (1 - alpha) + colour * pulse * alpha + rng.normal(0, 6, out.shape)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -232,7 +236,7 @@ def _metadata(samples: int, classes: int, seed: int, size: int, frames: int, n_v
             "motion": {"modality": "skeleton", "what": "limb and axis that oscillate (first body)",
                        "values": [f"{limb}-{axis}" for limb, axis in motion_patterns(n_m)]},
             "phase": {"modality": "video+skeleton",
-                      "what": "disk x-oscillation vs limb oscillation (shared random frequency, random phase)",
+                      "what": "disk x-oscillation and brightness pulse vs limb oscillation (shared random frequency, random phase)",
                       "values": ["in-phase", "anti-phase"]},
         },
         "ceilings": {
