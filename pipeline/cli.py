@@ -1,11 +1,15 @@
 """The `bmnas` command: a click group with one subcommand (or group) per stage.
 
-User errors (bad paths, bad stores, bad options) become one line on stderr and exit status 2;
-anything else is a bug and keeps its traceback.
+Stages are imported only when invoked (`bmnas store info` does not pay for importing torch), and
+`bmnas --help` lists them from the table below without importing any. User errors (bad paths,
+bad stores, bad options) become one line on stderr and exit status 2; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 
 import click
@@ -13,9 +17,43 @@ import click
 from pipeline import __version__
 from pipeline.errors import user_errors
 
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads made
+# torch steps several times slower (measured by bench/search_step.py under load).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# name -> (module, attribute, one help line), in pipeline order
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "data": ("pipeline.cli_data", "data", "Raw datasets: synthetic generators and dataset summaries."),
+    "backbones": ("pipeline.cli_extract", "backbones_cmd", "List the registered backbones and their taps."),
+    "pretrain": ("pipeline.cli_extract", "pretrain_cmd", "Stage 1: train one backbone + head on one modality."),
+    "extract": ("pipeline.cli_extract", "extract_cmd", "Stage 1: frozen backbones -> reduced taps -> feature store (dask)."),
+    "store": ("pipeline.cli_store", "store", "Inspect and verify feature stores (zarr, format v1)."),
+    "search": ("pipeline.cli_search", "search_cmd", "Stage 2: BM-NAS fusion search on cached features."),
+    "genotype": ("pipeline.cli_genotype", "genotype", "Show, render and build genotypes (incl. baselines)."),
+    "train": ("pipeline.cli_train", "train_cmd", "Stage 3: train a found network on cached features."),
+    "finetune": ("pipeline.cli_train", "finetune_cmd", "Stage 3: fine-tune backbones + fusion from raw data."),
+    "evaluate": ("pipeline.cli_train", "evaluate_cmd", "Test metrics, predictions, confusion matrix, latency."),
+    "ablate": ("pipeline.cli_train", "ablate_cmd", "Paper Tables 6 and 7 (features / fusion ablations)."),
+    "report": ("pipeline.cli_train", "report_cmd", "Markdown report of one or more runs."),
+    "demo": ("pipeline.cli_demo", "demo_cmd", "The whole pipeline on embedded synthetic data."),
+}
+
 
 class BmnasGroup(click.Group):
-    """Click group that reports project errors as one line with exit status 2."""
+    """Lazily imported stage commands; project errors become one line with exit status 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_line) for name, (_, _, help_line) in COMMANDS.items()])
 
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
         try:
@@ -29,35 +67,6 @@ class BmnasGroup(click.Group):
 @click.version_option(__version__, prog_name="bmnas")
 def cli() -> None:
     """BM-NAS multimodal fusion search on a cache of backbone features."""
-
-
-def _register() -> None:
-    from pipeline.cli_store import store
-
-    cli.add_command(store)
-    from pipeline.cli_data import data
-
-    cli.add_command(data)
-    from pipeline.cli_extract import backbones_cmd, extract_cmd, pretrain_cmd
-
-    for command in (backbones_cmd, pretrain_cmd, extract_cmd):
-        cli.add_command(command)
-    from pipeline.cli_search import search_cmd
-    from pipeline.cli_genotype import genotype
-
-    cli.add_command(search_cmd)
-    cli.add_command(genotype)
-    from pipeline.cli_train import ablate_cmd, baseline_cmd, evaluate_cmd, finetune_cmd, report_cmd, train_cmd
-
-    for command in (train_cmd, finetune_cmd, evaluate_cmd, ablate_cmd, report_cmd):
-        cli.add_command(command)
-    genotype.add_command(baseline_cmd)
-    from pipeline.cli_demo import demo_cmd
-
-    cli.add_command(demo_cmd)
-
-
-_register()
 
 
 def main() -> None:

@@ -38,3 +38,13 @@ def render_cmd(file: str, output: str, engine: str) -> None:
     """Draw the genotype (inputs -> Cells with their Steps -> head), like the paper's Fig. 3/5."""
     used = render(Genotype.load(file), output, engine)
     click.echo(f"wrote {output} ({used})")
+
+
+def _attach_baseline() -> None:
+    """`genotype baseline` lives with the training commands (it builds the Table 6/7 genotypes)."""
+    from pipeline.cli_train import baseline_cmd
+
+    genotype.add_command(baseline_cmd)
+
+
+_attach_baseline()

@@ -59,7 +59,7 @@ def test_localcluster_extraction(ntu, tmp_path):
     assert all(n == 2 for n in res.models_built.values())  # each built its 2 backbones once
     store = open_store(tmp_path / "dask.zarr")
     assert store.nodes == [f"video_{k}" for k in range(1, 5)] + [f"skeleton_{k}" for k in range(1, 5)]
-    assert store.node_shapes["video_4"] == (256, 8) and store.node_shapes["skeleton_1"] == (16, 16)
+    assert store.node_shapes["video_4"] == (256, 8) and store.node_shapes["skeleton_1"] == (32, 16)
     attrs = store.node_attrs("skeleton_2")
     assert attrs["checkpoint_sha256"] == sha and attrs["layer"] == "conv5" and attrs["backbone"] == "hcn"
     assert attrs["reduction"] == {"t_max": 32, "grid": 4}

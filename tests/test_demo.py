@@ -1,0 +1,32 @@
+"""The demo pipeline end to end at a reduced size: real files, real dask cluster, real runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.demo import DemoConfig, run_demo
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, capsys):
+    cfg = DemoConfig.quick(out=str(tmp_path / "demo"))
+    result = run_demo(cfg)
+    out = capsys.readouterr().out
+    methods = [r["method"] for r in result["rows"]]
+    assert methods[0].startswith("unimodal video") and methods[1].startswith("unimodal skeleton")
+    assert "BM-NAS found network" in methods and any(m.startswith("late fusion") for m in methods)
+    for r in result["rows"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["parameters"] > 0
+    root = tmp_path / "demo"
+    assert (root / "features.zarr").is_dir() and (root / "search" / "genotype.json").is_file()
+    metrics = json.loads((root / "train" / "found" / "metrics_test.json").read_text())
+    assert metrics["num_samples"] > 0 and "accuracy" in metrics
+    assert "| BM-NAS found network |" in (root / "comparison.md").read_text()
+    assert "| method | test accuracy | parameters |" in out and "cache hit" not in out
+
+    again = run_demo(cfg)  # every stage is reused
+    out = capsys.readouterr().out
+    assert out.count("cache hit") == 6
+    assert again["rows"] == result["rows"]
