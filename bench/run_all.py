@@ -23,10 +23,9 @@ HERE = Path(__file__).resolve().parent
 # (script, full-size args, quick args)
 BENCHES = [
     ("store_read.py", [], ["--samples", "3000"]),
-    ("search_step.py", [], ["--steps", "3"]),
-    ("extract.py", [], []),
+    ("search_step.py", ["--steps", "10"], ["--steps", "3"]),
+    ("extract.py", ["--samples", "256"], ["--samples", "96"]),
     ("search_cache.py", [], ["--quick"]),
-    ("search_memory.py", [], ["--samples", "3000"]),
 ]
 
 

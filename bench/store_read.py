@@ -31,6 +31,11 @@ ROWS_PER_CHUNK = 256
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: reset at exec, unlike ru_maxrss, which a spawned child
+    inherits from its parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
