@@ -41,7 +41,7 @@ from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
 from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
-from pipeline.train import DEFAULT_EPOCHS, TRAIN_ON, read_run_config
+from pipeline.train import DEFAULT_EPOCHS, TRAIN_ON, check_run_options, read_run_config
 
 _NODE = re.compile(r"^(?P<modality>.+)_(?P<k>\d+)$")
 
@@ -306,14 +306,7 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     `backbones`: `MODALITY=NAME[:CHECKPOINT]` strings (or their parsed dicts). Extra `settings` are
     FinetuneConfig fields (lr, backbone_lr_scale, amp, loader_workers, freeze_bn, t_max, grid, ...).
     """
-    if epochs is None:
-        if train_on == "train+val":
-            raise SearchError("--train-on train+val trains for a fixed number of epochs with no validation "
-                              "split to select on: give --epochs")
-        epochs = DEFAULT_EPOCHS
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(FinetuneConfig)})
-    if unknown:
-        raise SearchError(f"unknown finetune setting(s) {', '.join(unknown)}")
+    epochs = check_run_options(epochs, train_on, settings, FinetuneConfig, "finetune")
     bbs = [parse_backbone(b) if isinstance(b, str) else dict(b) for b in backbones]
     for b in bbs:  # absolute paths: evaluate and resume work from any directory
         if b.get("checkpoint"):

@@ -75,6 +75,23 @@ class TrainConfig:
         path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
 
 
+def check_run_options(epochs: int | None, train_on: str, settings: dict[str, Any], config_cls: type,
+                      what: str) -> int:
+    """Shared by train and finetune: the epoch count to use, and no unknown config settings.
+
+    `epochs=None` means DEFAULT_EPOCHS with `train_on="train"`; `train+val` needs a fixed count.
+    """
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise SearchError(f"unknown {what} setting(s) {', '.join(unknown)}")
+    if epochs is not None:
+        return epochs
+    if train_on == "train+val":
+        raise SearchError("--train-on train+val trains for a fixed number of epochs with no validation "
+                          "split to select on: give --epochs")
+    return DEFAULT_EPOCHS
+
+
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The config.yaml of a train or finetune run directory, as a mapping with its `kind`."""
     path = Path(run_dir) / "config.yaml"
@@ -165,14 +182,7 @@ def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: s
     `epochs=None` means 30 with `train_on="train"`; `train+val` needs a fixed count (no val to stop on).
     Extra `settings` are TrainConfig fields (lr, weight_decay, dropout, grad_clip, memory_budget_gb, ...).
     """
-    if epochs is None:
-        if train_on == "train+val":
-            raise SearchError("--train-on train+val trains for a fixed number of epochs with no validation "
-                              "split to select on: give --epochs")
-        epochs = DEFAULT_EPOCHS
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
-    if unknown:
-        raise SearchError(f"unknown training setting(s) {', '.join(unknown)}")
+    epochs = check_run_options(epochs, train_on, settings, TrainConfig, "training")
     # absolute paths: `evaluate`, `report` and resume work from any directory
     cfg = TrainConfig(store=abs_path(store_path), genotype=abs_path(genotype_path), epochs=epochs, batch_size=batch_size,
                       seed=seed, device=device, train_on=train_on, **settings)
