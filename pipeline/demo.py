@@ -35,7 +35,7 @@ class DemoConfig:
     workers: int = 2
     search_epochs: int = 10
     score_min_steps: int = 100  # found-network steps when scoring an epoch's genotype (search default 300)
-    train_epochs: int = 25
+    train_epochs: int = 63  # 1+2+4+8+16+32: ends where a warm-restart cycle of the cosine schedule ends
     channels: int = 32
     length: int = 8
     cells: int = 2
