@@ -26,6 +26,7 @@ BENCHES = [
     ("search_step.py", ["--steps", "10"], ["--steps", "3"]),
     ("extract.py", ["--samples", "256"], ["--samples", "96"]),
     ("search_cache.py", [], ["--quick"]),
+    ("search_memory.py", ["--steps", "50"], ["--samples", "3000", "--steps", "10"]),
 ]
 
 
