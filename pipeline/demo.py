@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,7 +51,7 @@ class DemoConfig:
 
 
 def _say(msg: str) -> None:
-    click.echo(msg, err=False)
+    click.echo(msg)
 
 
 class _Stages:
@@ -121,7 +121,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                lambda: _unimodal(cfg, source, backbones, out / "pretrain"),
                "reusing pretrain/*/metrics_test.json")
     rows = _rows(out, runs, backbones)
-    report = stages.run("report", lambda: False, lambda: _report(out, train_root, search_dir, rows), "")
+    report = stages.run("report", lambda: False, lambda: _report(out, train_root, search_dir), "")
     table = comparison_markdown(rows)
     (out / "comparison.md").write_text(table)
     _say("\n" + table)
@@ -249,13 +249,9 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _report(out: Path, train_root: Path, search_dir: Path, rows) -> Path:
+def _report(out: Path, train_root: Path, search_dir: Path) -> Path:
     from pipeline.report import write_report
 
     pages = write_report([search_dir] + sorted(p for p in train_root.iterdir() if p.is_dir()),
                          out / "report" / "comparison.md")
     return pages[-1].parent if pages else out
-
-
-def config_dict(cfg: DemoConfig) -> dict[str, Any]:
-    return asdict(cfg)
