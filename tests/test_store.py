@@ -229,6 +229,29 @@ def test_writer_killed_between_data_and_record_leaves_chunk_missing(tmp_path):
     assert zarr.open_array(str(path / "features/video_1"), mode="r")[32, 0, 0] == 2.0  # data landed, record did not
 
 
+def test_failed_node_write_leaves_no_completion_record(tmp_path, monkeypatch):
+    """Nodes are written concurrently: one failing node still stops the record, after the others land."""
+    w = _new_writer(tmp_path / "s.zarr")
+    original = zarr.AsyncArray.setitem
+
+    async def fail_video_2(self, selection, value, prototype=None):
+        if self.path.endswith("video_2"):
+            raise OSError("disk full")
+        return await original(self, selection, value, prototype)
+
+    monkeypatch.setattr(zarr.AsyncArray, "setitem", fail_video_2)
+    with pytest.raises(OSError, match="disk full"):
+        w.write_chunk(1, _chunk_values(w, 1))
+    assert 1 in w.missing_chunks()
+    assert zarr.open_array(str(tmp_path / "s.zarr/features/video_1"), mode="r")[16, 0, 0] == 16.0
+    monkeypatch.setattr(zarr.AsyncArray, "setitem", original)
+    w.write_chunk(1, _chunk_values(w, 1))
+    assert 1 not in w.missing_chunks()
+    with pytest.raises(StoreError, match="chunk 2 has shape"):
+        w.write_chunk(2, {"video_1": np.zeros((16, 4, 2)), "video_2": np.zeros((3, 2, 3))})
+    assert 2 in w.missing_chunks()
+
+
 def _row_ids_store(tmp_path, n=1000, rpc=64):
     feats = {"a_1": np.arange(n, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)}
     splits = {"train": np.arange(0, n, 2), "val": np.arange(1, n, 4), "test": np.arange(3, n, 4)}
