@@ -2,7 +2,8 @@
 
 Work is split into chunk-aligned tasks (``chunks_per_task`` row chunks each). Tasks run on a
 LocalCluster by default, on an existing cluster with ``scheduler=ADDRESS`` (the store must then
-be on storage every worker sees), or in this process with ``use_dask=False``. At most as many
+be on storage every worker sees), or in this process with ``use_dask=False`` (then every chunk
+goes through one decode/forward/write pipeline, reported chunk by chunk). At most as many
 tasks as worker threads are in flight, so on a failure (``on_error="fail"``) no new task starts
 and those already under way finish and keep their chunks. Rerunning resumes: chunks with a
 completion record are skipped, except chunks holding skipped samples, which are retried.
@@ -256,10 +257,9 @@ class _Runner:
 
     def run(self, tasks: list[list[int]], args: tuple, on_result) -> None:
         """Call ``on_result(results)`` per task; stop starting tasks once it returns False."""
-        if self.client is None:
-            for chunks in tasks:
-                if on_result(run_chunks(args[0], args[1], args[2], chunks, *args[3:])) is False:
-                    return
+        if self.client is None:  # one pipeline over every chunk: decoding and writes overlap across chunks
+            chunks = [k for task in tasks for k in task]
+            run_chunks(args[0], args[1], args[2], chunks, *args[3:], on_chunk=lambda r: on_result([r]))
             return
         from distributed import as_completed
 

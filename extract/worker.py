@@ -3,17 +3,20 @@
 Each process (dask worker or the driver with --no-dask) keeps its models in a module-level
 cache, so a backbone is built and its checkpoint read once per worker, not once per task.
 Decoding and input preparation run in a loader thread one batch ahead of the forward pass, and
-chunk writes in a writer thread, so both overlap the forward passes.
+chunk writes in a writer thread, so both overlap the forward passes. All chunks of a call go
+through one such pipeline; with --no-dask that is every chunk of the run, so nothing stalls
+between chunks, and each chunk is reported as soon as its completion record is on disk.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -156,86 +159,156 @@ def _forward(entries, loaded_by_entry, batch: dict[int, dict[str, torch.Tensor]]
     return feats
 
 
-def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list[int],
-               entries: tuple[Entry, ...], reduction: ReductionConfig, device: str, batch_size: int,
-               on_error: str) -> list[dict]:
-    """Extract and write some row chunks; one result dict per chunk (skips, failure, seconds).
+class _Chunk:
+    """One row chunk filling up batch by batch; rows of unreadable samples stay NaN, never zero."""
 
-    With on_error="fail" a chunk holding an unreadable sample is not written and its result
-    carries the failure; chunks after it in this task are not started.
-    """
-    from stores import open_writer
+    def __init__(self, k: int, rows: slice, shapes: dict[str, tuple[int, int]]) -> None:
+        self.k, self.rows, self.t0 = k, rows, time.perf_counter()
+        self.data = {n: np.full((rows.stop - rows.start,) + s, np.nan, np.float32) for n, s in shapes.items()}
+        self.skipped: list[dict] = []
+        self.failed: dict | None = None
 
-    try:  # on a dask worker: torch uses as many threads as the worker has
-        from distributed import get_worker
+    def note_errors(self, errors: list[dict], start: int, on_error: str) -> None:
+        """Record a batch's unreadable samples (row numbers relative to the batch start)."""
+        for err in errors:
+            err = dict(err, row=start + err["row"])
+            if on_error == "fail":
+                self.failed = err
+            else:
+                self.skipped.append(err)
 
+    def put(self, start: int, batch: dict, feats: dict[str, np.ndarray]) -> None:
+        local = np.asarray(sorted(batch)) + (start - self.rows.start)
+        for n, arr in self.data.items():
+            arr[local] = feats[n]
+
+    def result(self) -> dict:
+        res = {"chunk": self.k, "rows": self.rows.stop - self.rows.start, "failed": self.failed,
+               "skipped": [] if self.failed else self.skipped, "seconds": time.perf_counter() - self.t0}
+        if not self.failed:
+            res.update(pid=os.getpid(), models_built=LOADS["count"])
+        return res
+
+
+class _Results:
+    """Chunk results, handed to ``on_chunk`` as they complete (``--no-dask``) or kept for the task."""
+
+    def __init__(self, on_chunk: Callable[[dict], bool | None] | None) -> None:
+        self.on_chunk, self.kept, self.stopped = on_chunk, [], False
+
+    def add(self, res: dict) -> None:
+        if self.on_chunk is None:
+            self.kept.append(res)
+        elif self.on_chunk(res) is False:
+            self.stopped = True
+
+
+class _Writes:
+    """Chunk writes in a writer thread, overlapping the next forward passes; a chunk's result is
+    given only once its data and completion record are on disk. At most ``depth`` chunks wait."""
+
+    def __init__(self, writer: Any, results: _Results, depth: int = 2) -> None:
+        self.writer, self.results, self.depth = writer, results, depth
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmnas-write")
+        self.pending: list[tuple[Future, dict]] = []
+        self.error: Exception | None = None
+
+    def submit(self, chunk: _Chunk) -> None:
+        while len(self.pending) >= self.depth:
+            self._finish_oldest()
+        self.pending.append((self.pool.submit(self.writer.write_chunk, chunk.k, chunk.data), chunk.result()))
+
+    def poll(self) -> None:
+        """Report the chunks whose writes are done, in order, without waiting."""
+        while self.pending and self.pending[0][0].done():
+            self._finish_oldest()
+
+    def close(self) -> None:
+        """Wait for every write; a failed write raises here, after the others have finished."""
+        while self.pending:
+            self._finish_oldest()
+        self.pool.shutdown(wait=True)
+        if self.error is not None:
+            raise self.error
+
+    def _finish_oldest(self) -> None:
+        fut, res = self.pending.pop(0)
+        try:
+            fut.result()
+        except Exception as exc:  # noqa: BLE001 - kept; close() raises it
+            self.error = self.error or exc
+            return
+        self.results.add(res)
+
+
+def _prefetched(plans: list[tuple], load: Callable[[tuple], Any]) -> Iterator[tuple[tuple, Any]]:
+    """Yield ``(plan, load(plan))``, the next plan's load already running in a loader thread."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmnas-decode") as pool:
+        pending = pool.submit(load, plans[0]) if plans else None
+        for i, plan in enumerate(plans):
+            got = pending.result()
+            pending = pool.submit(load, plans[i + 1]) if i + 1 < len(plans) else None
+            yield plan, got
+
+
+def _use_worker_threads() -> None:
+    """On a dask worker torch gets the worker's thread count; elsewhere the caller's setting stays."""
+    if "distributed" not in sys.modules:  # not on a dask worker: skip importing it (~0.3 s)
+        return
+    from distributed import get_worker
+
+    try:
         torch.set_num_threads(max(1, get_worker().state.nthreads))
-    except (ImportError, ValueError):
+    except ValueError:  # distributed is imported, but this is not a worker
         pass
-    writer = open_writer(store_path)
-    loaded = {e: get_model(e, reduction, device) for e in entries}
-    nodes = [n for e in entries for n in e.nodes]
+
+
+def _batch_plans(writer: Any, chunks: list[int], batch_size: int) -> list[tuple[int, slice, int, int]]:
+    """(chunk, its rows, batch start, batch stop) for every batch, chunk by chunk."""
     plans = []
     for k in chunks:
         rows = writer.chunk_rows(k)
-        for start in range(rows.start, rows.stop, batch_size):
-            plans.append((k, rows, start, min(start + batch_size, rows.stop)))
+        plans += [(k, rows, a, min(a + batch_size, rows.stop)) for a in range(rows.start, rows.stop, batch_size)]
+    return plans
 
-    def load(plan):
-        _k, _rows, a, b = plan
-        return _load_rows(source, sample_ids[a:b], entries)
 
-    results: list[dict] = []  # only a failed chunk's result lands here
-    writes: list[tuple] = []
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmnas-decode")
-    write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmnas-write")
+def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list[int],
+               entries: tuple[Entry, ...], reduction: ReductionConfig, device: str, batch_size: int,
+               on_error: str, on_chunk: Callable[[dict], bool | None] | None = None) -> list[dict]:
+    """Extract and write some row chunks through one pipeline (decode ahead, write behind).
+
+    One result dict per chunk (skips, failure, seconds): passed to ``on_chunk`` as each chunk
+    lands when given (returning False stops the pipeline), else returned at the end. With
+    on_error="fail" a chunk holding an unreadable sample is not written and its result carries
+    the failure; chunks after it are not started.
+    """
+    from stores import open_writer
+
+    _use_worker_threads()
+    writer = open_writer(store_path)
+    loaded = {e: get_model(e, reduction, device) for e in entries}
+    shapes = {n: s for e in entries for n, s in e.shapes().items()}
+    results = _Results(on_chunk)
+    writes = _Writes(writer, results)
+    batches = _prefetched(_batch_plans(writer, chunks, batch_size),
+                          lambda plan: _load_rows(source, sample_ids[plan[2]:plan[3]], entries))
+    chunk: _Chunk | None = None
     try:
-        it: Iterator = iter(plans)
-        pending = pool.submit(load, next(it)) if plans else None
-        current: dict | None = None
-        for i, plan in enumerate(plans):
-            k, rows, a, b = plan
-            batch, errors = pending.result()
-            nxt = plans[i + 1] if i + 1 < len(plans) else None
-            pending = pool.submit(load, nxt) if nxt is not None else None
-            if current is None or current["chunk"] != k:
-                current = {"chunk": k, "rows": rows.stop - rows.start, "skipped": [], "failed": None,
-                           "t0": time.perf_counter(),
-                           "data": {n: None for n in nodes}}
-            for err in errors:
-                err = dict(err, row=a + err["row"])
-                if on_error == "fail":
-                    current["failed"] = err
-                else:
-                    current["skipped"].append(err)
-            if current["failed"]:
-                results.append({"chunk": k, "rows": current["rows"], "skipped": [], "failed": current["failed"],
-                                "seconds": time.perf_counter() - current["t0"]})
+        for (k, rows, a, b), (batch, errors) in batches:
+            chunk = chunk or _Chunk(k, rows, shapes)
+            chunk.note_errors(errors, a, on_error)
+            if chunk.failed:
+                results.add(chunk.result())
                 break
             if batch:
-                feats = _forward(entries, loaded, batch)
-                local = np.asarray(sorted(batch)) + (a - rows.start)
-                for n in nodes:
-                    if current["data"][n] is None:
-                        c, t = feats[n].shape[1:]
-                        current["data"][n] = np.full((rows.stop - rows.start, c, t), np.nan, np.float32)
-                    current["data"][n][local] = feats[n]
-            if b == rows.stop:  # chunk done: data, then its completion record
-                data = current["data"]
-                if any(v is None for v in data.values()):  # every sample of the chunk unreadable
-                    shapes = {n: s for e in entries for n, s in e.shapes().items()}
-                    data = {n: np.full((rows.stop - rows.start,) + shapes[n], np.nan, np.float32) for n in nodes}
-                # the write (compression, files, then the completion record) overlaps the next chunk
-                writes.append((write_pool.submit(writer.write_chunk, k, data),
-                               {"chunk": k, "rows": current["rows"], "skipped": current["skipped"],
-                                "failed": None, "seconds": time.perf_counter() - current["t0"],
-                                "pid": os.getpid(), "models_built": LOADS["count"]}))
-                current = None
+                chunk.put(a, batch, _forward(entries, loaded, batch))
+            if b == rows.stop:  # chunk done: its data, then its completion record, in the writer thread
+                writes.submit(chunk)
+                chunk = None
+            writes.poll()
+            if results.stopped or writes.error:
+                break
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        write_pool.shutdown(wait=True)
-
-    for fut, res in writes:
-        fut.result()  # a failed write raises here, after every other chunk's write has finished
-    return [res for _, res in writes] + results
-
+        batches.close()  # waits for the batch being decoded
+        writes.close()
+    return results.kept

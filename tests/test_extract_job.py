@@ -96,6 +96,42 @@ def test_rerun_skips_completed_chunks(ntu, tmp_path):
     assert open_store(out).nodes == ["skeleton_1"] and res.chunks_run == 4
 
 
+def test_in_process_pipeline_reports_each_chunk_once_it_is_on_disk(ntu, tmp_path):
+    """--no-dask runs all chunks through one pipeline; a chunk is reported once its record exists,
+    in order, and a callback returning False stops it with every written chunk reported."""
+    import zarr
+
+    from extract.job import _probe
+    from extract.reduction import ReductionConfig
+    from extract.worker import run_chunks
+
+    src, out = _source(ntu), tmp_path / "p.zarr"
+    extract(src, str(out), TINY[1:], rows_per_chunk=2, use_dask=False, progress=False)
+    zarr.open_array(str(out / "completion"), mode="r+")[...] = 0  # as if never written
+    ids = [s.id for s in src.samples()]
+    entry, _ = _probe(src, ids, TINY[1], ReductionConfig(), src.num_classes)
+    seen = []
+
+    def on_chunk(res):
+        seen.append((res["chunk"], res["chunk"] not in open_writer(out).missing_chunks()))
+        return len(seen) < 3
+
+    assert run_chunks(src, str(out), ids, list(range(8)), (entry,), ReductionConfig(), "cpu", 2, "fail",
+                      on_chunk=on_chunk) == []
+    assert [k for k, _ in seen] == list(range(len(seen))) and all(on_disk for _, on_disk in seen)
+    assert 3 <= len(seen) < 8  # stopped early; chunks already under way were finished and reported
+    assert open_writer(out).missing_chunks() == list(range(len(seen), 8))
+
+
+def test_in_process_run_does_not_import_dask(ntu, tmp_path):
+    code = (f"import sys; from extract.job import BackboneChoice, extract; from extract.sources.ntu import NTUSource; "
+            f"extract(NTUSource({str(ntu)!r}, size=32), {str(tmp_path / 'x.zarr')!r}, "
+            f"[BackboneChoice('skeleton', 'hcn', 'tiny')], use_dask=False, progress=False); "
+            f"print('distributed' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False"
+
+
 KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
