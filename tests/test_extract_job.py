@@ -123,6 +123,18 @@ def test_in_process_pipeline_reports_each_chunk_once_it_is_on_disk(ntu, tmp_path
     assert open_writer(out).missing_chunks() == list(range(len(seen), 8))
 
 
+def test_local_cluster_workers_keep_default_malloc(monkeypatch):
+    """dask sets MALLOC_TRIM_THRESHOLD_ for its workers, which doubles a forward pass's CPU time."""
+    from distributed import Client
+
+    from extract.job import TRIM, _local_cluster
+
+    monkeypatch.setenv(TRIM, "65536")  # as an earlier nanny of this process leaves it
+    with _local_cluster(1, 1) as cluster, Client(cluster) as client:
+        assert list(client.run(os.environ.get, TRIM).values()) == [None]
+        assert TRIM not in os.environ
+
+
 def test_in_process_run_does_not_import_dask(ntu, tmp_path):
     code = (f"import sys; from extract.job import BackboneChoice, extract; from extract.sources.ntu import NTUSource; "
             f"extract(NTUSource({str(ntu)!r}, size=32), {str(tmp_path / 'x.zarr')!r}, "
