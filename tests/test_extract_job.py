@@ -123,8 +123,10 @@ def test_in_process_pipeline_reports_each_chunk_once_it_is_on_disk(ntu, tmp_path
     assert open_writer(out).missing_chunks() == list(range(len(seen), 8))
 
 
-def test_local_cluster_workers_keep_default_malloc(monkeypatch):
-    """dask sets MALLOC_TRIM_THRESHOLD_ for its workers, which doubles a forward pass's CPU time."""
+def test_local_cluster_workers_keep_default_malloc_and_skip_the_profiler(monkeypatch):
+    """dask sets MALLOC_TRIM_THRESHOLD_ for its workers, which doubles a forward pass's CPU time,
+    and samples their stacks every 10 ms; extraction's own cluster does neither."""
+    import dask
     from distributed import Client
 
     from extract.job import TRIM, _local_cluster
@@ -132,6 +134,7 @@ def test_local_cluster_workers_keep_default_malloc(monkeypatch):
     monkeypatch.setenv(TRIM, "65536")  # as an earlier nanny of this process leaves it
     with _local_cluster(1, 1) as cluster, Client(cluster) as client:
         assert list(client.run(os.environ.get, TRIM).values()) == [None]
+        assert list(client.run(dask.config.get, "distributed.worker.profile.enabled").values()) == [False]
         assert TRIM not in os.environ
 
 
