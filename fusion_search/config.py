@@ -45,9 +45,11 @@ class SearchConfig:
     grad_clip: float = 5.0                  # max grad norm of weights (DARTS)
     arch_lr: float = 3e-4                   # Adam, betas (0.5, 0.999)
     arch_weight_decay: float = 1e-3
+    arch_warmup_epochs: int = 0             # weight steps only for this many first epochs (α, β, γ frozen)
     score: str = "found"                    # found: train the derived net briefly; hypernet: val metric of the hypernet
     score_epochs: int = 2                   # found-network training per genotype score ...
     score_min_steps: int = 300              # ... but at least this many optimiser steps (small splits)
+    candidates: int = 1                     # genotypes scored per epoch: eq. 3's, then runner-up pairs by α
     device: str = "auto"
     plots: bool = True                      # write plots/ at the end (heatmaps of α, β, γ; metrics)
     memory_budget_gb: float | None = None   # None: half of the RAM
@@ -101,6 +103,8 @@ def validate(cfg: SearchConfig) -> None:
     _check_range("length", cfg.length, 1, 1024)
     _check_range("epochs", cfg.epochs, 1, 100000)
     _check_range("batch_size", cfg.batch_size, 1, 1 << 20)
+    _check_range("arch_warmup_epochs", cfg.arch_warmup_epochs, 0, cfg.epochs - 1)
+    _check_range("candidates", cfg.candidates, 1, 100)
     _check_range("score_epochs", cfg.score_epochs, 1, 1000)
     _check_range("score_min_steps", cfg.score_min_steps, 0, 10**7)
     _check_range("multiplier", cfg.multiplier, 1, min(cfg.cells, cfg.steps + 2))

@@ -26,28 +26,47 @@ from fusion_search.genotype import CellGene, Genotype, StepGene, cell_name
 IDENTITY = 0  # index of Identity in the {Identity, Zero} edge ops
 
 
+def _pair_scores(w: np.ndarray, taken: set[frozenset[int]]) -> list[tuple[float, tuple[int, int]]]:
+    """Eq. 3's score of every allowed pair of one Cell, best first (ties: lowest indices first)."""
+    strength = np.asarray(w, dtype=np.float64)[..., IDENTITY]  # max over the non-Zero edge ops
+    sx, sy = strength[0], strength[-1]
+    n = sx.shape[0]
+    scored = [(float(sx[i] * sy[j]), (i, j)) for i in range(n) for j in range(n)
+              if i != j and not (w.shape[0] == 1 and j < i) and frozenset((i, j)) not in taken]
+    return sorted(scored, key=lambda t: -t[0])  # stable: equal scores keep index order
+
+
 def select_pairs(alpha: Sequence[np.ndarray]) -> list[tuple[int, int]]:
     """Eq. 3 per Cell with distinct predecessor pairs across Cells; indices into [inputs, cells]."""
     taken: set[frozenset[int]] = set()
     pairs = []
     for w in alpha:
-        w = np.asarray(w, dtype=np.float64)
-        strength = w[..., IDENTITY]  # max over the non-Zero edge ops
-        sx, sy = strength[0], strength[-1]
-        best, best_score = None, -np.inf
-        n = sx.shape[0]
-        for i in range(n):
-            for j in range(n):
-                if i == j or (w.shape[0] == 1 and j < i) or frozenset((i, j)) in taken:
-                    continue
-                score = sx[i] * sy[j]
-                if score > best_score:
-                    best, best_score = (i, j), score
-        if best is None:
+        scored = _pair_scores(np.asarray(w), taken)
+        if not scored:
             raise ValueError("no predecessor pair left for a Cell; a search needs at least two input nodes")
+        best = scored[0][1]
         taken.add(frozenset(best))
         pairs.append(best)
     return pairs
+
+
+def ranked_pair_sets(alpha: Sequence[np.ndarray], k: int) -> list[list[tuple[int, int]]]:
+    """Up to `k` pair assignments for all Cells: eq. 3's greedy one first, then the next best by the
+    product of the Cells' pair scores (beam search of width k; distinct pairs across Cells).
+
+    Why: α of an {Identity, Zero} edge acts as a gain on its input, so the top-ranked pair is often
+    not the one the hypernet relies on; scoring a few runner-up pairs recovers it (see search.py).
+    """
+    greedy = select_pairs(alpha)
+    beam: list[tuple[float, list[tuple[int, int]]]] = [(1.0, [])]
+    for w in alpha:
+        grown = []
+        for score, pairs in beam:
+            taken = {frozenset(p) for p in pairs}
+            grown += [(score * s, pairs + [p]) for s, p in _pair_scores(np.asarray(w), taken)[:k]]
+        beam = sorted(grown, key=lambda t: -t[0])[:k]
+    ranked = [greedy] + [pairs for _, pairs in beam if pairs != greedy]
+    return ranked[:k]
 
 
 def select_step(beta: np.ndarray, gamma: np.ndarray, ops: Sequence[str]) -> StepGene:
@@ -64,9 +83,22 @@ def derive_genotype(alpha: Sequence[np.ndarray], beta: Sequence[Sequence[np.ndar
                     *, ops: Sequence[str], nodes: Sequence[str], task: str, num_classes: int, C: int, L: int,
                     multiplier: int) -> Genotype:
     """The whole genotype: Cells read their pairs, Steps their ops and inputs; outputs are the last ones."""
-    names = list(nodes) + [cell_name(k) for k in range(len(alpha))]
+    return derive_candidates(alpha, beta, gamma, ops=ops, nodes=nodes, task=task, num_classes=num_classes, C=C,
+                             L=L, multiplier=multiplier, k=1)[0]
+
+
+def derive_candidates(alpha: Sequence[np.ndarray], beta: Sequence[Sequence[np.ndarray]],
+                      gamma: Sequence[np.ndarray], *, ops: Sequence[str], nodes: Sequence[str], task: str,
+                      num_classes: int, C: int, L: int, multiplier: int, k: int) -> list[Genotype]:
+    """The `k` best-ranked genotypes (`ranked_pair_sets`); all share the Steps of eq. 11 / top-2 β."""
+    return [_genotype(pairs, beta, gamma, ops, nodes, task, num_classes, C, L, multiplier)
+            for pairs in ranked_pair_sets(alpha, k)]
+
+
+def _genotype(pairs, beta, gamma, ops, nodes, task, num_classes, C, L, multiplier) -> Genotype:
+    names = list(nodes) + [cell_name(k) for k in range(len(pairs))]
     cells = []
-    for k, (i, j) in enumerate(select_pairs(alpha)):
+    for k, (i, j) in enumerate(pairs):
         steps = tuple(select_step(b, gamma[k][m], ops) for m, b in enumerate(beta[k]))
         n_inner = 2 + len(steps)
         cells.append(CellGene((names[i], names[j]), steps, tuple(range(n_inner - multiplier, n_inner))))

@@ -98,7 +98,7 @@ def plot_metrics(metrics: list[dict], key: str, out_dir: Path) -> Path | None:
     a.set_xlabel("epoch")
     a.legend(fontsize=7)
     b.plot(ep, [m["val"].get(key, np.nan) for m in metrics], label=f"val {key} (hypernet)")
-    b.plot(ep, [m["genotype_score"] for m in metrics], label=f"val {key} (derived genotype)")
+    b.plot(ep, [np.nan if m.get("genotype_score") is None else m["genotype_score"] for m in metrics], label=f"val {key} (derived genotype)")
     b.set_xlabel("epoch")
     b.legend(fontsize=7)
     fig.tight_layout()

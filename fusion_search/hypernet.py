@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from fusion_search.blocks import CellOutput, ClassifierHead, ReshapeInput
-from fusion_search.derive import derive_genotype
+from fusion_search.derive import derive_candidates
 from fusion_search.genotype import Genotype
 from fusion_search.primitives import DEFAULT_PRIMITIVES, build_primitive
 
@@ -175,10 +175,14 @@ class Hypernet(nn.Module):
 
     def genotype(self) -> Genotype:
         """The current discrete architecture (eqs. 3 and 11, top-2 β)."""
+        return self.candidates(1)[0]
+
+    def candidates(self, k: int) -> list[Genotype]:
+        """`genotype()` first, then up to k-1 runner-up input pairings by α (`derive.ranked_pair_sets`)."""
         s = self.spec
         w = self.arch_weights()
-        return derive_genotype(w["alpha"], w["beta"], w["gamma"], ops=s.primitives, nodes=s.nodes, task=s.task,
-                               num_classes=s.num_classes, C=s.C, L=s.L, multiplier=s.multiplier)
+        return derive_candidates(w["alpha"], w["beta"], w["gamma"], ops=s.primitives, nodes=s.nodes, task=s.task,
+                                 num_classes=s.num_classes, C=s.C, L=s.L, multiplier=s.multiplier, k=k)
 
 
 def arch_weights_to_lists(weights: dict[str, list]) -> dict[str, list]:

@@ -4,6 +4,16 @@ Per train batch: a weight step on it, then an architecture step on the next val 
 epoch: the hypernet's val metrics (no autograd), the derived genotype (eqs. 3, 11, top-2 β), its
 score on val, and the best genotype so far (the official code keeps the best on val, too).
 
+Two departures, both off by default (paper behaviour), both used by the demo:
+- `arch_warmup_epochs`: weight steps only for the first epochs, as P-DARTS/PC-DARTS do. With few
+  steps per epoch, α otherwise moves on the gradients of an untrained hypernet and its ranking is
+  settled before the hypernet has learnt any cross-modal term.
+- `candidates` k > 1: each epoch, the k best-ranked genotypes by α (eq. 3's pair first, then
+  runner-up input pairs, `derive.ranked_pair_sets`) are scored and the best kept. An {Identity,
+  Zero} α acts as a gain on its input (BatchNorm follows), so a high α marks a loud input, not
+  necessarily the pair the hypernet relies on; measured on the demo data, eq. 3 alone kept picking
+  two skeleton taps while a video/skeleton pair two ranks down scored 15 points higher on val.
+
 Scoring a genotype (`score: found`, default): the discrete FoundNetwork is trained `score_epochs`
 epochs (at least `score_min_steps` optimiser steps, so small splits do not score an untrained net) on
 train from a seed derived from (seed, genotype) and evaluated on val; scores are cached by genotype,
@@ -242,7 +252,7 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
         for i, batch in enumerate(bar):
             xi = w_opt.param_groups[0]["lr"]
             w_loss, logits = weight_step(model, weights, w_opt, loss, batch, cfg.grad_clip)
-            a_loss = architect.step(next(vals), batch, xi)
+            a_loss = architect.step(next(vals), batch, xi) if epoch >= cfg.arch_warmup_epochs else float("nan")
             sched.step(epoch + (i + 1) / n_batches)
             rows = len(batch[1])
             sums["loss"] += float(w_loss) * rows
@@ -257,16 +267,16 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
             if on_batch is not None:
                 on_batch(epoch, i)
         val_metrics = evaluate(model, val, task, cfg.batch_size)
-        genotype = model.genotype()
-        score = _score(cfg, genotype, state["scores"], val_metrics[key], train, val, store.node_shapes, device, task)
+        genotype, score = _best_candidate(cfg, model, epoch, state["scores"], val_metrics[key], train, val,
+                                          store.node_shapes, device, task)
         best = state["best"]
-        if best is None or score > best["score"]:
+        if score is not None and (best is None or score > best["score"]):
             state["best"] = best = {"score": score, "epoch": epoch + 1, "genotype": genotype.to_dict()}
             genotype.save(files.genotype)
         genotype.save(files.genotypes / f"epoch_{epoch + 1:03d}.json")
         record = {"epoch": epoch + 1, "train_loss": sums["loss"] / sums["rows"],
-                  "arch_val_loss": sums["arch_loss"] / sums["rows"], "val": val_metrics,
-                  "genotype_score": score, "best_score": best["score"], "best_epoch": best["epoch"],
+                  "arch_val_loss": None if best is None else sums["arch_loss"] / sums["rows"], "val": val_metrics,
+                  "genotype_score": score, "best_score": best and best["score"], "best_epoch": best and best["epoch"],
                   "lr": w_opt.param_groups[0]["lr"]}
         if task == "multiclass":
             record["train_accuracy"] = sums["correct"] / sums["rows"]
@@ -274,9 +284,10 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
         files.append(files.history, {"epoch": epoch + 1, **arch_weights_to_lists(model.arch_weights())})
         state["epoch"] = epoch + 1
         _save_checkpoint(files.checkpoint, cfg, model, w_opt, a_opt, sched, state, device)
+        scored = ("arch warm-up, genotype not scored" if best is None else
+                  f"genotype {key} {score:.4f}, best {best['score']:.4f} @ {best['epoch']}")
         msg = (f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}, val {key} "
-               f"{val_metrics.get(key, float('nan')):.4f} (hypernet), genotype {key} {score:.4f}, "
-               f"best {best['score']:.4f} @ {best['epoch']} ({time.perf_counter() - t0:.1f}s)")
+               f"{val_metrics.get(key, float('nan')):.4f} (hypernet), {scored} ({time.perf_counter() - t0:.1f}s)")
         log.info(msg)
         if progress:
             tqdm.write(msg)
@@ -288,6 +299,22 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
     genotype.save(files.genotype)
     log.info("best genotype (epoch %d, val %s %.4f): %s", best["epoch"], key, best["score"], files.genotype)
     return SearchResult(files.root, files.genotype, genotype, best["score"], best["epoch"])
+
+
+def _best_candidate(cfg: SearchConfig, model: Hypernet, epoch: int, cache: dict, hypernet_score: float,
+                    train: SplitData, val: SplitData, node_shapes: dict, device: torch.device,
+                    task: str) -> tuple[Genotype, float | None]:
+    """This epoch's genotype: the best-scoring of the `candidates` α-ranked ones (ties: α rank).
+    During the arch warm-up α is untouched, so its genotype is reported but not scored (None)."""
+    if epoch < cfg.arch_warmup_epochs:
+        return model.genotype(), None
+    k = cfg.candidates if cfg.score == "found" else 1  # the hypernet's own score cannot rank candidates
+    best_g, best_s = None, None
+    for g in model.candidates(k):
+        s = _score(cfg, g, cache, hypernet_score, train, val, node_shapes, device, task)
+        if best_s is None or s > best_s:
+            best_g, best_s = g, s
+    return best_g, best_s
 
 
 def _score(cfg: SearchConfig, genotype: Genotype, cache: dict, hypernet_score: float, train: SplitData,

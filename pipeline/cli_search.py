@@ -16,7 +16,8 @@ from fusion_search.search import load_run_config, run_search
 # CLI option name -> SearchConfig field
 _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "channels", "length": "length",
             "multiplier": "multiplier", "epochs": "epochs", "batch_size": "batch_size", "seed": "seed",
-            "unrolled": "unrolled", "step_inputs": "step_inputs", "nodes": "nodes", "device": "device"}
+            "unrolled": "unrolled", "step_inputs": "step_inputs", "nodes": "nodes", "device": "device",
+            "arch_warmup_epochs": "arch_warmup_epochs", "candidates": "candidates"}
 
 
 @click.command("search")
@@ -32,6 +33,10 @@ _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "c
 @click.option("--seed", type=int, help="Seed: same seed, same genotype (CPU) (default 0).")
 @click.option("--unrolled", is_flag=True, default=None, help="Second-order DARTS (finite-difference Hessian-vector product).")
 @click.option("--step-inputs", type=click.Choice(["sum", "pair"]), help="How Steps are fed during search (default sum).")
+@click.option("--arch-warmup-epochs", type=int,
+              help="First epochs with weight steps only, α/β/γ frozen (default 0, as the paper).")
+@click.option("--candidates", type=int,
+              help="Genotypes scored per epoch: eq. 3's, then runner-up input pairs by α (default 1, as the paper).")
 @click.option("--nodes", help="Comma-separated store nodes to search over (default: all).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run (default auto).")
 @click.option("--config", "config_file", type=click.Path(), help="YAML file of settings (keys as the options).")

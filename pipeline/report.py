@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import yaml
 
 from fusion_search.errors import SearchError
@@ -74,7 +75,7 @@ def _curves(history: list[dict], key: str, path: Path, title: str) -> Path | Non
     if key == "accuracy" and any("train_accuracy" in h for h in history):
         b.plot(ep, [h.get("train_accuracy", float("nan")) for h in history], label="train accuracy")
     if any("genotype_score" in h for h in history):
-        b.plot(ep, [h["genotype_score"] for h in history], label=f"val {key} (derived genotype)")
+        b.plot(ep, [np.nan if h.get("genotype_score") is None else h["genotype_score"] for h in history], label=f"val {key} (derived genotype)")
     for ax in (a, b):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)

@@ -76,6 +76,10 @@ def test_bad_search_input_is_one_line_exit_2(store, tmp_path):
                    "--length 5000 is out of range")
     one_line_error(run("search", "--store", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "e"), *SMALL),
                    "missing.zarr")
+    one_line_error(run("search", "--store", store, "--out", str(tmp_path / "g"), *SMALL, "--candidates", "0"),
+                   "--candidates 0 is out of range")
+    one_line_error(run("search", "--store", store, "--out", str(tmp_path / "h"), *SMALL, "--epochs", "2",
+                       "--arch-warmup-epochs", "2"), "--arch-warmup-epochs 2 is out of range")
     (tmp_path / "bad.yaml").write_text("cells: 2\nlearning_rate: 1\n")
     one_line_error(run("search", "--store", store, "--out", str(tmp_path / "f"), "--config", str(tmp_path / "bad.yaml")),
                    "unknown setting(s) learning_rate")

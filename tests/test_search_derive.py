@@ -6,7 +6,7 @@ import torch
 
 from _search_data import single_thread  # noqa: F401
 
-from fusion_search.derive import derive_genotype, select_pairs, select_step
+from fusion_search.derive import derive_candidates, derive_genotype, ranked_pair_sets, select_pairs, select_step
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.hypernet import Hypernet, HypernetSpec
@@ -38,6 +38,29 @@ def test_eq3_pair_mode_orders_x_and_y_and_skips_taken_unordered_pairs():
 
 def test_eq3_never_pairs_a_node_with_itself():
     assert select_pairs([edges([0.99, 0.01, 0.02], [0.99, 0.01, 0.03])]) == [(0, 2)]
+
+
+def test_ranked_pair_sets_start_with_eq3_then_follow_the_product_of_pair_scores():
+    cell1 = edges([0.9, 0.2, 0.8, 0.7])        # pairs: (0,2) .72, (0,3) .63, (2,3) .56, ...
+    cell2 = edges([0.9, 0.1, 0.85, 0.3, 0.5])  # pairs: (0,2) .765, (0,4) .45, (2,4) .425, ...
+    ranked = ranked_pair_sets([cell1, cell2], 4)
+    assert ranked[0] == select_pairs([cell1, cell2]) == [(0, 2), (0, 4)]  # greedy eq. 3: (0,2) taken in cell 2
+    # then by product: (0,3)+(0,2) .63*.765=.482, (2,3)+(0,2) .56*.765=.428, (0,2)+(2,4) .72*.425=.306
+    assert ranked[1:] == [[(0, 3), (0, 2)], [(2, 3), (0, 2)], [(0, 2), (2, 4)]]
+    assert all(len({frozenset(p) for p in r}) == 2 for r in ranked)  # pairs stay distinct across Cells
+    assert ranked_pair_sets([cell1, cell2], 1) == [ranked[0]]
+
+
+def test_candidates_differ_only_in_their_input_pairs():
+    alpha = [edges([0.9, 0.2, 0.8, 0.7]), edges([0.9, 0.1, 0.85, 0.3, 0.5])]
+    beta = [[np.array([[0.6, 0.4]]), np.array([[0.1, 0.3, 0.6]])]] * 2
+    gamma = [np.array([[0, 0, 0, 0, 1.0], [0, 0, 1.0, 0, 0]])] * 2
+    kw = dict(ops=OPS, nodes=["v_1", "v_2", "s_1", "s_2"], task="multiclass", num_classes=5, C=8, L=4, multiplier=2)
+    cands = derive_candidates(alpha, beta, gamma, k=3, **kw)
+    assert cands[0] == derive_genotype(alpha, beta, gamma, **kw)
+    assert [c.cells[0].inputs for c in cands] == [("v_1", "s_1"), ("v_1", "s_2"), ("s_1", "s_2")]
+    assert len({c.key() for c in cands}) == 3
+    assert all(c.cells[k].steps == cands[0].cells[k].steps for c in cands for k in range(2))
 
 
 def test_steps_top2_beta_argmax_gamma():

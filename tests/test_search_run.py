@@ -75,9 +75,10 @@ class Killed(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step_inputs", ["sum", "pair"])
-def test_killed_and_resumed_search_equals_uninterrupted(joint_store, tmp_path, step_inputs):
-    cfg = dict(epochs=3, step_inputs=step_inputs)
+@pytest.mark.parametrize("cfg", [dict(step_inputs="sum"), dict(step_inputs="pair"),
+                                 dict(step_inputs="sum", arch_warmup_epochs=1, candidates=3)])
+def test_killed_and_resumed_search_equals_uninterrupted(joint_store, tmp_path, cfg):
+    cfg = dict(epochs=3, **cfg)
     run_search(small(joint_store, **cfg), tmp_path / "whole")
 
     def kill(epoch, batch):
@@ -95,6 +96,32 @@ def test_killed_and_resumed_search_equals_uninterrupted(joint_store, tmp_path, s
     b = torch.load(cut / "checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "resumed after epoch 1" in (cut / "log.txt").read_text()
+
+
+def test_arch_warmup_freezes_architecture_weights_and_skips_scoring(joint_store, tmp_path):
+    run_search(small(joint_store, epochs=3, arch_warmup_epochs=2), tmp_path / "run")
+    history = lines(tmp_path / "run/arch_history.jsonl")
+    metrics = lines(tmp_path / "run/metrics.jsonl")
+    assert history[0] == {**history[1], "epoch": 1}  # α, β, γ untouched by the two warm-up epochs
+    assert history[2]["alpha"] != history[1]["alpha"]
+    assert [m["genotype_score"] is None for m in metrics] == [True, True, False]
+    assert [m["arch_val_loss"] is None for m in metrics] == [True, True, False]
+    assert metrics[-1]["best_epoch"] == 3
+    assert "arch warm-up, genotype not scored" in (tmp_path / "run/log.txt").read_text()
+    with pytest.raises(SearchError, match="arch-warmup-epochs"):
+        run_search(small(joint_store, epochs=3, arch_warmup_epochs=3), tmp_path / "bad")
+
+
+def test_candidates_keep_the_best_scored_of_the_alpha_ranked_genotypes(joint_store, tmp_path):
+    run_search(small(joint_store, epochs=1), tmp_path / "one")
+    run_search(small(joint_store, epochs=1, candidates=4), tmp_path / "four")
+    one = torch.load(tmp_path / "one/checkpoints/last.pt", weights_only=True)
+    four = torch.load(tmp_path / "four/checkpoints/last.pt", weights_only=True)
+    assert len(one["scores"]) == 1 and len(four["scores"]) == 4
+    assert set(one["scores"].items()) <= set(four["scores"].items())  # eq. 3's genotype is candidate 1
+    assert four["best"]["score"] == max(four["scores"].values())
+    kept = Genotype.load(tmp_path / "four/genotype.json")
+    assert four["scores"][kept.key()] == four["best"]["score"]
 
 
 def test_resume_before_the_first_checkpoint_starts_over(joint_store, tmp_path):
