@@ -18,13 +18,13 @@ def _unit(trace: np.ndarray) -> np.ndarray:
 
 
 def video_features(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean colour of saturated pixels (the disk) and the disk's x-centroid trace over time."""
+    """Mean colour of saturated pixels (the disk) and the disk's brightness-pulse trace over time
+    (total saturation per frame: the background is static and the grey square unsaturated)."""
     f = frames.astype(np.float32)
     sat = f.max(-1) - f.min(-1)  # (T, H, W)
-    mask = sat > 60
+    mask = sat > 100  # the disk when it is bright (the background's saturation stays below ~90)
     colour = np.array([f[mask][:, c].mean() if mask.any() else 0.0 for c in range(3)]) / 255
-    xs = np.arange(frames.shape[2], dtype=np.float32)
-    trace = np.array([(m.sum(0) * xs).sum() / max(m.sum(), 1) for m in mask])
+    trace = sat.reshape(len(sat), -1).sum(1)
     return colour, _unit(trace)
 
 

@@ -2,9 +2,10 @@
 
 Label = (visual factor v, motion factor m, cross-modal factor x):
 - v: colour of a disk that oscillates horizontally in the video, its brightness pulsing with the same
-  wave (invisible in the skeleton). The pulse is what survives the cache's parameter-free reduction
-  (max over H, W keeps how strongly a colour is present, not where), so a fusion network that
-  compares cached video and skeleton features over time can see the phase;
+  wave between dark and full (invisible in the skeleton). The pulse is what survives the cache's
+  parameter-free reduction (max over H, W keeps how strongly a colour is present, not where), so a
+  fusion network that compares cached video and skeleton features over time can see the phase (a
+  pulse of ±25 % left too little of it in the tiny backbones' taps to learn from 600 samples);
 - m: which limb, along which axis, oscillates in the skeleton (invisible in the video);
 - x: whether the disk's oscillation and the limb's oscillation are in phase or in anti-phase.
   Both share a random frequency and each has a uniformly random phase on its own, so x cannot
@@ -176,7 +177,7 @@ def render_video(rng: np.random.Generator, v: int, wave: np.ndarray, size: int) 
     out = np.where(in_square, np.float32(sq_grey), background[None])
     d = np.sqrt((xx - (cx0 + amp * wave)[:, None, None]) ** 2 + (yy - cy) ** 2)
     alpha = np.clip(radius + 0.5 - d, 0, 1)[..., None]
-    pulse = (0.75 + 0.25 * wave)[:, None, None, None].astype(np.float32)
+    pulse = (0.5 + 0.5 * wave)[:, None, None, None].astype(np.float32)
     out = out * (1 - alpha) + colour * pulse * alpha + rng.normal(0, 6, out.shape)
     return np.clip(out, 0, 255).astype(np.uint8)
 
