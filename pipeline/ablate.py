@@ -102,9 +102,10 @@ def _tasks(store, template: Genotype, template_path: Path, out: Path,
     return tasks
 
 
-def _execute(tasks, settings: list[dict], store_path: str, split: str, workers: int | None,
-             scheduler: str | None) -> list[dict]:
-    """Run every task, on dask when more than one worker is available; results in task order."""
+def train_runs(tasks, settings: list[dict], store_path: str, split: str, workers: int | None,
+               scheduler: str | None = None) -> list[dict]:
+    """Train every (row, seed, genotype file, run dir) task, on dask when more than one worker is
+    available; finished runs are reused, killed ones resumed; metrics in task order."""
     args = [(store_path, str(g), str(r), split, st) for (_, _, g, r), st in zip(tasks, settings)]
     n_workers = workers if workers is not None else min(os.cpu_count() or 1, len(tasks))
     if scheduler is None and n_workers <= 1:
@@ -132,7 +133,8 @@ def _execute(tasks, settings: list[dict], store_path: str, split: str, workers: 
             cluster.close()
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value), as the paper's tables report."""
     arr = np.asarray(values, dtype=np.float64)
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
@@ -159,7 +161,7 @@ def run_ablation(store_path: str, genotype_path: str | os.PathLike, out_dir: str
     tasks = _tasks(store, template, Path(genotype_path), out, seed_list)
     per_seed = [dict(settings, epochs=epochs, batch_size=batch_size, device=device, train_on=train_on, seed=s)
                 for _, s, _, _ in tasks]
-    results = _execute(tasks, per_seed, store_path, split, workers, scheduler)
+    results = train_runs(tasks, per_seed, store_path, split, workers, scheduler)
     key = PRIMARY[store.task]
     by_row: dict[str, dict[str, Any]] = {}
     for (row, s, gpath, run), m in zip(tasks, results):
@@ -211,7 +213,7 @@ def ablation_markdown(summary: dict[str, Any], template: Genotype) -> str:
                  "|---|---|---|---|---|---|"]
         for row in spec:
             r = rows[row.key]
-            mean, std = _stats(r["values"])
+            mean, std = mean_std(r["values"])
             params = sorted(set(r["params"]))
             ptxt = f"{params[0]:,}" if len(params) == 1 else f"{min(params):,}–{max(params):,}"
             seeds = ", ".join(f"{v * 100:.2f}" for v in r["values"])
@@ -233,7 +235,7 @@ def _plot(by_row: dict[str, dict[str, Any]], key: str, split: str, path: Path) -
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 5]})
     for ax, spec, title in ((axes[0], TABLE6, "feature selection (Table 6)"),
                             (axes[1], TABLE7, "fusion strategy (Table 7)")):
-        stats = [_stats(by_row[r.key]["values"]) for r in spec]
+        stats = [mean_std(by_row[r.key]["values"]) for r in spec]
         means = [m * 100 for m, _ in stats]
         stds = [s * 100 for _, s in stats]
         colors = ["#d62728" if r.key == "searched" else "#1f77b4" for r in spec]

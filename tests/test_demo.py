@@ -21,10 +21,12 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, capsys):
         assert 0.0 <= r["accuracy"] <= 1.0 and r["parameters"] > 0
     root = tmp_path / "demo"
     assert (root / "features.zarr").is_dir() and (root / "search" / "genotype.json").is_file()
-    metrics = json.loads((root / "train" / "found" / "metrics_test.json").read_text())
+    metrics = json.loads((root / "train" / "found" / "seed_0" / "metrics_test.json").read_text())
     assert metrics["num_samples"] > 0 and "accuracy" in metrics
     assert "| BM-NAS found network |" in (root / "comparison.md").read_text()
-    assert "| method | test accuracy | parameters |" in out and "cache hit" not in out
+    assert "| method | test accuracy | seeds | parameters |" in out and "cache hit" not in out
+    search = [json.loads(x) for x in (root / "search" / "metrics.jsonl").read_text().splitlines()]
+    assert search[0]["genotype_score"] is None and search[1]["genotype_score"] is not None  # arch warm-up
 
     again = run_demo(cfg)  # every stage is reused
     out = capsys.readouterr().out
