@@ -61,10 +61,16 @@ class ExtractResult:
     skipped: list[dict] = field(default_factory=list)
     models_built: dict[int, int] = field(default_factory=dict)  # process id -> models it built
     startup_seconds: float = 0.0  # starting/connecting the dask cluster, not in samples_per_s
+    cpu_seconds: float = 0.0  # CPU time of the processes running the tasks while samples_per_s was timed
 
     @property
     def compression(self) -> float:
         return self.bytes_raw / max(self.bytes_on_disk, 1)
+
+    @property
+    def cores_busy(self) -> float:
+        """Average cores the task processes kept busy (a worker's loader/writer threads count too)."""
+        return self.cpu_seconds / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
         return (f"{self.store}: {self.chunks_run}/{self.chunks_total} chunks extracted "
@@ -251,6 +257,7 @@ class _Runner:
     def __init__(self, use_dask: bool, scheduler: str | None, workers: int, threads_per_worker: int,
                  timeout: float):
         self.client = self.cluster = None
+        self.shared: tuple = ()  # the source and sample ids, scattered to every worker by warm_up
         self.slots = 1
         if not use_dask:
             return
@@ -274,12 +281,23 @@ class _Runner:
         if self.cluster is not None:
             self.cluster.close()
 
-    def warm_up(self, entries: tuple, reduction: ReductionConfig, device: str, batch_size: int) -> None:
-        """Every worker imports and builds its models once, before the clock for samples/s starts."""
+    def warm_up(self, entries: tuple, reduction: ReductionConfig, device: str, batch_size: int, source: Any,
+                ids: list[str]) -> None:
+        """Every worker imports and builds its models once and holds the source and the sample ids,
+        before the clock for samples/s starts."""
         if self.client is None:
             warm_up(entries, reduction, device, batch_size)
-        else:
-            self.client.run(warm_up, entries, reduction, device, batch_size)
+            return
+        self.client.run(warm_up, entries, reduction, device, batch_size)
+        self.shared = (self.client.scatter(source, broadcast=True, hash=False),
+                       self.client.scatter(ids, broadcast=True, hash=False))
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the processes that run tasks: every worker (on a shared cluster,
+        including other clients' work), or this process with --no-dask."""
+        if self.client is None:
+            return time.process_time()
+        return sum(self.client.run(time.process_time).values())
 
     def run(self, tasks: list[list[int]], args: tuple, on_result) -> None:
         """Call ``on_result(results)`` per task; stop starting tasks once it returns False."""
@@ -287,10 +305,11 @@ class _Runner:
             chunks = [k for task in tasks for k in task]
             run_chunks(args[0], args[1], args[2], chunks, *args[3:], on_chunk=lambda r: on_result([r]))
             return
+        if not tasks:
+            return
         from distributed import as_completed
 
-        src = self.client.scatter(args[0], broadcast=True, hash=False)
-        ids = self.client.scatter(args[2], broadcast=True, hash=False)
+        src, ids = self.shared
         todo = list(tasks)
 
         def submit(chunks):
@@ -386,16 +405,17 @@ def extract(
         todo = sorted(set(writer.missing_chunks()) | (set(_chunks_with_skips(writer)) if resumed else set()))
         tasks = [todo[i:i + chunks_per_task] for i in range(0, len(todo), max(1, chunks_per_task))]
         if tasks:
-            runner.warm_up(tuple(entries), reduction, device, batch_size)
+            runner.warm_up(tuple(entries), reduction, device, batch_size, source, ids)
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=writer.num_chunks, initial=writer.num_chunks - len(todo), unit="chunk",
                        desc="extract", leave=False)
-        t0 = time.perf_counter()
+        cpu0, t0 = runner.cpu_seconds(), time.perf_counter()
         runner.run(tasks, (source, str(writer.path), ids, tuple(entries), reduction, device, batch_size,
                            on_error), on_result)
         seconds = time.perf_counter() - t0
+        cpu = runner.cpu_seconds() - cpu0
     finally:
         runner.close()
         if bar is not None:
@@ -414,7 +434,8 @@ def extract(
     disk = _dir_bytes(Path(writer.path) / "features")
     return ExtractResult(str(writer.path), {k: v for e in entries for k, v in e.shapes().items()},
                          writer.num_chunks, sum(len(t) for t in tasks), rows_run, seconds,
-                         rows_run / seconds if seconds > 0 else 0.0, disk, raw, skipped, built, t0 - t_start)
+                         rows_run / seconds if seconds > 0 else 0.0, disk, raw, skipped, built, t0 - t_start,
+                         cpu)
 
 
 def _finalize(writer: Any, source: Any, samples: list, skipped: list[dict]) -> None:

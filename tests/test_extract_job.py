@@ -66,6 +66,7 @@ def test_localcluster_extraction(ntu, tmp_path):
     assert store.array("video_1").dtype == np.float16
     assert sum(len(v) for v in store.splits.values()) == 16
     assert res.bytes_on_disk > 0 and res.compression > 1
+    assert res.cpu_seconds > 0 and 0 < res.cores_busy < 2 * (os.cpu_count() or 1)  # the workers' CPU, not ours
     local = extract(_source(ntu), str(tmp_path / "local.zarr"), choices, rows_per_chunk=2, batch_size=2,
                     use_dask=False, progress=False)
     a, b = _features(tmp_path / "dask.zarr"), _features(tmp_path / "local.zarr")
@@ -73,6 +74,7 @@ def test_localcluster_extraction(ntu, tmp_path):
         assert np.isfinite(a[node]).all()  # same weights in every worker; only thread-count rounding differs
         np.testing.assert_allclose(a[node].astype(np.float32), b[node].astype(np.float32), rtol=2e-3, atol=1e-5)
     assert local.models_built == {os.getpid(): local.models_built[os.getpid()]}
+    assert local.cpu_seconds > 0
 
 
 def test_rerun_skips_completed_chunks(ntu, tmp_path):
