@@ -41,13 +41,13 @@ from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
 from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
-from pipeline.train import DEFAULT_EPOCHS, TRAIN_ON, check_run_options, read_run_config
+from pipeline.train import TRAIN_ON, Schedule, check_run_options, read_run_config
 
 _NODE = re.compile(r"^(?P<modality>.+)_(?P<k>\d+)$")
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Schedule):
     """Everything that determines a finetune run (with the raw data and checkpoints: its result)."""
 
     genotype: str = ""
@@ -60,23 +60,12 @@ class FinetuneConfig:
     t_max: int = 32
     grid: int = 4
     init_from: str | None = None
-    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 16
     accumulate: int = 1
-    lr: float = 1e-3
     backbone_lr_scale: float = 0.1
-    lr_min: float = 1e-6
-    restart_period: int = 1
-    restart_mult: int = 2
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    dropout: float = 0.2
     freeze_bn: bool = True
     amp: bool = True
     loader_workers: int = 0
-    device: str = "auto"
-    train_on: str = "train"
-    seed: int = 0
     kind: str = "finetune"
 
 

@@ -51,13 +51,10 @@ DEFAULT_EPOCHS = 30
 
 
 @dataclass
-class TrainConfig:
-    """Everything that determines a training run (with the store's contents: its result)."""
+class Schedule:
+    """The optimisation settings train and finetune share (paper: Adam, cosine warm restarts)."""
 
-    store: str = ""
-    genotype: str = ""                  # the file given; the run keeps its own copy
     epochs: int = DEFAULT_EPOCHS
-    batch_size: int = 96
     seed: int = 0
     device: str = "auto"
     train_on: str = "train"
@@ -68,6 +65,15 @@ class TrainConfig:
     weight_decay: float = 3e-4
     dropout: float = 0.2
     grad_clip: float = 5.0
+
+
+@dataclass
+class TrainConfig(Schedule):
+    """Everything that determines a training run (with the store's contents: its result)."""
+
+    store: str = ""
+    genotype: str = ""                  # the file given; the run keeps its own copy
+    batch_size: int = 96
     memory_budget_gb: float | None = None
     kind: str = "train"
 
