@@ -4,6 +4,11 @@ BM-NAS assumes pretrained unimodal backbones; this stage makes them: train on th
 keep the weights with the best validation score, and write a run directory with ``best.pt``
 (a plain state_dict that `bmnas extract --checkpoint` loads), ``config.json`` and
 ``metrics.jsonl`` (one line per epoch).
+
+Resume: ``last.pt`` (weights, optimiser, scheduler, torch RNG, best so far) is written atomically
+after every epoch, so rerunning the same command into the same directory after a kill continues
+after the last finished epoch and ends with the same ``best.pt`` as an uninterrupted run (CPU); a
+finished run is returned as is. Other settings in that directory are an error, never a silent mix.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -111,6 +116,37 @@ def _evaluate(model: nn.Module, loader: DataLoader, task: str, device: torch.dev
     return sum(losses) / len(y), score
 
 
+LAST = "last.pt"
+
+
+def _save_state(path: Path, model: nn.Module, opt, sched, state: dict) -> None:
+    """Everything needed to continue after this epoch, written atomically."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": torch.get_rng_state(), **state}, tmp)
+    tmp.replace(path)
+
+
+def _resume_state(out: Path, config: dict, model: nn.Module, opt, sched) -> dict | None:
+    """The state after the last finished epoch of a run with the same config in ``out`` (None: start)."""
+    path = out / LAST
+    if not path.is_file():
+        return None
+    before = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+    if changed:
+        raise ExtractError(f"{out} holds a pretrain run with other settings ({', '.join(changed)}); "
+                           "rerun with the same settings to resume it, or choose a new --out")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"])
+    lines = (out / "metrics.jsonl").read_text().splitlines()[:ckpt["epoch"]]  # drop an unfinished epoch's line
+    (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    return {k: ckpt[k] for k in ("epoch", "best", "best_epoch", "sha", "history")}
+
+
 def pretrain(
     source: Any,
     modality: str,
@@ -130,8 +166,11 @@ def pretrain(
     seed: int = 0,
     progress: bool = True,
     keep_in_memory: bool = False,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> PretrainResult:
-    """Train ``backbone`` + head on ``modality`` of ``source``; keep the best epoch on val."""
+    """Train ``backbone`` + head on ``modality`` of ``source``; keep the best epoch on val.
+
+    ``on_epoch(epoch)`` is called after each epoch's state is on disk (tests kill a run there)."""
     spec = get_backbone(backbone)
     spec.check_modality(modality)
     if modality not in source.modalities:
@@ -185,13 +224,17 @@ def pretrain(
               "weight_decay": weight_decay, "seed": seed, "device": str(dev), "metric": metric,
               "init_checkpoint": init_checkpoint, "inflate_from": inflate_from, "init_sha256": init_sha,
               "taps": [asdict(t) for t in spec.tap_specs(setting)]}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    history: list[dict] = []
-    best, best_epoch, sha = -float("inf"), -1, ""
+    state = _resume_state(out, config, model, opt, sched)
+    if state is None:
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": []}
+    history: list[dict] = state["history"]
+    best, best_epoch, sha = state["best"], state["best_epoch"], state["sha"]
     from tqdm import tqdm
 
-    with open(out / "metrics.jsonl", "w") as log:
-        for epoch in tqdm(range(epochs), desc=f"pretrain {backbone}", disable=not progress, leave=False):
+    with open(out / "metrics.jsonl", "a" if state["epoch"] else "w") as log:
+        for epoch in tqdm(range(state["epoch"], epochs), desc=f"pretrain {backbone}", disable=not progress,
+                          leave=False, initial=state["epoch"], total=epochs):
             model.train()
             t0, total, seen = time.perf_counter(), 0.0, 0
             for batch in loader:
@@ -214,6 +257,10 @@ def pretrain(
             if not np.isnan(score) and score > best or best_epoch < 0:
                 best, best_epoch = score, epoch + 1
                 sha = save_checkpoint(model, out / "best.pt")
+            _save_state(out / LAST, model, opt, sched, {"epoch": epoch + 1, "best": best, "best_epoch": best_epoch,
+                                                        "sha": sha, "history": history})
+            if on_epoch is not None:
+                on_epoch(epoch + 1)
     summary = {"best_epoch": best_epoch, metric: best, "checkpoint": str(out / "best.pt"), "checkpoint_sha256": sha}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return PretrainResult(str(out), str(out / "best.pt"), sha, best_epoch, float(best), metric, history)

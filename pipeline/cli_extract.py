@@ -76,7 +76,8 @@ def backbones_cmd(setting: str) -> None:
 @click.option("--modality", required=True, help="Modality of the source to train on (video, skeleton, ...).")
 @click.option("--backbone", required=True, help="Registered backbone name (see `bmnas backbones`).")
 @click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run directory to write.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run directory to write; rerunning the same command after a kill resumes it.")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)

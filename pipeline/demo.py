@@ -106,7 +106,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     backbones = {"video": "inflated_resnet50", "skeleton": "hcn"}
     checkpoints = {m: out / "pretrain" / m / "best.pt" for m in backbones}
     stages.run("pretrain tiny backbones (" + ", ".join(f"{m}: {b}" for m, b in backbones.items()) + ")",
-               lambda: all(p.is_file() for p in checkpoints.values()),
+               lambda: all((p.parent / "summary.json").is_file() for p in checkpoints.values()),
                lambda: _pretrain(cfg, source, backbones, out / "pretrain"),
                "reusing " + ", ".join(str(p) for p in checkpoints.values()))
     stages.run(f"extract taps into {store} (dask LocalCluster, {cfg.workers} workers)",
@@ -143,7 +143,7 @@ def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) ->
 
     for modality, backbone in backbones.items():
         run = root / modality
-        if (run / "best.pt").is_file():
+        if (run / "summary.json").is_file():  # written when the run has finished (a killed one resumes)
             _say(f"  {modality}: cache hit, reusing {run / 'best.pt'}")
             continue
         res = pretrain(source, modality, backbone, str(run), setting="tiny", epochs=cfg.pretrain_epochs[modality],

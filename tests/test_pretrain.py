@@ -57,6 +57,36 @@ def test_pretrain_writes_run_and_checkpoint_feeds_extract(ntu, tmp_path):
     np.testing.assert_allclose(store.array("skeleton_4")[0].astype(np.float32), want, rtol=2e-3, atol=1e-3)
 
 
+class Killed(Exception):
+    pass
+
+
+def test_killed_pretrain_resumes_to_the_same_checkpoint(ntu, tmp_path):
+    src = NTUSource(ntu, size=32)
+    kw = dict(setting="tiny", epochs=3, batch_size=4, progress=False)
+    whole = pretrain(src, "skeleton", "hcn", str(tmp_path / "whole"), **kw)
+
+    def kill(epoch):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), on_epoch=kill, **kw)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    cut = pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), **kw)
+    assert cut.checkpoint_sha256 == whole.checkpoint_sha256 and cut.best_epoch == whole.best_epoch
+
+    def strip(run):
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    assert strip("cut") == strip("whole") and len(strip("cut")) == 3
+    again = pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), **kw)  # finished: returned as is
+    assert again.checkpoint_sha256 == whole.checkpoint_sha256 and len(strip("cut")) == 3
+    with pytest.raises(ExtractError, match="other settings \\(lr\\)"):
+        pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), lr=0.5, **kw)
+
+
 def test_pretrain_cli_inflates_2d_resnet(ntu, tmp_path):
     spec = get_backbone("inflated_resnet50")
     model3d = spec.build("tiny", 4)
