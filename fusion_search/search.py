@@ -62,6 +62,7 @@ from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
 from fusion_search.metrics import PRIMARY, loss_fn
+from fusion_search.schedule import weight_optimizer
 
 CHECKPOINT = "checkpoints/last.pt"
 BatchCallback = Callable[[int, int], None]
@@ -215,10 +216,9 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
                         step_inputs=cfg.step_inputs, dropout=cfg.dropout)
     model = Hypernet(spec).to(device)
     weights, arch = model.weight_parameters(), model.arch_parameters()
-    w_opt = torch.optim.Adam(weights, lr=cfg.weight_lr, weight_decay=cfg.weight_decay)
+    w_opt, sched = weight_optimizer(weights, lr=cfg.weight_lr, weight_decay=cfg.weight_decay, lr_min=cfg.weight_lr_min,
+                                    restart_period=cfg.restart_period, restart_mult=cfg.restart_mult)
     a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        w_opt, T_0=cfg.restart_period, T_mult=cfg.restart_mult, eta_min=cfg.weight_lr_min)
     loss = lambda z, y: loss_fn(task, z, y)  # noqa: E731
     architect = Architect(model, arch, weights, a_opt, loss, unrolled=cfg.unrolled, weight_decay=cfg.weight_decay)
     key = PRIMARY[task]

@@ -40,6 +40,7 @@ from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
+from fusion_search.schedule import weight_optimizer
 from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
 from pipeline.train import TRAIN_ON, Schedule, check_run_options, read_run_config
 
@@ -381,11 +382,10 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
     model = built.model.to(device)
     torch.manual_seed(cfg.seed)
     bb_params, fusion_params = model.parameter_groups()
-    opt = torch.optim.Adam([{"params": fusion_params, "lr": cfg.lr},
-                            {"params": bb_params, "lr": cfg.lr * cfg.backbone_lr_scale}],
-                           weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        opt, T_0=cfg.restart_period, T_mult=cfg.restart_mult, eta_min=cfg.lr_min)
+    opt, sched = weight_optimizer([{"params": fusion_params, "lr": cfg.lr},
+                                   {"params": bb_params, "lr": cfg.lr * cfg.backbone_lr_scale}],
+                                  lr=cfg.lr, weight_decay=cfg.weight_decay, lr_min=cfg.lr_min,
+                                  restart_period=cfg.restart_period, restart_mult=cfg.restart_mult)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     book = EpochBook(run, key)
     if resume:

@@ -41,6 +41,7 @@ from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype, check_against_store
 from fusion_search.metrics import PRIMARY, loss_fn
+from fusion_search.schedule import weight_optimizer
 from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
 
 __all__ = ["BEST", "LAST", "TrainConfig", "train_on_cache", "resume_training", "open_splits", "open_store_checked",
@@ -237,9 +238,8 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, 
     torch.manual_seed(cfg.seed)
     model = FoundNetwork(genotype, store.node_shapes, cfg.dropout).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        opt, T_0=cfg.restart_period, T_mult=cfg.restart_mult, eta_min=cfg.lr_min)
+    opt, sched = weight_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_min=cfg.lr_min,
+                                  restart_period=cfg.restart_period, restart_mult=cfg.restart_mult)
     book = EpochBook(run, key)
     if resume:
         ckpt = book.restore(device)
