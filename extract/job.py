@@ -226,7 +226,8 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _local_cluster(workers: int, threads_per_worker: int):
-    """A LocalCluster whose workers keep glibc's default malloc tuning and skip dask's profiler.
+    """A LocalCluster whose workers keep glibc's default malloc tuning, skip dask's profiler and
+    wait passively in OpenMP (as the CLI's own process does; a user's OMP_WAIT_POLICY is kept).
 
     The statistical profiler walks the task thread's stack every 10 ms in the worker's event loop
     (holding the GIL): 1-5 ms of CPU per sample here (measured under load), for a dashboard page
@@ -246,6 +247,7 @@ def _local_cluster(workers: int, threads_per_worker: int):
     else:
         os.environ[TRIM] = _USER_TRIM
     with dask.config.set({f"distributed.nanny.pre-spawn-environ.{TRIM}": _USER_TRIM,
+                          "distributed.nanny.pre-spawn-environ.OMP_WAIT_POLICY": "PASSIVE",
                           "distributed.worker.profile.enabled": False}):
         return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                             dashboard_address=":0", silence_logs=logging.CRITICAL)

@@ -125,17 +125,20 @@ def test_in_process_pipeline_reports_each_chunk_once_it_is_on_disk(ntu, tmp_path
     assert open_writer(out).missing_chunks() == list(range(len(seen), 8))
 
 
-def test_local_cluster_workers_keep_default_malloc_and_skip_the_profiler(monkeypatch):
+def test_local_cluster_worker_settings(monkeypatch):
     """dask sets MALLOC_TRIM_THRESHOLD_ for its workers, which doubles a forward pass's CPU time,
-    and samples their stacks every 10 ms; extraction's own cluster does neither."""
+    and samples their stacks every 10 ms; extraction's own cluster does neither, and its workers
+    wait passively in OpenMP like the CLI."""
     import dask
     from distributed import Client
 
     from extract.job import TRIM, _local_cluster
 
     monkeypatch.setenv(TRIM, "65536")  # as an earlier nanny of this process leaves it
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     with _local_cluster(1, 1) as cluster, Client(cluster) as client:
         assert list(client.run(os.environ.get, TRIM).values()) == [None]
+        assert list(client.run(os.environ.get, "OMP_WAIT_POLICY").values()) == ["PASSIVE"]
         assert list(client.run(dask.config.get, "distributed.worker.profile.enabled").values()) == [False]
         assert TRIM not in os.environ
 
