@@ -48,19 +48,23 @@ class _Decoded:
         return self._data[(sample_id, modality)]
 
 
-def _pure_forward(source, choices, batch_size: int, rows_per_chunk: int) -> tuple[float, int]:
-    """Seconds of the bare forward passes, then of the same passes through the tap hooks and reduction."""
+def _pure_forward(source, choices, batch_size: int, rows_per_chunk: int) -> tuple[float, float, float]:
+    """Seconds of the bare forward passes, of the same passes through the tap hooks and reduction,
+    and of reading + preparing the samples in one thread (what a worker's loader thread does)."""
     import torch
 
     from extract.backbones import get_backbone
     from extract.worker import INIT_SEED
 
     ids = [s.id for s in source.samples()]
-    models, batches = [], []
+    models, batches, loading = [], [], 0.0
     for c in choices:
         spec = get_backbone(c.backbone)
         models.append(spec.build(c.setting, source.num_classes, c.modality, seed=INIT_SEED).eval())
+        spec.prepare_input(source.load(ids[0], c.modality), c.modality, c.setting)  # first-call costs
+        t0 = time.perf_counter()
         xs = [spec.prepare_input(source.load(i, c.modality), c.modality, c.setting) for i in ids]
+        loading += time.perf_counter() - t0
         per = []
         for start in range(0, len(ids), rows_per_chunk):  # same chunk-aligned batches as extraction
             stop = min(start + rows_per_chunk, len(ids))
@@ -68,21 +72,22 @@ def _pure_forward(source, choices, batch_size: int, rows_per_chunk: int) -> tupl
         batches.append(per)
     from extract.backbones.taps import TapReader
 
+    def timed(calls) -> float:
+        t0 = time.perf_counter()
+        for call, per in zip(calls, batches):
+            for x in per:
+                call(x)
+        return time.perf_counter() - t0
+
     with torch.inference_mode():
-        for m, per in zip(models, batches):  # warm-up
-            m(per[0])
-        t0 = time.perf_counter()
-        for m, per in zip(models, batches):
-            for x in per:
-                m(x)
-        bare = time.perf_counter() - t0
+        timed(models)  # warm-up: one whole pass (one batch left the heavier nets' first pass slow)
+        bare = timed(models)
         readers = [TapReader(m, get_backbone(c.backbone).tap_specs(c.setting)) for m, c in zip(models, choices)]
-        t0 = time.perf_counter()
-        for r, per in zip(readers, batches):
-            for x in per:
-                r.run(x)
-        hooked = time.perf_counter() - t0
-    return bare, hooked, len(ids)
+        hooked = timed([r.run for r in readers])
+        for r in readers:
+            r.close()
+        bare = min(bare, timed(models))  # the faster of two: the reference is never flattered
+    return bare, hooked, loading
 
 
 def _burn(_: int) -> float:
@@ -122,12 +127,13 @@ def _write_cost(path: Path, repeats: int = 5) -> float:
 
 
 def _part_a(source, choices, common: dict, tmp: Path, batch_size: int, rows_per_chunk: int,
-            target: str = " (target <= +15%)") -> float:
-    """(a): extraction vs the bare forward in one process; returns the forward's samples/s."""
+            target: str = " (target <= +15%)") -> dict[str, float]:
+    """(a): extraction vs the bare forward in one process; returns seconds per sample of the
+    forward (F), of reading + preparing from files (L) and of the zarr writes (W)."""
     from extract.job import extract
 
     n = len(source.samples())
-    fwd_s, hooked_s, _ = _pure_forward(source, choices, batch_size, rows_per_chunk)
+    fwd_s, hooked_s, load_s = _pure_forward(source, choices, batch_size, rows_per_chunk)
     fwd = n / fwd_s
     mods = tuple(c.modality for c in choices)
     mem = extract(_Decoded(source, mods), str(tmp / "m.zarr"), choices, use_dask=False, **common)
@@ -143,13 +149,16 @@ def _part_a(source, choices, common: dict, tmp: Path, batch_size: int, rows_per_
     per_sample_write = _write_cost(tmp / "m.zarr")
     print(f"  zarr write of one chunk (all nodes)      {per_sample_write * 1e3:8.2f} ms/sample "
           f"(= {per_sample_write * fwd:.0%} of the forward time per sample)")
+    print(f"  reading + preparing from files, one thread {load_s / n * 1e3:6.2f} ms/sample "
+          f"(= {load_s / fwd_s:.0%} of the forward time per sample)")
     print(f"  not in the figures above: warm-up (models built, first forward) {mem.startup_seconds:.1f}s in RAM, "
           f"{ext.startup_seconds:.1f}s from files")
-    return fwd
+    return {"F": fwd_s / n, "L": load_s / n, "W": per_sample_write}
 
 
-def _part_b(source, choices, common: dict, tmp: Path, target: str = " (target >= 1.6x)") -> float:
-    """(b): 2 dask workers vs 1, one thread each; returns the speed-up."""
+def _part_b(source, choices, common: dict, tmp: Path, costs: dict[str, float],
+            target: str = " (target >= 1.6x)") -> float:
+    """(b): 2 dask workers vs 1, one thread each; returns the speed-up. ``costs``: from part (a)."""
     from extract.job import extract
 
     runs = {w: extract(source, str(tmp / f"w{w}.zarr"), choices, workers=w, threads_per_worker=1, **common)
@@ -161,9 +170,15 @@ def _part_b(source, choices, common: dict, tmp: Path, target: str = " (target >=
     speedup = runs[2].samples_per_s / runs[1].samples_per_s
     print(f"  speed-up 2 vs 1 worker: {speedup:.2f}x{target}; this machine's own 2-vs-1-process "
           f"speed-up on a CPU loop now: {_machine_ceiling():.2f}x")
-    print(f"  1 worker already keeps {runs[1].cores_busy:.2f} cores busy (its loader and writer threads overlap "
-          f"the forward), so 2 workers on {os.cpu_count()} cores can give at most "
-          f"{os.cpu_count() / max(runs[1].cores_busy, 1e-9):.2f}x at equal CPU per sample")
+    one, two = runs[1], runs[2]
+    print(f"  = {two.cores_busy:.2f}/{one.cores_busy:.2f} cores busy x {one.cpu_seconds / one.rows_run * 1e3:.1f}/"
+          f"{two.cpu_seconds / two.rows_run * 1e3:.1f} ms CPU per sample: 1 worker already keeps "
+          f"{one.cores_busy:.2f} cores busy, its loader thread overlapping the forward")
+    f, ld, w = costs["F"], costs["L"], costs["W"]
+    print(f"  from part (a)'s costs, reading+preparing L = {ld * 1e3:.2f}, forward F = {f * 1e3:.2f}, writes "
+          f"W = {w * 1e3:.2f} ms/sample: a worker whose loader fully overlaps its forward takes max(L, F) per "
+          f"sample, 2 workers on 2 cores at least (L+F+W)/2, so 2 vs 1 = 2 max(L, F)/(L+F+W) = "
+          f"{2 * max(ld, f) / (ld + f + w):.2f}x with ideal overlap")
     return speedup
 
 
@@ -192,16 +207,16 @@ def main() -> None:
         print(f"{len(source.samples())} ntu-like samples (video 8x32x32 + skeleton 32 frames), backbones "
               f"{', '.join(c.backbone for c in choices)} (tiny), chunk {args.rows_per_chunk}, batch {args.batch_size}")
         print(f"\n(a) one process, one torch thread (load average {_load()} on {os.cpu_count()} cores)")
-        _part_a(source, choices, common, tmp, args.batch_size, args.rows_per_chunk)
+        costs = _part_a(source, choices, common, tmp, args.batch_size, args.rows_per_chunk)
         print(f"\n(b) dask LocalCluster, processes, one thread per worker (load average {_load()})")
-        _part_b(source, choices, common, tmp)
+        _part_b(source, choices, common, tmp, costs)
         if not args.skip_heavy:
             heavy = [BackboneChoice("skeleton", "hcn", "full")]
             print(f"\n(c) NOT the targets' setting, for comparison: skeleton only, hcn full, where the forward "
                   f"dominates; same samples (load average {_load()})")
             (tmp / "heavy").mkdir()
-            _part_a(source, heavy, common, tmp / "heavy", args.batch_size, args.rows_per_chunk, target="")
-            _part_b(source, heavy, common, tmp / "heavy", target="")
+            costs = _part_a(source, heavy, common, tmp / "heavy", args.batch_size, args.rows_per_chunk, target="")
+            _part_b(source, heavy, common, tmp / "heavy", costs, target="")
         print(f"\nload average at the end: {_load()}")
 
 
