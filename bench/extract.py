@@ -8,8 +8,9 @@
     "cores busy" is the CPU time of the processes running the tasks over the timed part: a worker
     whose loader and writer threads overlap its forward keeps more than one core busy, which
     bounds what a second worker can add on a 2-core machine.
-(c) (a) and (b) again with a heavier skeleton backbone (hcn full), where the forward dominates:
-    for comparison only, not the targets' setting (--skip-heavy leaves it out).
+(c) for comparison only, not the targets' setting (--skip-heavy leaves it out): (a) again with a
+    heavier skeleton backbone (hcn full), and (b) with it on samples decoded in RAM beforehand,
+    so that the forward dominates each worker's work.
 Data: synthetic ntu-like clips (H.264, 32 px) + NTU .skeleton files, the demo's backbones
 (inflated_resnet50 + hcn, tiny).
 
@@ -57,14 +58,11 @@ def _pure_forward(source, choices, batch_size: int, rows_per_chunk: int) -> tupl
     from extract.worker import INIT_SEED
 
     ids = [s.id for s in source.samples()]
-    models, batches, loading = [], [], 0.0
-    for c in choices:
+    prepared, loading = _prepared(source, choices)
+    models, batches = [], []
+    for c, xs in zip(choices, prepared):
         spec = get_backbone(c.backbone)
         models.append(spec.build(c.setting, source.num_classes, c.modality, seed=INIT_SEED).eval())
-        spec.prepare_input(source.load(ids[0], c.modality), c.modality, c.setting)  # first-call costs
-        t0 = time.perf_counter()
-        xs = [spec.prepare_input(source.load(i, c.modality), c.modality, c.setting) for i in ids]
-        loading += time.perf_counter() - t0
         per = []
         for start in range(0, len(ids), rows_per_chunk):  # same chunk-aligned batches as extraction
             stop = min(start + rows_per_chunk, len(ids))
@@ -88,6 +86,21 @@ def _pure_forward(source, choices, batch_size: int, rows_per_chunk: int) -> tupl
             r.close()
         bare = min(bare, timed(models))  # the faster of two: the reference is never flattered
     return bare, hooked, loading
+
+
+def _prepared(source, choices) -> tuple[list[list], float]:
+    """Every sample read and prepared for each backbone, and the seconds that took in one thread."""
+    from extract.backbones import get_backbone
+
+    ids = [s.id for s in source.samples()]
+    out, seconds = [], 0.0
+    for c in choices:
+        spec = get_backbone(c.backbone)
+        spec.prepare_input(source.load(ids[0], c.modality), c.modality, c.setting)  # first-call costs
+        t0 = time.perf_counter()
+        out.append([spec.prepare_input(source.load(i, c.modality), c.modality, c.setting) for i in ids])
+        seconds += time.perf_counter() - t0
+    return out, seconds
 
 
 def _burn(_: int) -> float:
@@ -182,12 +195,28 @@ def _part_b(source, choices, common: dict, tmp: Path, costs: dict[str, float],
     return speedup
 
 
+def _part_c(source, common: dict, tmp: Path, args) -> None:
+    """(c), for comparison only: a heavier skeleton backbone, and (b) without decoding in the workers."""
+    from extract.job import BackboneChoice
+
+    heavy = [BackboneChoice("skeleton", "hcn", "full")]
+    tmp.mkdir()
+    print(f"\n(c) NOT the targets' setting, for comparison: skeleton only, hcn full, a heavier forward; "
+          f"same samples (load average {_load()})")
+    costs = _part_a(source, heavy, common, tmp, args.batch_size, args.rows_per_chunk, target="")
+    mem = _Decoded(source, ("skeleton",))
+    _, load_s = _prepared(mem, heavy)
+    print(f"  (b) with these samples decoded in RAM beforehand, so that the forward dominates each worker "
+          f"(load average {_load()}):")
+    _part_b(mem, heavy, common, tmp, dict(costs, L=load_s / len(mem.samples())), target="")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--rows-per-chunk", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--skip-heavy", action="store_true", help="skip part (c), the heavier skeleton backbone")
+    ap.add_argument("--skip-heavy", action="store_true", help="leave out part (c), the heavier skeleton backbone")
     args = ap.parse_args()
 
     import torch
@@ -211,12 +240,7 @@ def main() -> None:
         print(f"\n(b) dask LocalCluster, processes, one thread per worker (load average {_load()})")
         _part_b(source, choices, common, tmp, costs)
         if not args.skip_heavy:
-            heavy = [BackboneChoice("skeleton", "hcn", "full")]
-            print(f"\n(c) NOT the targets' setting, for comparison: skeleton only, hcn full, where the forward "
-                  f"dominates; same samples (load average {_load()})")
-            (tmp / "heavy").mkdir()
-            costs = _part_a(source, heavy, common, tmp / "heavy", args.batch_size, args.rows_per_chunk, target="")
-            _part_b(source, heavy, common, tmp / "heavy", costs, target="")
+            _part_c(source, common, tmp / "heavy", args)
         print(f"\nload average at the end: {_load()}")
 
 
