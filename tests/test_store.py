@@ -209,17 +209,18 @@ def test_writer_killed_between_data_and_record_leaves_chunk_missing(tmp_path):
     path = tmp_path / "s.zarr"
     _new_writer(path)
     script = textwrap.dedent(f"""
-        import os, signal, numpy as np, zarr
+        import os, signal, numpy as np
+        import stores.writer
         from stores import open_writer
         w = open_writer({str(path)!r})
         rows = w.chunk_rows(0)
         w.write_chunk(0, {{"video_1": np.ones((16, 4, 2)), "video_2": np.ones((16, 2, 3))}})
-        original = zarr.Array.__setitem__
-        def die_at_record(self, key, value):
-            if self.path == "completion":      # the data of chunk 2 is on disk by now
+        original = stores.writer._put_chunk
+        def die_at_record(arr, k, block):
+            if arr.path == "completion":      # the data of chunk 2 is on disk by now
                 os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, key, value)
-        zarr.Array.__setitem__ = die_at_record
+            return original(arr, k, block)
+        stores.writer._put_chunk = die_at_record
         w.write_chunk(2, {{"video_1": np.full((16, 4, 2), 2.0), "video_2": np.full((16, 2, 3), 2.0)}})
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
@@ -230,26 +231,63 @@ def test_writer_killed_between_data_and_record_leaves_chunk_missing(tmp_path):
 
 
 def test_failed_node_write_leaves_no_completion_record(tmp_path, monkeypatch):
-    """Nodes are written concurrently: one failing node still stops the record, after the others land."""
+    import stores.writer
+
     w = _new_writer(tmp_path / "s.zarr")
-    original = zarr.AsyncArray.setitem
+    original = stores.writer._put_chunk
 
-    async def fail_video_2(self, selection, value, prototype=None):
-        if self.path.endswith("video_2"):
+    def fail_video_2(arr, k, block):
+        if arr.path.endswith("video_2"):
             raise OSError("disk full")
-        return await original(self, selection, value, prototype)
+        return original(arr, k, block)
 
-    monkeypatch.setattr(zarr.AsyncArray, "setitem", fail_video_2)
+    monkeypatch.setattr(stores.writer, "_put_chunk", fail_video_2)
     with pytest.raises(OSError, match="disk full"):
         w.write_chunk(1, _chunk_values(w, 1))
     assert 1 in w.missing_chunks()
-    assert zarr.open_array(str(tmp_path / "s.zarr/features/video_1"), mode="r")[16, 0, 0] == 16.0
-    monkeypatch.setattr(zarr.AsyncArray, "setitem", original)
+    monkeypatch.setattr(stores.writer, "_put_chunk", original)
     w.write_chunk(1, _chunk_values(w, 1))
     assert 1 not in w.missing_chunks()
     with pytest.raises(StoreError, match="chunk 2 has shape"):
         w.write_chunk(2, {"video_1": np.zeros((16, 4, 2)), "video_2": np.zeros((3, 2, 3))})
     assert 2 in w.missing_chunks()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_chunk_files_are_those_zarr_writes(tmp_path, dtype, monkeypatch):
+    """Chunks written without zarr's IO loop: the same files, byte for byte, as zarr's own writes,
+    with a short last chunk (padded with NaN) and an all-NaN chunk (no file); and the zarr path
+    taken for stores the direct one cannot write gives the same values."""
+    import stores.writer
+
+    nodes = [NodeSpec("video_1", 4, 2), NodeSpec("video_2", 2, 3)]
+    mine = create_store(tmp_path / "mine.zarr", task="multiclass", num_classes=3, nodes=nodes, num_samples=100,
+                        rows_per_chunk=16, dtype=dtype)
+    create_store(tmp_path / "zarr.zarr", task="multiclass", num_classes=3, nodes=nodes, num_samples=100,
+                 rows_per_chunk=16, dtype=dtype)
+    theirs = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="r+")
+    for k in (0, 3, 6):  # 6: rows 96..99, a short last chunk
+        values = _chunk_values(mine, k)
+        if k == 3:
+            values = {n: np.full_like(v, np.nan) for n, v in values.items()}  # every sample skipped
+        mine.write_chunk(k, values)
+        for name, v in values.items():
+            theirs[f"features/{name}"][mine.chunk_rows(k)] = v.astype(dtype)
+        theirs["completion"][k] = 1
+    assert mine._whole_chunks
+
+    def files(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and "/c/" in str(p)}
+
+    ours, zarrs = files(tmp_path / "mine.zarr"), files(tmp_path / "zarr.zarr")
+    assert sorted(ours) == sorted(zarrs) and ours == zarrs
+    assert not any(p.startswith("features/video_1/c/3/") for p in ours)  # all NaN: no file, as zarr
+    monkeypatch.setattr(stores.writer, "_whole_chunks_encodable", lambda arr: False)
+    other = open_writer(tmp_path / "zarr.zarr")
+    other.write_chunk(2, _chunk_values(other, 2))
+    assert not other._whole_chunks and other.missing_chunks() == [1, 4, 5]
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "zarr.zarr/features/video_2"), mode="r")[32:48],
+                                  _chunk_values(other, 2)["video_2"].astype(dtype))
 
 
 def _row_ids_store(tmp_path, n=1000, rpc=64):
