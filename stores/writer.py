@@ -16,10 +16,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
-from zarr.abc.codec import BytesBytesCodec, SupportsSyncCodec
 from zarr.codecs import BloscCodec, BytesCodec
-from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
+
+try:  # zarr internals the fast chunk path needs; without them (another zarr 3.x) the array API writes
+    from zarr.abc.codec import BytesBytesCodec, SupportsSyncCodec
+    from zarr.core.buffer import default_buffer_prototype
+except ImportError:  # pragma: no cover - depends on the installed zarr
+    SupportsSyncCodec = None
 
 from stores import schema as S
 from stores.errors import StoreError
@@ -49,6 +53,8 @@ def _prepare_path(path: str | os.PathLike, overwrite: bool) -> Path:
 def _whole_chunks_encodable(arr: zarr.Array) -> bool:
     """Whether chunks of ``arr`` can be written by `_put_chunk`: a local store, chunks spanning
     every axis but the first, and zarr codecs that encode synchronously (bytes, then blosc/zstd/...)."""
+    if SupportsSyncCodec is None:
+        return False
     codecs = arr.metadata.codecs
     return (isinstance(arr.store, LocalStore) and tuple(arr.chunks[1:]) == tuple(arr.shape[1:])
             and isinstance(codecs[0], BytesCodec)
