@@ -2,8 +2,8 @@
 
 (a) samples/s of `extract` (decode + prepare + forward + hooks + reduction + zarr writes) vs the
     pure backbone forward on the same, already decoded batches, one torch thread each
-    (target: overhead <= 15%); the forward is timed before and after the extractions and the
-    faster run is the reference, so a slow moment of a shared machine never flatters (a);
+    (target: overhead <= 15%); the two alternate for --rounds rounds and medians are compared,
+    so that a busy moment of a shared machine hits both;
 (b) speed-up of a 2-worker dask LocalCluster over a 1-worker one, one torch thread per worker
     (target: >= 1.6x on 2 cores). Cluster start-up and warm-up are reported apart, not in samples/s.
     "cores busy" is the CPU time of the processes running the tasks over the timed part: a worker
@@ -50,43 +50,54 @@ class _Decoded:
         return self._data[(sample_id, modality)]
 
 
-def _pure_forward(source, choices, batch_size: int, rows_per_chunk: int) -> tuple[float, float, float]:
-    """Seconds of the bare forward passes, of the same passes through the tap hooks and reduction,
-    and of reading + preparing the samples in one thread (what a worker's loader thread does)."""
-    import torch
+class _Forward:
+    """The backbones and the same chunk-aligned batches as extraction, to time the bare forward."""
 
-    from extract.backbones import get_backbone
-    from extract.worker import INIT_SEED
+    def __init__(self, source, choices, batch_size: int, rows_per_chunk: int) -> None:
+        import torch
 
-    ids = [s.id for s in source.samples()]
-    prepared, loading = _prepared(source, choices)
-    models, batches = [], []
-    for c, xs in zip(choices, prepared):
-        spec = get_backbone(c.backbone)
-        models.append(spec.build(c.setting, source.num_classes, c.modality, seed=INIT_SEED).eval())
-        per = []
-        for start in range(0, len(ids), rows_per_chunk):  # same chunk-aligned batches as extraction
-            stop = min(start + rows_per_chunk, len(ids))
-            per += [torch.stack(xs[a:min(a + batch_size, stop)]) for a in range(start, stop, batch_size)]
-        batches.append(per)
-    from extract.backbones.taps import TapReader
+        from extract.backbones import get_backbone
+        from extract.worker import INIT_SEED
 
-    def timed(calls) -> float:
-        t0 = time.perf_counter()
-        for call, per in zip(calls, batches):
-            for x in per:
-                call(x)
-        return time.perf_counter() - t0
+        n = len(source.samples())
+        prepared, self.loading = _prepared(source, choices)  # loading: seconds in one thread
+        self.choices, self.models, self.batches = choices, [], []
+        for c, xs in zip(choices, prepared):
+            spec = get_backbone(c.backbone)
+            self.models.append(spec.build(c.setting, source.num_classes, c.modality, seed=INIT_SEED).eval())
+            per = []
+            for start in range(0, n, rows_per_chunk):
+                stop = min(start + rows_per_chunk, n)
+                per += [torch.stack(xs[a:min(a + batch_size, stop)]) for a in range(start, stop, batch_size)]
+            self.batches.append(per)
+        self.bare()  # warm-up: one whole pass (one batch left the heavier nets' first pass slow)
 
-    with torch.inference_mode():
-        timed(models)  # warm-up: one whole pass (one batch left the heavier nets' first pass slow)
-        bare = timed(models)
-        readers = [TapReader(m, get_backbone(c.backbone).tap_specs(c.setting)) for m, c in zip(models, choices)]
-        hooked = timed([r.run for r in readers])
-        for r in readers:
-            r.close()
-        bare = min(bare, timed(models))  # the faster of two: the reference is never flattered
-    return bare, hooked, loading
+    def _timed(self, calls) -> float:
+        import torch
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for call, per in zip(calls, self.batches):
+                for x in per:
+                    call(x)
+            return time.perf_counter() - t0
+
+    def bare(self) -> float:
+        """Seconds of one pass of the bare forward over every batch."""
+        return self._timed(self.models)
+
+    def hooked(self) -> float:
+        """Seconds of one pass through the tap hooks and the reduction, as extraction runs it."""
+        from extract.backbones import get_backbone
+        from extract.backbones.taps import TapReader
+
+        readers = [TapReader(m, get_backbone(c.backbone).tap_specs(c.setting))
+                   for m, c in zip(self.models, self.choices)]
+        try:
+            return self._timed([r.run for r in readers])
+        finally:
+            for r in readers:
+                r.close()
 
 
 def _prepared(source, choices) -> tuple[list[list], float]:
@@ -140,36 +151,41 @@ def _write_cost(path: Path, repeats: int = 5) -> float:
     return (time.perf_counter() - t0) / repeats / (rows.stop - rows.start)
 
 
-def _part_a(source, choices, common: dict, tmp: Path, batch_size: int, rows_per_chunk: int,
-            target: str = " (target <= +15%)") -> dict[str, float]:
-    """(a): extraction vs the bare forward in one process; returns seconds per sample of the
-    forward (F), of reading + preparing from files (L) and of the zarr writes (W)."""
+def _part_a(source, choices, common: dict, tmp: Path, args, target: str = " (target <= +15%)") -> dict[str, float]:
+    """(a): extraction vs the bare forward in one process, in alternating rounds (medians); returns
+    seconds per sample of the forward (F), of reading + preparing from files (L), of the writes (W)."""
+    from statistics import median
+
     from extract.job import extract
 
     n = len(source.samples())
-    fwd_s, hooked_s, load_s = _pure_forward(source, choices, batch_size, rows_per_chunk)
-    mods = tuple(c.modality for c in choices)
-    mem = extract(_Decoded(source, mods), str(tmp / "m.zarr"), choices, use_dask=False, **common)
+    fw = _Forward(source, choices, args.batch_size, args.rows_per_chunk)
+    hooked_s = fw.hooked()
+    decoded = _Decoded(source, tuple(c.modality for c in choices))
+    bare, mem = [], []
+    for _ in range(args.rounds):  # alternate, so that a busy moment of a shared machine hits both
+        bare.append(fw.bare())
+        mem.append(extract(decoded, str(tmp / "m.zarr"), choices, use_dask=False, **common))
     ext = extract(source, str(tmp / "a.zarr"), choices, use_dask=False, **common)
-    fwd_s = min(fwd_s, _pure_forward(source, choices, batch_size, rows_per_chunk)[0])  # before and after
-    fwd = n / fwd_s
-    print(f"  pure backbone forward (decoded batches)   {fwd:8.1f} samples/s   (faster of the runs before "
-          f"and after the extractions)")
+    fwd_s, mem_s = median(bare), median(r.seconds for r in mem)
+    rounds = [r.seconds / b - 1 for b, r in zip(bare, mem)]
+    print(f"  pure backbone forward (decoded batches)   {n / fwd_s:8.1f} samples/s   (median of {args.rounds} "
+          f"rounds, each followed by the extraction in RAM)")
     print(f"  same forward + tap hooks + reduction      {n / hooked_s:8.1f} samples/s   "
           f"overhead {hooked_s / fwd_s - 1:+.0%}")
-    print(f"  extract, samples decoded in RAM           {mem.samples_per_s:8.1f} samples/s   "
-          f"overhead {fwd / mem.samples_per_s - 1:+.0%}{target}: hooks, reduction, zarr writes; "
-          f"{mem.cores_busy:.2f} cores busy")
+    print(f"  extract, samples decoded in RAM           {n / mem_s:8.1f} samples/s   "
+          f"overhead {mem_s / fwd_s - 1:+.0%}{target}: hooks, reduction, zarr writes; "
+          f"{median(r.cores_busy for r in mem):.2f} cores busy; rounds {min(rounds):+.0%} .. {max(rounds):+.0%}")
     print(f"  extract from files (decord + .skeleton)   {ext.samples_per_s:8.1f} samples/s   "
-          f"overhead {fwd / ext.samples_per_s - 1:+.0%}: decoding included; {ext.cores_busy:.2f} cores busy")
+          f"overhead {ext.seconds / fwd_s - 1:+.0%}: decoding included; {ext.cores_busy:.2f} cores busy")
     per_sample_write = _write_cost(tmp / "m.zarr")
     print(f"  zarr write of one chunk (all nodes)      {per_sample_write * 1e3:8.2f} ms/sample "
-          f"(= {per_sample_write * fwd:.0%} of the forward time per sample)")
-    print(f"  reading + preparing from files, one thread {load_s / n * 1e3:6.2f} ms/sample "
-          f"(= {load_s / fwd_s:.0%} of the forward time per sample)")
-    print(f"  not in the figures above: warm-up (models built, first forward) {mem.startup_seconds:.1f}s in RAM, "
-          f"{ext.startup_seconds:.1f}s from files")
-    return {"F": fwd_s / n, "L": load_s / n, "W": per_sample_write}
+          f"(= {per_sample_write * n / fwd_s:.0%} of the forward time per sample)")
+    print(f"  reading + preparing from files, one thread {fw.loading / n * 1e3:6.2f} ms/sample "
+          f"(= {fw.loading / fwd_s:.0%} of the forward time per sample)")
+    print(f"  not in the figures above: warm-up (models built, first forward) {mem[0].startup_seconds:.1f}s "
+          f"in RAM, {ext.startup_seconds:.1f}s from files")
+    return {"F": fwd_s / n, "L": fw.loading / n, "W": per_sample_write}
 
 
 def _part_b(source, choices, common: dict, tmp: Path, costs: dict[str, float],
@@ -206,7 +222,7 @@ def _part_c(source, common: dict, tmp: Path, args) -> None:
     tmp.mkdir()
     print(f"\n(c) NOT the targets' setting, for comparison: skeleton only, hcn full, a heavier forward; "
           f"same samples (load average {_load()})")
-    costs = _part_a(source, heavy, common, tmp, args.batch_size, args.rows_per_chunk, target="")
+    costs = _part_a(source, heavy, common, tmp, args, target="")
     mem = _Decoded(source, ("skeleton",))
     _, load_s = _prepared(mem, heavy)
     print(f"  (b) with these samples decoded in RAM beforehand, so that the forward dominates each worker "
@@ -219,6 +235,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--rows-per-chunk", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating forward/extraction rounds in (a)")
     ap.add_argument("--skip-heavy", action="store_true", help="leave out part (c), the heavier skeleton backbone")
     args = ap.parse_args()
 
@@ -239,7 +256,7 @@ def main() -> None:
         print(f"{len(source.samples())} ntu-like samples (video 8x32x32 + skeleton 32 frames), backbones "
               f"{', '.join(c.backbone for c in choices)} (tiny), chunk {args.rows_per_chunk}, batch {args.batch_size}")
         print(f"\n(a) one process, one torch thread (load average {_load()} on {os.cpu_count()} cores)")
-        costs = _part_a(source, choices, common, tmp, args.batch_size, args.rows_per_chunk)
+        costs = _part_a(source, choices, common, tmp, args)
         print(f"\n(b) dask LocalCluster, processes, one thread per worker (load average {_load()})")
         _part_b(source, choices, common, tmp, costs)
         if not args.skip_heavy:
