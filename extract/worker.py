@@ -119,10 +119,16 @@ def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, device: str,
     return os.getpid()
 
 
-def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple[dict, list[dict]]:
-    """Read and prepare every modality of some samples; failures become skip records."""
+def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple[list[int], dict, list[dict]]:
+    """Read and prepare every modality of some samples, each modality stacked into one batch tensor.
+
+    Returns the readable rows (offsets into ``ids``), modality -> batch tensor, and skip records
+    for the rest. Stacking here, in the loader thread, keeps the per-sample tensors' allocations
+    and frees in one thread (and arena): handed across threads one by one, they page-faulted
+    the forward pass's memory afresh.
+    """
     specs = {e.modality: (get_backbone(e.backbone), e.setting) for e in entries}
-    out: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    good: dict[int, dict[str, torch.Tensor]] = {}
     errors: list[dict] = []
     for row, sid in enumerate(ids):
         got: dict[str, torch.Tensor] = {}
@@ -139,17 +145,18 @@ def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple
                 got = {}
                 break
         if got:
-            out[row] = got
-    return out, errors
+            good[row] = got
+    rows = sorted(good)
+    inputs = {m: torch.stack([good[r][m] for r in rows]) for m in specs} if rows else {}
+    return rows, inputs, errors
 
 
-def _forward(entries, loaded_by_entry, batch: dict[int, dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
-    """Run each backbone on the good rows of a batch; returns node -> (rows, C, T) float32."""
-    rows = sorted(batch)
+def _forward(entries, loaded_by_entry, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Run each backbone on its modality's batch; returns node -> (rows, C, T) float32."""
     feats: dict[str, np.ndarray] = {}
     for entry in entries:
         lm = loaded_by_entry[entry]
-        x = torch.stack([batch[r][entry.modality] for r in rows]).to(lm.device)
+        x = inputs[entry.modality].to(lm.device)
         if lm.half and x.is_floating_point():  # token ids stay integers
             x = x.half()
         with lm.lock, torch.inference_mode():
@@ -177,8 +184,9 @@ class _Chunk:
             else:
                 self.skipped.append(err)
 
-    def put(self, start: int, batch: dict, feats: dict[str, np.ndarray]) -> None:
-        local = np.asarray(sorted(batch)) + (start - self.rows.start)
+    def put(self, start: int, rows: list[int], feats: dict[str, np.ndarray]) -> None:
+        """Features of a batch's readable ``rows`` (offsets from the batch ``start``)."""
+        local = np.asarray(rows) + (start - self.rows.start)
         for n, arr in self.data.items():
             arr[local] = feats[n]
 
@@ -294,14 +302,14 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
                           lambda plan: _load_rows(source, sample_ids[plan[2]:plan[3]], entries))
     chunk: _Chunk | None = None
     try:
-        for (k, rows, a, b), (batch, errors) in batches:
+        for (k, rows, a, b), (good, inputs, errors) in batches:
             chunk = chunk or _Chunk(k, rows, shapes)
             chunk.note_errors(errors, a, on_error)
             if chunk.failed:
                 results.add(chunk.result())
                 break
-            if batch:
-                chunk.put(a, batch, _forward(entries, loaded, batch))
+            if good:
+                chunk.put(a, good, _forward(entries, loaded, inputs))
             if b == rows.stop:  # chunk done: its data, then its completion record, in the writer thread
                 writes.submit(chunk)
                 chunk = None
