@@ -55,7 +55,7 @@ def test_localcluster_extraction(ntu, tmp_path):
     res = extract(_source(ntu), str(tmp_path / "dask.zarr"), choices, rows_per_chunk=2, batch_size=2,
                   workers=2, threads_per_worker=1, progress=False)
     assert res.chunks_run == res.chunks_total == 8 and res.rows_run == 16
-    assert len(res.models_built) == 2  # both workers did work
+    assert 1 <= len(res.models_built) <= 2  # dask may hand every chunk to the worker that started first
     assert all(n == 2 for n in res.models_built.values())  # each built its 2 backbones once
     store = open_store(tmp_path / "dask.zarr")
     assert store.nodes == [f"video_{k}" for k in range(1, 5)] + [f"skeleton_{k}" for k in range(1, 5)]
