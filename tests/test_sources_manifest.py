@@ -12,7 +12,7 @@ import pytest
 
 from extract.errors import DataError
 from extract.sources.manifest import ManifestSource
-from extract.sources.ntu import write_skeleton
+from extract.sources.skeleton_file import write_skeleton
 from extract.sources.registry import detect_kind, open_source
 from extract.sources.video import write_video
 

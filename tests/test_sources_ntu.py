@@ -1,5 +1,6 @@
-"""NTU RGB+D: the .skeleton parser on hand-written files in the exact format (0, 1, 2 and 3
-bodies, malformed lines), the writer round trip, and the source's split presets and skips."""
+"""NTU RGB+D: the .skeleton parsers on hand-written files in the exact format (0, 1, 2 and 3
+bodies, malformed lines; the fast parser agrees with the exact one and declines what it cannot
+vouch for), the writer round trip, and the source's split presets and skips."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import numpy as np
 import pytest
 
 from extract.errors import DataError
-from extract.sources.ntu import (
-    MFAS_SUBJECTS,
-    NTUSource,
-    parse_name,
+from extract.sources.ntu import MFAS_SUBJECTS, NTUSource, parse_name, split_of
+from extract.sources.skeleton_file import (
+    _parse_exact,
+    _parse_regular,
     read_skeleton,
     skeleton_array,
-    split_of,
     write_skeleton,
 )
 from extract.sources.video import write_video
@@ -92,6 +92,12 @@ def test_writer_round_trip(tmp_path: Path) -> None:
         (lambda ls: ls.__setitem__(31, "24"), 32, "joint count 24 differs"),
         (lambda ls: ls.__delitem__(slice(40, None)), 41, "truncated"),
         (lambda ls: ls.append("1"), 58, "after the 2 frames"),
+        (lambda ls: ls.__setitem__(5, ls[5] + " 7"), 6, "expected 12 value"),
+        (lambda ls: ls.__setitem__(2, " ".join(ls[2].split()[:9])), 3, "expected 10 value"),
+        (lambda ls: ls.__setitem__(2, ls[2].replace(" 0 ", " x ", 1)), 3, "non-numeric body info"),
+        (lambda ls: ls.__setitem__(6, "# " + " ".join(ls[6].split()[1:])), 7, "non-numeric joint"),
+        (lambda ls: ls.__setitem__(1, "-1"), 2, "body count -1"),
+        (lambda ls: ls.__setitem__(3, "0"), 4, "joint count 0"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path: Path, mutate, line, what: str) -> None:
@@ -99,10 +105,47 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path, mutate, line, what: 
     mutate(lines)
     path = tmp_path / "bad.skeleton"
     path.write_text("\n".join(lines) + "\n")
+    assert _parse_regular(lines) is None  # the fast parser declines; the exact one names the line
     with pytest.raises(DataError, match=what) as err:
         read_skeleton(path)
     assert str(path) in str(err.value)
     assert f"bad.skeleton:{line}:" in str(err.value)
+
+
+def _same_frames(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
+    return len(got) == len(want) and all(
+        g.shape == w.shape and g.dtype == w.dtype and np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def test_fast_parser_takes_regular_files_and_equals_the_exact_one(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    files = {"hand.skeleton": _skeleton_text([[], [_body(0.5), _body(1.5)], [], [_body(2.0)]])}
+    for k, joints in enumerate((25, 20)):  # leading empty frames, 0-3 bodies, other joint counts
+        frames = [rng.normal(0, 2, (n, joints, 3)).astype(np.float32) for n in (0, 0, 1, 3, 2, 0, 1)]
+        write_skeleton(tmp_path / f"w{k}.skeleton", frames, rng)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    for path in sorted(tmp_path.glob("*.skeleton")):
+        lines = path.read_text().splitlines()
+        fast = _parse_regular(lines)
+        assert fast is not None, path.name
+        assert _same_frames(fast, _parse_exact(path, lines)), path.name
+        assert _same_frames(read_skeleton(path), fast)
+    assert [f.shape for f in read_skeleton(tmp_path / "w1.skeleton")][:3] == [(0, 25, 3), (0, 25, 3), (1, 20, 3)]
+
+
+@pytest.mark.parametrize("respace", [
+    lambda ln: ln.replace(" ", "\t"), lambda ln: ln.replace(" ", "  ", 1), lambda ln: ln + " ", lambda ln: " " + ln,
+])
+def test_irregular_spacing_is_read_by_the_exact_parser(tmp_path: Path, respace) -> None:
+    lines = _skeleton_text([[_body(0), _body(1)], [_body(2)]]).splitlines()
+    regular = tmp_path / "a.skeleton"
+    regular.write_text("\n".join(lines) + "\n")
+    lines[7] = respace(lines[7])  # one joint line of the first body
+    spaced = tmp_path / "b.skeleton"
+    spaced.write_text("\n".join(lines) + "\n")
+    assert _parse_regular(lines) is None
+    assert _same_frames(read_skeleton(spaced), read_skeleton(regular))
 
 
 def test_no_body_skeleton_is_an_error_naming_the_file(tmp_path: Path) -> None:

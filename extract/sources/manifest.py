@@ -24,7 +24,7 @@ import numpy as np
 
 from extract.errors import DataError
 from extract.sources.base import ListedSource, Sample
-from extract.sources.ntu import skeleton_array
+from extract.sources.skeleton_file import skeleton_array
 from extract.sources.video import read_image, read_video
 
 MODALITY_KINDS = ("video", "depth", "skeleton", "image", "text", "array")

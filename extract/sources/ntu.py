@@ -1,9 +1,5 @@
-"""NTU RGB+D 60: the ``.skeleton`` text format (reader and writer), file-name parsing, split
-presets, and the source that pairs ``*_rgb.avi`` videos with skeletons.
-
-Format (one value group per line): frame count; per frame a body count; per body an info line of
-10 values, a joint count (25), then one line of 12 values per joint
-(x y z depthX depthY colorX colorY orientationW X Y Z trackingState).
+"""NTU RGB+D 60: file-name parsing, split presets, and the source that pairs ``*_rgb.avi`` videos
+with ``.skeleton`` files (the format itself: `extract.sources.skeleton_file`).
 """
 
 from __future__ import annotations
@@ -16,11 +12,10 @@ import numpy as np
 
 from extract.errors import DataError
 from extract.sources.base import ListedSource, Sample
-from extract.sources.video import read_video, uniform_indices
+from extract.sources.skeleton_file import read_skeleton, skeleton_array
+from extract.sources.video import read_video
 
 NAME_RE = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
-NUM_JOINTS = 25
-CENTER_JOINT = 1  # "middle of the spine"; skeletons are centred on it (first body, per frame)
 SYNTH_META = "bmnas_synth.json"
 DEFAULT_SIZE = 112
 
@@ -75,140 +70,6 @@ def split_of(sample_id: str, preset: str, val_every: int = 20) -> str | None:
 
 def _stable_hash(text: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(text))
-
-
-# --------------------------------------------------------------------------- .skeleton format
-
-
-def read_skeleton(path: str | Path) -> list[np.ndarray]:
-    """Parse a ``.skeleton`` file into one float32 ``(bodies, joints, 3)`` xyz array per frame.
-
-    Any malformed line raises ``DataError`` naming the file and the 1-based line number.
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: skeleton file not found; check the dataset root or skip the sample") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read skeleton file ({exc}); replace the file") from exc
-    pos = 0
-
-    def take(count: int, what: str) -> list[str]:
-        nonlocal pos
-        if pos >= len(lines):
-            raise DataError(
-                f"{path}:{pos + 1}: file ends where {what} was expected; the file is truncated — "
-                "re-extract it or add its id to the skip list"
-            )
-        vals = lines[pos].split()
-        pos += 1
-        if len(vals) != count:
-            raise DataError(
-                f"{path}:{pos}: expected {count} value(s) for {what}, found {len(vals)}; "
-                "this is not a valid NTU .skeleton file — re-extract it or add its id to the skip list"
-            )
-        return vals
-
-    def number(vals: list[str], what: str, cast=float):
-        try:
-            return [cast(v) for v in vals]
-        except ValueError:
-            raise DataError(
-                f"{path}:{pos}: non-numeric {what} {' '.join(vals)[:80]!r}; the file is corrupt — "
-                "re-extract it or add its id to the skip list"
-            ) from None
-
-    (num_frames,) = number(take(1, "the frame count"), "frame count", int)
-    frames: list[np.ndarray] = []
-    joints_per_body: int | None = None
-    for f in range(num_frames):
-        (num_bodies,) = number(take(1, f"the body count of frame {f + 1}"), "body count", int)
-        bodies = []
-        for b in range(num_bodies):
-            number(take(10, f"the info line of body {b + 1} in frame {f + 1}"), "body info")
-            (nj,) = number(take(1, "the joint count"), "joint count", int)
-            if joints_per_body is None:
-                joints_per_body = nj
-            elif nj != joints_per_body:
-                raise DataError(
-                    f"{path}:{pos}: joint count {nj} differs from {joints_per_body} earlier in the file; "
-                    "the file is corrupt — re-extract it"
-                )
-            first = pos
-            rows = [take(12, f"joint {j + 1} of body {b + 1} in frame {f + 1}")[:3] for j in range(nj)]
-            try:  # only x y z are used; the other 9 values are checked for their count only
-                bodies.append(np.asarray(rows, dtype=np.float32))
-            except ValueError:
-                bad = next(i for i, r in enumerate(rows) if not _numeric(r))
-                pos = first + bad + 1
-                number(rows[bad], "joint coordinates")
-        shape = (num_bodies, joints_per_body or NUM_JOINTS, 3)
-        frames.append(np.stack(bodies) if bodies else np.zeros(shape, np.float32))
-    rest = [i for i in range(pos, len(lines)) if lines[i].strip()]
-    if rest:
-        raise DataError(
-            f"{path}:{rest[0] + 1}: unexpected content after the {num_frames} frames the header declares; "
-            "the frame count is wrong — re-extract the file"
-        )
-    return frames
-
-
-def _numeric(values: list[str]) -> bool:
-    try:
-        [float(v) for v in values]
-    except ValueError:
-        return False
-    return True
-
-
-def skeleton_array(path: str | Path, frames: int = 32, max_bodies: int = 2, center: bool = True) -> np.ndarray:
-    """Read a skeleton as float32 ``(3, frames, joints, max_bodies)``, centred and resampled.
-
-    Frames with no body are dropped before uniform resampling to ``frames``; the first
-    ``max_bodies`` bodies of each frame are kept and a missing body (the frame lists fewer) is
-    zeros. Centring subtracts joint 1 of the first body in each frame from every present body.
-    """
-    per_frame = [f for f in read_skeleton(path) if f.shape[0] > 0]
-    if not per_frame:
-        raise DataError(f"{path}: skeleton has no body in any frame; skip this sample (NTU lists such files)")
-    joints = per_frame[0].shape[1]
-    out = np.zeros((len(per_frame), max_bodies, joints, 3), dtype=np.float32)
-    present = np.zeros((len(per_frame), max_bodies), dtype=bool)
-    for t, bodies in enumerate(per_frame):
-        m = min(max_bodies, bodies.shape[0])
-        out[t, :m] = bodies[:m]
-        present[t, :m] = True
-    if center:
-        origin = out[:, 0, CENTER_JOINT, :].copy()  # (T, 3)
-        out -= origin[:, None, None, :] * present[:, :, None, None]
-    out = out[uniform_indices(len(out), frames)]
-    return np.ascontiguousarray(out.transpose(3, 0, 2, 1))  # (3, T, J, M)
-
-
-def write_skeleton(path: str | Path, frames: list[np.ndarray], rng: np.random.Generator | None = None) -> None:
-    """Write per-frame ``(bodies, joints, 3)`` xyz arrays as an NTU ``.skeleton`` file.
-
-    The 9 non-xyz joint values get plausible depth/colour projections and an identity orientation;
-    body info lines carry a body id and tracking flags, as the Kinect SDK writes them.
-    """
-    rng = rng or np.random.default_rng(0)
-    body_ids = [int(rng.integers(10**17, 10**18)) for _ in range(4)]
-    line = "%.5f %.5f %.5f %.3f %.3f %.2f %.2f 0 0 0 0 2"
-    out = [str(len(frames))]
-    for bodies in frames:
-        out.append(str(len(bodies)))
-        for b, joints in enumerate(bodies):
-            out.append(f"{body_ids[b % 4]} 0 1 1 1 1 0 0.0 0.0 2")
-            out.append(str(len(joints)))
-            z = np.maximum(joints[:, 2], 0.5)
-            values = np.column_stack([
-                joints,
-                256 + 365 * joints[:, 0] / z, 212 - 365 * joints[:, 1] / z,
-                960 + 1060 * joints[:, 0] / z, 540 - 1060 * joints[:, 1] / z,
-            ])
-            out.append("\n".join([line] * len(joints)) % tuple(values.ravel().tolist()))
-    Path(path).write_text("\n".join(out) + "\n")
 
 
 # --------------------------------------------------------------------------- the source

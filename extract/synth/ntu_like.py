@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from extract.sources.ntu import MFAS_SUBJECTS, SYNTH_META, ntu_name, write_skeleton
+from extract.sources.ntu import MFAS_SUBJECTS, SYNTH_META, ntu_name
+from extract.sources.skeleton_file import write_skeleton
 from extract.sources.video import write_video
 
 # A standing person in NTU joint order (0-based), metres, camera at the origin looking along +z.
