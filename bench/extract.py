@@ -311,7 +311,7 @@ def _part_d(tmp: Path, args) -> None:
                   overwrite=True)
     sized = argparse.Namespace(**dict(vars(args), rounds=1, batch_size=args.ntu_chunk, rows_per_chunk=args.ntu_chunk))
     costs = _part_a(source, choices, common, tmp, sized, target="")
-    _part_b(source, choices, common, tmp, costs, 1, target=" (the target's 1.6x, at NTU's frame size)")
+    _part_b(source, choices, common, tmp, costs, args.rounds, target=" (the target's 1.6x, at NTU's frame size)")
 
 
 def main() -> None:
@@ -321,7 +321,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds in (a) (forward, extraction) and (b) (1 worker, 2 workers)")
     ap.add_argument("--skip-heavy", action="store_true", help="leave out part (c), the heavier skeleton backbone")
-    ap.add_argument("--ntu-samples", type=int, default=64, help="samples of part (d), NTU-sized videos; 0 leaves it out")
+    ap.add_argument("--ntu-samples", type=int, default=48, help="samples of part (d), NTU-sized videos; 0 leaves it out")
     ap.add_argument("--ntu-chunk", type=int, default=8, help="rows per chunk (and batch) in part (d)")
     args = ap.parse_args()
 
