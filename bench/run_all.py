@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [
     ("store_read.py", [], ["--samples", "3000"]),
     ("search_step.py", ["--steps", "10"], ["--steps", "3"]),
-    ("extract.py", ["--samples", "256"], ["--samples", "96"]),
+    ("extract.py", ["--samples", "256"], ["--samples", "96", "--rounds", "1", "--ntu-samples", "16", "--ntu-chunk", "4"]),
     ("search_cache.py", [], ["--quick"]),
     ("search_memory.py", ["--steps", "50"], ["--samples", "3000", "--steps", "10"]),
 ]

@@ -98,6 +98,7 @@ def test_writer_round_trip(tmp_path: Path) -> None:
         (lambda ls: ls.__setitem__(6, "# " + " ".join(ls[6].split()[1:])), 7, "non-numeric joint"),
         (lambda ls: ls.__setitem__(1, "-1"), 2, "body count -1"),
         (lambda ls: ls.__setitem__(3, "0"), 4, "joint count 0"),
+        (lambda ls: ls.__setitem__(0, "-1"), 1, "frame count -1"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path: Path, mutate, line, what: str) -> None:

@@ -5,8 +5,8 @@ Format (one value group per line): frame count; per frame a body count; per body
 (x y z depthX depthY colorX colorY orientationW X Y Z trackingState).
 
 Reading is two parsers with one result: a fast one that walks the frame/body structure in Python
-and converts every joint line's x y z in one ``numpy.loadtxt`` call (2-3x faster; NTU has 56,880
-files), and the exact line-by-line one, which runs only when the fast one finds anything it does
+and converts every joint line's x y z in one ``numpy.loadtxt`` call (about 2x faster; NTU has
+56,880 files), and the exact line-by-line one, which runs only when the fast one finds anything it does
 not expect, so that every malformed file still gets an error naming its line.
 """
 
@@ -26,7 +26,6 @@ JOINT_VALUES = 12
 INFO_VALUES = 10
 
 
-
 def read_skeleton(path: str | Path) -> list[np.ndarray]:
     """Parse a ``.skeleton`` file into one float32 ``(bodies, joints, 3)`` xyz array per frame.
 
@@ -44,9 +43,14 @@ def read_skeleton(path: str | Path) -> list[np.ndarray]:
 
 
 def _parse_regular(lines: list[str]) -> list[np.ndarray] | None:
-    """The fast parser: frames of a well-formed file, or None for anything else (no messages)."""
+    """The fast parser: the frames, or None for anything it cannot vouch for (no messages).
+
+    It accepts what the exact parser reads to the same arrays; a joint line must be values
+    separated by single spaces, since those are counted rather than split."""
     try:
         num_frames = int(lines[0])
+        if num_frames < 0:
+            return None
         pos, joints, bodies_per_frame, info_rows, joint_starts = 1, None, [], [], []
         empty_shapes = {}  # frame -> joints of an empty frame, as the exact parser sizes it
         for f in range(num_frames):
@@ -135,6 +139,8 @@ def _parse_exact(path: Path, lines: list[str]) -> list[np.ndarray]:
             ) from None
 
     (num_frames,) = number(take(1, "the frame count"), "frame count", int)
+    if num_frames < 0:
+        raise DataError(f"{path}:1: frame count {num_frames}; the file is corrupt — re-extract it")
     frames: list[np.ndarray] = []
     joints_per_body: int | None = None
     for f in range(num_frames):

@@ -35,6 +35,8 @@ def resize_crop(frames: np.ndarray, size: int | tuple[int, int] | None) -> np.nd
     1920x1080 -> 112 it takes 13 ms for 8 frames where a float32 copy took 470 ms, and the two differ
     by at most one grey level (rounding).
     """
+    if frames.dtype != np.uint8:
+        raise TypeError(f"resize_crop takes uint8 frames, got {frames.dtype}")
     if size is None:
         return frames
     out_h, out_w = (size, size) if isinstance(size, int) else size
@@ -46,9 +48,7 @@ def resize_crop(frames: np.ndarray, size: int | tuple[int, int] | None) -> np.nd
 
     scale = max(out_h / h, out_w / w)
     new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
-    if frames.dtype != np.uint8:
-        raise TypeError(f"resize_crop takes uint8 frames, got {frames.dtype}")
-    if not frames.flags.writeable:  # torch.from_numpy wants a writable array (PIL's are not)
+    if not frames.flags.writeable:  # torch.from_numpy warns on read-only arrays (PIL's are)
         frames = frames.copy()
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # N C H W, channels-last strides
     x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
