@@ -61,15 +61,14 @@ class _Forward:
         import torch
 
         from extract.backbones import get_backbone
-        from extract.worker import INIT_SEED, channels_last
+        from extract.worker import INIT_SEED
 
         n = len(source.samples())
         prepared, self.loading = _prepared(source, choices)  # loading: seconds in one thread
         self.choices, self.models, self.batches = choices, [], []
         for c, xs in zip(choices, prepared):
             spec = get_backbone(c.backbone)
-            model = spec.build(c.setting, source.num_classes, c.modality, seed=INIT_SEED).eval()
-            self.models.append(channels_last(model))  # the layout extraction runs them in
+            self.models.append(spec.build(c.setting, source.num_classes, c.modality, seed=INIT_SEED).eval())
             per = []
             for start in range(0, n, rows_per_chunk):
                 stop = min(start + rows_per_chunk, n)

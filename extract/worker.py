@@ -80,22 +80,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """Store every 4D/5D parameter and buffer (today: the convolution weights) channels-last, in
-    place; returns the model.
-
-    Why: oneDNN's CPU convolutions run faster on that layout (a convolution's output follows its
-    weights, so inputs need not change): per sample, tiny inflated_resnet50 2.3 -> 1.7 ms, tiny hcn
-    2.0 -> 1.4 ms, full hcn 15 -> 12 ms, one thread; paper-sized video nets at 112 px unchanged.
-    Values agree with the default layout to float rounding.
-    """
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.dim() in (4, 5):
-            fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d
-            t.data = t.data.contiguous(memory_format=fmt)
-    return model
-
-
 def get_model(entry: Entry, reduction: ReductionConfig, device: str) -> _Loaded:
     """The frozen, eval-mode model of an entry in this process, built on first use."""
     key = (entry, reduction, device)
@@ -111,8 +95,6 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: str) -> _Loaded:
             model = model.to(dev).eval()
             if half:
                 model = model.half()
-            if dev.type == "cpu":  # measured there; cuDNN's choice of layout is left alone
-                channels_last(model)
             for p in model.parameters():
                 p.requires_grad_(False)
             _MODELS[key] = _Loaded(model, TapReader(model, list(entry.taps), reduction), dev, half,

@@ -40,30 +40,6 @@ def test_registry_lists_the_paper_backbones():
         spec.build("tiny", 3).get_submodule(spec.head)  # the head exists
 
 
-@pytest.mark.parametrize("name, modality", [("inflated_resnet50", "video"), ("hcn", "skeleton"), ("vgg19", "image")])
-def test_channels_last_weights_give_the_same_taps(name, modality):
-    """Extraction stores conv weights channels-last for speed; the taps must not change beyond rounding."""
-    from extract.worker import channels_last
-
-    spec = get_backbone(name)
-    rng = np.random.default_rng(0)
-    x = prepare_batch([RAW[modality](rng) for _ in range(2)], modality, spec.setting("tiny").input)
-    plain = spec.build("tiny", num_classes=5, modality=modality, seed=0).eval()
-    with torch.inference_mode():
-        want = TapReader(plain, spec.tap_specs("tiny")).run(x)
-    model = channels_last(spec.build("tiny", num_classes=5, modality=modality, seed=0).eval())
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
-    convs = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
-    assert convs and all(w.is_contiguous(memory_format=torch.channels_last if w.dim() == 4 else
-                                         torch.channels_last_3d) for w in convs)
-    assert any(not w.is_contiguous() for w in convs)  # 1x1 kernels look the same in both layouts
-    with torch.inference_mode():
-        got = TapReader(model, spec.tap_specs("tiny")).run(x)
-    assert got.keys() == want.keys()
-    for tap in want:
-        torch.testing.assert_close(got[tap], want[tap], rtol=1e-4, atol=1e-5)
-
-
 @pytest.mark.parametrize("name", CORE)
 def test_tiny_taps_match_declaration_and_reduction_rules(name):
     spec = get_backbone(name)
