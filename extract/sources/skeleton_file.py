@@ -51,15 +51,13 @@ def _parse_regular(lines: list[str]) -> list[np.ndarray] | None:
         num_frames = int(lines[0])
         if num_frames < 0:
             return None
-        pos, joints, bodies_per_frame, info_rows, joint_starts = 1, None, [], [], []
-        empty_shapes = {}  # frame -> joints of an empty frame, as the exact parser sizes it
-        for f in range(num_frames):
+        pos, joints, layout, info_rows, joint_starts = 1, None, [], [], []
+        for _ in range(num_frames):
             num_bodies = int(lines[pos])
             pos += 1
             if num_bodies < 0:
                 return None
-            if num_bodies == 0:
-                empty_shapes[f] = joints or NUM_JOINTS
+            layout.append((num_bodies, joints or NUM_JOINTS))  # an empty frame's joints: as the exact parser sizes it
             for _ in range(num_bodies):
                 nj = int(lines[pos + 1])
                 if nj <= 0 or (joints is not None and nj != joints):
@@ -68,12 +66,12 @@ def _parse_regular(lines: list[str]) -> list[np.ndarray] | None:
                 info_rows.append(lines[pos])
                 joint_starts.append(pos + 2)
                 pos += 2 + nj
-            bodies_per_frame.append(num_bodies)
     except (ValueError, IndexError):
         return None
     if pos > len(lines) or any(line.strip() for line in lines[pos:]):
         return None
-    if any(len(row.split()) != INFO_VALUES for row in info_rows) or not _all_numeric(" ".join(info_rows).split()):
+    info = [row.split() for row in info_rows]
+    if any(len(values) != INFO_VALUES for values in info) or not _all_numeric([v for vs in info for v in vs]):
         return None
     rows = [row for start in joint_starts for row in lines[start : start + joints]]
     if rows and (not _single_spaced(rows) or set(map(str.count, rows, repeat(" "))) != {JOINT_VALUES - 1}):
@@ -83,9 +81,9 @@ def _parse_regular(lines: list[str]) -> list[np.ndarray] | None:
     except ValueError:
         return None
     frames, body = [], 0
-    for f, count in enumerate(bodies_per_frame):
+    for count, empty_joints in layout:
         if count == 0:
-            frames.append(np.zeros((0, empty_shapes[f], 3), np.float32))
+            frames.append(np.zeros((0, empty_joints, 3), np.float32))
         else:
             frames.append(xyz[body * joints : (body + count) * joints].reshape(count, joints, 3))
             body += count
