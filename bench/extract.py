@@ -271,9 +271,15 @@ def _float_resize(frames, size: int):
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def _demo_backbones() -> list:
+    """The demo's backbones: the targets' setting, and part (d)'s."""
+    from extract.job import BackboneChoice
+
+    return [BackboneChoice("video", "inflated_resnet50", "tiny"), BackboneChoice("skeleton", "hcn", "tiny")]
+
+
 def _part_d(tmp: Path, args) -> None:
     """(d), not the targets' setting: videos at NTU's 1920x1080, where decoding dominates a sample."""
-    from extract.job import BackboneChoice
     from extract.sources.ntu import NTUSource
     from extract.sources.skeleton_file import _parse_exact, _parse_regular
     from extract.sources.video import read_video, resize_crop
@@ -305,7 +311,7 @@ def _part_d(tmp: Path, args) -> None:
     t2 = time.perf_counter()
     print(f"  .skeleton parse (60 frames) fast parser {(t1 - t0) / len(ids) * 1e3:.2f} ms/sample vs the "
           f"line-by-line one {(t2 - t1) / len(ids) * 1e3:.2f} ms ({(t2 - t1) / (t1 - t0):.1f}x)")
-    choices = [BackboneChoice("video", "inflated_resnet50", "tiny"), BackboneChoice("skeleton", "hcn", "tiny")]
+    choices = _demo_backbones()
     common = dict(rows_per_chunk=args.ntu_chunk, batch_size=args.ntu_chunk, device="cpu", progress=False,
                   overwrite=True)
     sized = argparse.Namespace(**dict(vars(args), rounds=1, batch_size=args.ntu_chunk, rows_per_chunk=args.ntu_chunk))
@@ -326,12 +332,11 @@ def main() -> None:
 
     import torch
 
-    from extract.job import BackboneChoice
     from extract.sources.ntu import NTUSource
     from extract.synth import generate
 
     torch.set_num_threads(1)
-    choices = [BackboneChoice("video", "inflated_resnet50", "tiny"), BackboneChoice("skeleton", "hcn", "tiny")]
+    choices = _demo_backbones()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate("ntu-like", tmp / "data", samples=args.samples, classes=8, seed=0)
