@@ -11,7 +11,6 @@ completion record are skipped, except chunks holding skipped samples, which are 
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,13 +23,12 @@ import torch
 from extract.backbones import get_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import sha256_file
+from extract.cluster import local_cluster
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
 from extract.worker import INIT_SEED, Entry, run_chunks, warm_up
 
 ON_ERROR = ("fail", "skip")
-TRIM = "MALLOC_TRIM_THRESHOLD_"
-_USER_TRIM = os.environ.get(TRIM)  # read before any dask nanny of this process sets it
 
 
 @dataclass(frozen=True)
@@ -225,34 +223,6 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _local_cluster(workers: int, threads_per_worker: int):
-    """A LocalCluster whose workers keep glibc's default malloc tuning, skip dask's profiler and
-    wait passively in OpenMP (as the CLI's own process does; a user's OMP_WAIT_POLICY is kept).
-
-    The statistical profiler walks the task thread's stack every 10 ms in the worker's event loop
-    (holding the GIL): 1-5 ms of CPU per sample here (measured under load), for a dashboard page
-    this run never shows.
-
-    dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 for their workers, and leave it in this
-    process's environment for later spawns. Any fixed trim threshold also turns off glibc's
-    dynamic mmap threshold, so every large tensor of a forward pass is mmap'ed and page-faulted
-    afresh: measured, the tiny backbones' forward took 1.6-2x the CPU time in such a worker.
-    The variable is put back as it was when this module was imported (a user's value is kept).
-    """
-    import dask
-    from distributed import LocalCluster
-
-    if _USER_TRIM is None:
-        os.environ.pop(TRIM, None)
-    else:
-        os.environ[TRIM] = _USER_TRIM
-    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{TRIM}": _USER_TRIM,
-                          "distributed.nanny.pre-spawn-environ.OMP_WAIT_POLICY": "PASSIVE",
-                          "distributed.worker.profile.enabled": False}):
-        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                            dashboard_address=":0", silence_logs=logging.CRITICAL)
-
-
 class _Runner:
     """Runs tasks in this process or on a dask cluster, with a bounded number in flight."""
 
@@ -272,7 +242,7 @@ class _Runner:
                 raise ExtractError(f"dask scheduler {scheduler} did not answer within {timeout:g}s ({exc}); "
                                    "check the address or run without --scheduler") from None
         else:
-            self.cluster = _local_cluster(workers, threads_per_worker)
+            self.cluster = local_cluster(workers, threads_per_worker)
             self.client = Client(self.cluster)
         info = self.client.scheduler_info()["workers"]
         self.slots = max(1, sum(w.get("nthreads", 1) for w in info.values()))

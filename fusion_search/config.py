@@ -49,6 +49,7 @@ class SearchConfig:
     score: str = "found"                    # found: train the derived net briefly; hypernet: val metric of the hypernet
     score_epochs: int = 2                   # found-network training per genotype score ...
     score_min_steps: int = 300              # ... but at least this many optimiser steps (small splits)
+    score_seeds: int = 3                    # ... averaged over this many training seeds (one run is noisy)
     candidates: int = 1                     # genotypes scored per epoch: eq. 3's, then runner-up pairs by α
     device: str = "auto"
     plots: bool = True                      # write plots/ at the end (heatmaps of α, β, γ; metrics)
@@ -107,6 +108,7 @@ def validate(cfg: SearchConfig) -> None:
     _check_range("candidates", cfg.candidates, 1, 100)
     _check_range("score_epochs", cfg.score_epochs, 1, 1000)
     _check_range("score_min_steps", cfg.score_min_steps, 0, 10**7)
+    _check_range("score_seeds", cfg.score_seeds, 1, 100)
     _check_range("multiplier", cfg.multiplier, 1, min(cfg.cells, cfg.steps + 2))
     if cfg.step_inputs not in ("sum", "pair"):
         raise SearchError(f"--step-inputs {cfg.step_inputs!r}: use sum or pair")

@@ -46,7 +46,7 @@ class FoundNetwork(nn.Module):
         if missing:
             raise KeyError(f"no shape for node(s) {', '.join(missing)}")
         self.reshapes = nn.ModuleList(
-            ReshapeInput(node_shapes[n][0], g.C, g.L, dropout) for n in self.input_nodes)
+            ReshapeInput(node_shapes[n][0], g.C, g.L, dropout, t_node=node_shapes[n][1]) for n in self.input_nodes)
         self.cells = nn.ModuleList(FoundCell(c, g.C, g.L, dropout) for c in g.cells)
         self.head = ClassifierHead(len(g.output), g.C, g.L, g.num_classes)
 

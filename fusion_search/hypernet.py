@@ -119,7 +119,7 @@ class Hypernet(nn.Module):
             raise ValueError(f"step_inputs must be one of {STEP_INPUT_MODES}")
         if s.reshape:
             self.reshapes = nn.ModuleList(
-                ReshapeInput(s.node_shapes[n][0], s.C, s.L, s.dropout) for n in s.nodes)
+                ReshapeInput(s.node_shapes[n][0], s.C, s.L, s.dropout, t_node=s.node_shapes[n][1]) for n in s.nodes)
         self.cells = nn.ModuleList(SearchCell(s) for _ in range(s.cells))
         self.head = ClassifierHead(s.multiplier, s.C, s.L, s.num_classes)
         a = 2 if s.step_inputs == "pair" else 1

@@ -16,8 +16,9 @@ Two departures, both off by default (paper behaviour), both used by the demo:
 
 Scoring a genotype (`score: found`, default): the discrete FoundNetwork is trained `score_epochs`
 epochs (at least `score_min_steps` optimiser steps, so small splits do not score an untrained net) on
-train from a seed derived from (seed, genotype) and evaluated on val; scores are cached by genotype,
-so an unchanged genotype costs nothing and a genotype always gets the same score.
+train and evaluated on val, `score_seeds` times (mean; the training seeds derive from the genotype
+alone, so any search on the same store scores a genotype the same way); scores are cached by
+genotype, so an unchanged genotype costs nothing.
 `score: hypernet` uses the hypernet's own val metric instead (the cheap, official behaviour).
 
 Determinism and resume: batches come from the store's seeded order (seed, epoch); val batches from
@@ -45,7 +46,6 @@ import logging
 import math
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -56,8 +56,7 @@ from fusion_search.architect import Architect, weight_step
 from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.data import SplitData, TensorBatch, open_split, resolve_device
 from fusion_search.errors import SearchError
-from fusion_search.evaluation import evaluate, train_epochs
-from fusion_search.found_network import FoundNetwork
+from fusion_search.evaluation import evaluate, score_genotype
 from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
@@ -106,10 +105,6 @@ def _check_store(store, cfg: SearchConfig) -> list[str]:
     if len(nodes) < 2:
         raise SearchError(f"--nodes: a Cell fuses two inputs, choose at least two nodes (got {', '.join(nodes) or 'none'})")
     return nodes
-
-
-def _genotype_seed(seed: int, genotype: Genotype) -> int:
-    return (seed * 1_000_003 + zlib.crc32(genotype.key().encode())) % (2**31)
 
 
 def _val_stream(val: SplitData, batch_size: int, seed: int, epoch: int) -> Iterator[TensorBatch]:
@@ -319,21 +314,17 @@ def _best_candidate(cfg: SearchConfig, model: Hypernet, epoch: int, cache: dict,
 
 def _score(cfg: SearchConfig, genotype: Genotype, cache: dict, hypernet_score: float, train: SplitData,
            val: SplitData, node_shapes: dict, device: torch.device, task: str) -> float:
-    """Val score of a derived genotype (see module docstring); cached by genotype."""
+    """Val score of a derived genotype (see module docstring): the mean over `score_seeds` short
+    trainings; cached by genotype."""
     if cfg.score == "hypernet":
         return float(hypernet_score)
     k = genotype.key()
     if k not in cache:
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            seed = _genotype_seed(cfg.seed, genotype)
-            torch.manual_seed(seed)
-            net = FoundNetwork(genotype, node_shapes, cfg.dropout).to(device)
-            per_epoch = math.ceil(train.num_rows / cfg.batch_size)
-            epochs = max(cfg.score_epochs, math.ceil(cfg.score_min_steps / per_epoch))
-            train_epochs(net, train, task, epochs=epochs, batch_size=cfg.batch_size, seed=seed,
-                         lr=cfg.weight_lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
-            cache[k] = float(evaluate(net, val, task, cfg.batch_size)[PRIMARY[task]])
+        scores = score_genotype(genotype, train, val, node_shapes, task=task, seeds=cfg.score_seeds,
+                                first_seed=0, epochs=cfg.score_epochs, min_steps=cfg.score_min_steps,
+                                batch_size=cfg.batch_size, lr=cfg.weight_lr, weight_decay=cfg.weight_decay,
+                                grad_clip=cfg.grad_clip, dropout=cfg.dropout)
+        cache[k] = sum(scores) / len(scores)
     return cache[k]
 
 

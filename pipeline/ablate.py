@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from extract.cluster import connect
 from fusion_search.baselines import baseline_genotype
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype
@@ -110,27 +111,12 @@ def train_runs(tasks, settings: list[dict], store_path: str, split: str, workers
     n_workers = workers if workers is not None else min(os.cpu_count() or 1, len(tasks))
     if scheduler is None and n_workers <= 1:
         return [_run_one(*a) for a in args]
-    import logging
-
-    from distributed import Client, LocalCluster
-
-    cluster = None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise SearchError(f"--scheduler {scheduler}: no dask scheduler answered ({exc})") from None
-    else:
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
-        client = Client(cluster)
     try:
-        futures = [client.submit(_run_one, *a, pure=False, retries=0) for a in args]
-        return client.gather(futures)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        with connect(scheduler, n_workers) as client:
+            futures = [client.submit(_run_one, *a, pure=False, retries=0) for a in args]
+            return client.gather(futures)
+    except ConnectionError as exc:
+        raise SearchError(f"--scheduler {scheduler}: {exc}") from None
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

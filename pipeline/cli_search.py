@@ -12,12 +12,13 @@ from click.core import ParameterSource
 from fusion_search.config import SearchConfig, config_from_mapping, load_config_file
 from fusion_search.errors import SearchError
 from fusion_search.search import load_run_config, run_search
+from pipeline.multistart import load_multistart, parse_seeds, run_multistart
 
 # CLI option name -> SearchConfig field
 _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "channels", "length": "length",
             "multiplier": "multiplier", "epochs": "epochs", "batch_size": "batch_size", "seed": "seed",
             "unrolled": "unrolled", "step_inputs": "step_inputs", "nodes": "nodes", "device": "device",
-            "arch_warmup_epochs": "arch_warmup_epochs", "candidates": "candidates"}
+            "arch_warmup_epochs": "arch_warmup_epochs", "candidates": "candidates", "score_seeds": "score_seeds"}
 
 
 @click.command("search")
@@ -37,22 +38,33 @@ _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "c
               help="First epochs with weight steps only, α/β/γ frozen (default 0, as the paper).")
 @click.option("--candidates", type=int,
               help="Genotypes scored per epoch: eq. 3's, then runner-up input pairs by α (default 1, as the paper).")
+@click.option("--score-seeds", type=int,
+              help="Training runs averaged to score a genotype (default 3; one run is noisy).")
+@click.option("--seeds", "seed_list", help="Multi-start: one search per seed (0-4 or 0,2,5) as dask tasks, "
+              "the best re-scored genotype kept; each seed in OUT/seed_K.")
+@click.option("--workers", type=int, help="Multi-start: LocalCluster workers (default: min(cores, seeds)).")
+@click.option("--scheduler", help="Multi-start: address of an existing dask scheduler instead of a LocalCluster.")
 @click.option("--nodes", help="Comma-separated store nodes to search over (default: all).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run (default auto).")
 @click.option("--config", "config_file", type=click.Path(), help="YAML file of settings (keys as the options).")
 @click.option("--resume", type=click.Path(), help="Continue the killed search in this run directory.")
-def search_cmd(config_file: str | None, resume: str | None, out: str | None, **options) -> None:
+def search_cmd(config_file: str | None, resume: str | None, out: str | None, seed_list: str | None,
+               workers: int | None, scheduler: str | None, **options) -> None:
     """Search a fusion architecture on cached features (BM-NAS, Algorithm 1)."""
     ctx = click.get_current_context()
     given = {k: v for k, v in options.items()
              if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE and v is not None}
+    multistart = load_multistart(resume) if resume else None
     if resume:
         changed = sorted(set(given) - {"device"})
-        if changed or config_file or out:
+        if changed or config_file or out or seed_list:
             extra = [f"--{k.replace('_', '-')}" for k in changed] + (["--config"] if config_file else []) + (
-                ["--out"] if out else [])
-            raise SearchError(f"--resume {resume} continues with the run's own config.yaml; drop {', '.join(extra)}")
-        cfg = load_run_config(resume)
+                ["--out"] if out else []) + (["--seeds"] if seed_list else [])
+            raise SearchError(f"--resume {resume} continues with the run's own settings; drop {', '.join(extra)}")
+        if multistart:
+            cfg, seeds = multistart
+        else:
+            cfg = load_run_config(resume)
         if "device" in given:
             cfg.device = given["device"]
         target = resume
@@ -63,5 +75,15 @@ def search_cmd(config_file: str | None, resume: str | None, out: str | None, **o
         settings.update({_OPTIONS[k]: v for k, v in given.items()})
         cfg = config_from_mapping(settings, config_file or "options") if settings else SearchConfig()
         target = out
+        if seed_list is not None:
+            if "seed" in given:
+                raise SearchError("--seed and --seeds: give one (--seeds runs one search per seed)")
+            multistart = (cfg, parse_seeds(seed_list))
+    if multistart:
+        res = run_multistart(cfg, target, multistart[1], workers=workers, scheduler=scheduler, echo=click.echo)
+        click.echo(f"kept seed {res.kept.seed} (re-scored val {res.kept.mean:.4f}): {res.genotype_path}")
+        return
+    if workers is not None or scheduler:
+        raise SearchError("--workers/--scheduler run a multi-start search: add --seeds (e.g. --seeds 0-4)")
     result = run_search(cfg, target, resume=bool(resume), progress=True)
     click.echo(f"best genotype (epoch {result.best_epoch}, val score {result.best_score:.4f}): {result.genotype_path}")

@@ -41,7 +41,8 @@ class DemoConfig:
     arch_lr: float = 1e-2
     arch_warmup_epochs: int = 15
     candidates: int = 2
-    score_min_steps: int = 600  # found-network steps when scoring a genotype (search default 300)
+    score_min_steps: int = 300  # found-network steps when scoring a genotype (search default 300)
+    score_seeds: int = 2  # ... averaged over this many training runs
     train_epochs: int = 63  # 1+2+4+8+16+32: ends where a warm-restart cycle of the cosine schedule ends
     train_seeds: tuple[int, ...] = (0, 1, 2)  # single runs differ by ~5 points on 243 test samples
     channels: int = 32
@@ -182,7 +183,7 @@ def _search(cfg: DemoConfig, store: Path, run: Path) -> None:
     resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
     scfg = SearchConfig(store=str(store), cells=cfg.cells, steps=cfg.steps, channels=cfg.channels,
                         length=cfg.length, epochs=cfg.search_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                        score_min_steps=cfg.score_min_steps, arch_lr=cfg.arch_lr,
+                        score_min_steps=cfg.score_min_steps, score_seeds=cfg.score_seeds, arch_lr=cfg.arch_lr,
                         arch_warmup_epochs=cfg.arch_warmup_epochs, candidates=cfg.candidates, device="cpu")
     if resume:
         _say(f"  resuming the search in {run}")

@@ -29,13 +29,13 @@ def video_features(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def skeleton_features(skel: np.ndarray, video_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Motion energy per (limb, axis) of the first body and the most moving distal joint's trace,
-    sampled at the video frames' times."""
+    """Motion energy per (limb, axis) of the first body and the most moving distal joint's velocity
+    trace (the video's pulse follows the limb's velocity), sampled at the video frames' times."""
     body = skel[:, :, :, 0]  # (3, T, J)
     distal = [7, 11, 15, 19]  # hands and feet
     energy = np.array([[body[a, :, j].std() for j in distal] for a in range(3)]).ravel()
     a, j = divmod(int(energy.argmax()), len(distal))
-    trace = body[a, :, distal[j]][uniform_indices(skel.shape[1], video_frames)]
+    trace = np.gradient(body[a, :, distal[j]])[uniform_indices(skel.shape[1], video_frames)]
     return energy, _unit(trace)
 
 

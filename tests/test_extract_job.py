@@ -132,11 +132,11 @@ def test_local_cluster_worker_settings(monkeypatch):
     import dask
     from distributed import Client
 
-    from extract.job import TRIM, _local_cluster
+    from extract.cluster import TRIM, local_cluster
 
     monkeypatch.setenv(TRIM, "65536")  # as an earlier nanny of this process leaves it
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    with _local_cluster(1, 1) as cluster, Client(cluster) as client:
+    with local_cluster(1, 1) as cluster, Client(cluster) as client:
         assert list(client.run(os.environ.get, TRIM).values()) == [None]
         assert list(client.run(os.environ.get, "OMP_WAIT_POLICY").values()) == ["PASSIVE"]
         assert list(client.run(dask.config.get, "distributed.worker.profile.enabled").values()) == [False]

@@ -81,10 +81,32 @@ def test_registering_a_primitive_is_one_entry(xy):
 
 @pytest.mark.parametrize("T", [2, 8, 16])
 def test_reshape_input_maps_any_length_to_C_L(T):
-    r = ReshapeInput(c_node=6, C=C, L=8, dropout=0.0)
+    r = ReshapeInput(c_node=6, C=C, L=8, dropout=0.0, t_node=T)
     out = r(torch.randn(N, 6, T))
     assert out.shape == (N, C, 8)
-    assert (out >= 0).all()  # ReLU
+
+
+def test_reshape_input_splits_level_and_signed_dynamics():
+    torch.manual_seed(0)
+    r = ReshapeInput(c_node=6, C=C, L=8, dropout=0.0, t_node=8).eval()
+    x = torch.randn(N, 6, 8)
+    out = r(x)
+    level = torch.relu(r.bn(r.proj(x.mean(-1, keepdim=True))))
+    dyn = r.bn_dyn(r.proj_dyn(x - x.mean(-1, keepdim=True)))
+    assert torch.allclose(out, level + dyn, atol=1e-5)
+    assert (out - level < 0).any()  # the dynamics keep their sign (no ReLU on them)
+    # a sample's level does not leak into its dynamics: shifting it over time moves the level path only
+    shifted = r(x + 5.0)
+    assert torch.allclose(shifted - torch.relu(r.bn(r.proj((x + 5.0).mean(-1, keepdim=True)))), dyn, atol=1e-4)
+
+
+def test_reshape_input_of_a_pooled_vector_is_the_papers_block():
+    torch.manual_seed(0)
+    r = ReshapeInput(c_node=6, C=C, L=8, dropout=0.0, t_node=1).eval()
+    assert not hasattr(r, "proj_dyn")
+    x = torch.randn(N, 6, 1)
+    expected = torch.relu(r.bn(r.proj(x))).expand(-1, -1, 8)
+    assert torch.allclose(r(x), expected)
 
 
 def test_resize_length_pools_and_interpolates():

@@ -1,11 +1,16 @@
 """``ntu-like``: NTU RGB+D-format videos and skeletons whose label needs both modalities.
 
 Label = (visual factor v, motion factor m, cross-modal factor x):
-- v: colour of a disk that oscillates horizontally in the video, its brightness pulsing with the same
-  wave between dark and full (invisible in the skeleton). The pulse is what survives the cache's
-  parameter-free reduction (max over H, W keeps how strongly a colour is present, not where), so a
-  fusion network that compares cached video and skeleton features over time can see the phase (a
-  pulse of ±25 % left too little of it in the tiny backbones' taps to learn from 600 samples);
+- v: colour of a disk that oscillates horizontally in the video, its brightness pulsing between dark
+  and full with the same frequency (invisible in the skeleton). The pulse is what survives the
+  cache's parameter-free reduction (max over H, W keeps how strongly a colour is present, not where),
+  so a fusion network that compares cached video and skeleton features over time can see the phase
+  (a pulse of ±25 % left too little of it in the tiny backbones' taps to learn from 600 samples).
+  The pulse leads the disk's position by a quarter period: it follows the limb's *velocity*, because
+  the skeleton taps of the tiny HCN keep joint motion rather than joint position (its motion stream;
+  measured on the demo cache, R² of the limb's wave from skeleton_1: velocity 0.52, position 0.12).
+  With the pulse in phase with the limb's position, cached video and skeleton features were a
+  quarter period apart, their products over time averaged out, and fused networks stayed at 50 %;
 - m: which limb, along which axis, oscillates in the skeleton (invisible in the video);
 - x: whether the disk's oscillation and the limb's oscillation are in phase or in anti-phase.
   Both share a random frequency and each has a uniformly random phase on its own, so x cannot
@@ -122,9 +127,10 @@ def generate_ntu_like(
         freq = sample_rng.uniform(0.75, 1.75)  # cycles per clip
         phase = sample_rng.uniform(0, 2 * np.pi)
         t = np.arange(frames) / frames
-        video_wave = np.sin(2 * np.pi * freq * t + phase)
-        skeleton_wave = np.sin(2 * np.pi * freq * t + phase + np.pi * x)
-        write_video(rgb_dir / f"{name}_rgb.avi", render_video(sample_rng, v, video_wave, size))
+        angle = 2 * np.pi * freq * t + phase
+        skeleton_wave = np.sin(angle + np.pi * x)
+        video = render_video(sample_rng, v, np.sin(angle), size, pulse=np.cos(angle))
+        write_video(rgb_dir / f"{name}_rgb.avi", video)
         write_skeleton(skel_dir / f"{name}.skeleton", render_skeleton(sample_rng, m, n_m, skeleton_wave), sample_rng)
         rows.append({"id": name, "label": int(label), "visual": v, "motion": m, "phase": x,
                      "freq": round(float(freq), 4), "phase_offset": round(float(phase), 4)})
@@ -156,9 +162,11 @@ def _names(rng: np.random.Generator, labels: np.ndarray) -> list[str]:
     return names
 
 
-def render_video(rng: np.random.Generator, v: int, wave: np.ndarray, size: int) -> np.ndarray:
+def render_video(rng: np.random.Generator, v: int, wave: np.ndarray, size: int,
+                 pulse: np.ndarray | None = None) -> np.ndarray:
     """Frames ``(T, size, size, 3)``: a disk of colour ``v`` moving by ``wave`` and pulsing in
-    brightness with it, on a noisy textured background, plus an independently moving grey square."""
+    brightness by ``pulse`` (default: ``wave``) between dark and full, on a noisy textured
+    background, plus an independently moving grey square."""
     frames = len(wave)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     coarse = rng.uniform(50, 140, (4, 4, 3)).astype(np.float32)
@@ -178,8 +186,8 @@ def render_video(rng: np.random.Generator, v: int, wave: np.ndarray, size: int) 
     out = np.where(in_square, np.float32(sq_grey), background[None])
     d = np.sqrt((xx - (cx0 + amp * wave)[:, None, None]) ** 2 + (yy - cy) ** 2)
     alpha = np.clip(radius + 0.5 - d, 0, 1)[..., None]
-    pulse = (0.5 + 0.5 * wave)[:, None, None, None].astype(np.float32)
-    out = out * (1 - alpha) + colour * pulse * alpha + rng.normal(0, 6, out.shape)
+    gain = (0.5 + 0.5 * (wave if pulse is None else pulse))[:, None, None, None].astype(np.float32)
+    out = out * (1 - alpha) + colour * gain * alpha + rng.normal(0, 6, out.shape)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -238,7 +246,7 @@ def _metadata(samples: int, classes: int, seed: int, size: int, frames: int, n_v
             "motion": {"modality": "skeleton", "what": "limb and axis that oscillate (first body)",
                        "values": [f"{limb}-{axis}" for limb, axis in motion_patterns(n_m)]},
             "phase": {"modality": "video+skeleton",
-                      "what": "disk x-oscillation and brightness pulse vs limb oscillation (shared random frequency, random phase)",
+                      "what": "disk brightness pulse vs limb velocity (shared random frequency, random phase)",
                       "values": ["in-phase", "anti-phase"]},
         },
         "ceilings": {

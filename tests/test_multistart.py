@@ -1,0 +1,122 @@
+"""Multi-start search (`bmnas search --seeds`): seed-list parsing, selection, resume, CLI errors.
+
+Real searches on a planted store, on a real dask LocalCluster where the test says so.
+"""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from _search_data import planted_store, single_thread  # noqa: F401
+from fusion_search.config import SearchConfig
+from fusion_search.errors import SearchError
+from fusion_search.search import run_search
+from pipeline.cli import cli
+from pipeline.multistart import parse_seeds, run_multistart
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ms") / "joint.zarr"
+    planted_store(path, "joint", n=240)
+    return str(path)
+
+
+def small(store: str, **kw) -> SearchConfig:
+    base = dict(store=store, cells=1, steps=1, channels=8, length=4, multiplier=1, epochs=4, batch_size=16,
+                arch_lr=3e-3, score_min_steps=20, score_seeds=2, step_inputs="pair", device="cpu", plots=False)
+    return SearchConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("text,seeds", [("0-4", [0, 1, 2, 3, 4]), ("0,2,5", [0, 2, 5]), ("0-2,7", [0, 1, 2, 7]),
+                                        (" 3 , 1 ", [3, 1])])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text,why", [("4-2", "backwards"), ("a", "integers"), ("1,1", "twice"), ("3", "2 to 256"),
+                                      ("-1,2", "integers"), ("", "integers"), ("0-999", "2 to 256")])
+def test_parse_seeds_errors(text, why):
+    with pytest.raises(SearchError, match=why):
+        parse_seeds(text)
+
+
+def test_keeps_the_best_rescored_genotype_and_writes_every_seed(store, tmp_path):
+    res = run_multistart(small(store), tmp_path / "ms", [0, 1, 2], workers=1, echo=lambda s: None)
+    data = json.loads((tmp_path / "ms" / "seeds.json").read_text())
+    assert [s["seed"] for s in data["seeds"]] == [0, 1, 2]
+    for s in data["seeds"]:
+        assert len(s["scores"]) == 2 and s["score"] == pytest.approx(sum(s["scores"]) / 2)
+        assert (tmp_path / "ms" / f"seed_{s['seed']}" / "genotype.json").is_file()  # ordinary search runs
+    best = max(data["seeds"], key=lambda s: s["score"])
+    assert data["kept_seed"] == best["seed"] == res.kept.seed
+    kept = json.loads((tmp_path / "ms" / "genotype.json").read_text())
+    assert kept == best["genotype"]
+    assert data["score_noise_std"] >= 0
+    # identical genotypes from different seeds get identical re-scores (scoring ignores the search seed)
+    by_key = {}
+    for s in data["seeds"]:
+        by_key.setdefault(json.dumps(s["genotype"]["cells"], sort_keys=True), []).append(s["scores"])
+    assert all(all(v == vs[0] for v in vs) for vs in by_key.values())
+
+
+def test_resume_after_a_kill_reuses_finished_seeds_and_ends_as_an_uninterrupted_run(store, tmp_path):
+    cfg = small(store)
+    full = run_multistart(cfg, tmp_path / "full", [0, 1], workers=1, echo=lambda s: None)
+    # the state a kill leaves: seed 0 finished and re-scored, seed 1 stopped in its third epoch
+    run = tmp_path / "killed"
+    shutil.copytree(tmp_path / "full", run)
+    for name in ("seeds.json", "genotype.json"):
+        (run / name).unlink()
+    shutil.rmtree(run / "seed_1")
+
+    def kill(epoch, batch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(small(store, seed=1), run / "seed_1", on_batch=kill)
+    finished = (run / "seed_0" / "final_score.json").stat().st_mtime_ns
+    res = run_multistart(cfg, run, [0, 1], workers=1, echo=lambda s: None)
+    assert (run / "seed_0" / "final_score.json").stat().st_mtime_ns == finished  # reused, not re-scored
+    assert res.genotype == full.genotype
+    assert [(o.seed, o.scores, o.search_score) for o in res.outcomes] == \
+        [(o.seed, o.scores, o.search_score) for o in full.outcomes]
+    # another setting into the same directory is refused, not mixed
+    with pytest.raises(SearchError, match="other settings"):
+        run_multistart(small(store, epochs=5), run, [0, 1], workers=1, echo=lambda s: None)
+
+
+@pytest.mark.slow
+def test_cli_runs_seeds_on_a_local_cluster_and_resumes(store, tmp_path):
+    out = tmp_path / "cli"
+    args = ["search", "--store", store, "--out", str(out), "--seeds", "0-1", "--workers", "2", "--cells", "1",
+            "--steps", "1", "--channels", "8", "--length", "4", "--multiplier", "1", "--epochs", "3",
+            "--batch-size", "16", "--score-seeds", "2", "--device", "cpu", "--step-inputs", "pair"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "kept seed" in first.output and "| seed |" in first.output
+    data = json.loads((out / "seeds.json").read_text())
+    again = CliRunner().invoke(cli, ["search", "--resume", str(out)])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "seeds.json").read_text()) == data
+    kept = next(s for s in data["seeds"] if s["seed"] == data["kept_seed"])
+    assert json.loads((out / "genotype.json").read_text()) == kept["genotype"]
+
+
+@pytest.mark.parametrize("extra,text", [
+    (["--seeds", "2-1"], "--seeds '2-1'"),
+    (["--seeds", "x"], "--seeds 'x'"),
+    (["--seeds", "0-1", "--seed", "3"], "--seed and --seeds"),
+    (["--workers", "2"], "add --seeds"),
+])
+def test_cli_bad_seed_lists_are_one_line(store, tmp_path, extra, text):
+    r = CliRunner().invoke(cli, ["search", "--store", store, "--out", str(tmp_path / "r"), *extra])
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and text in lines[0], r.output
+    assert not (tmp_path / "r").exists()
