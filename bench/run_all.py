@@ -27,6 +27,9 @@ BENCHES = [
     ("extract.py", ["--samples", "256"], ["--samples", "96", "--rounds", "1", "--ntu-samples", "16", "--ntu-chunk", "4"]),
     ("search_cache.py", [], ["--quick"]),
     ("search_memory.py", ["--steps", "50"], ["--samples", "3000", "--steps", "10"]),
+    ("search_planted.py", [], ["--seeds", "0,1", "--kinds", "joint"]),
+    ("score_noise.py", [], ["--runs", "3"]),
+    ("demo_spread.py", ["--seeds", "0-4"], ["--seeds", "0-1"]),
 ]
 
 

@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=480, help="samples per store")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--score-min-steps", type=int, default=300)
+    ap.add_argument("--score-seeds", type=int, default=3, help="training runs averaged per genotype score")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arch-lr", type=float, default=3e-4, help="architecture Adam lr (DESIGN default 3e-4)")
     args = ap.parse_args()
@@ -44,7 +45,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(tempfile.mkdtemp(prefix="bmnas-planted-"))
     print(f"planted pair {PLANTED}; {args.cells} cells x {args.steps} steps, C=16, L=4, {args.epochs} epochs, "
-          f"batch {args.batch_size}, arch lr {args.arch_lr}, {args.n} samples")
+          f"batch {args.batch_size}, arch lr {args.arch_lr}, {args.n} samples, {args.score_seeds} scoring runs")
     for kind in args.kinds.split(","):
         store = root / f"{kind}.zarr"
         planted_store(store, kind, n=args.n)
@@ -54,7 +55,7 @@ def main() -> None:
                 cfg = SearchConfig(store=str(store), cells=args.cells, steps=args.steps, channels=16, length=4,
                                    multiplier=1, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
                                    step_inputs=mode, arch_lr=args.arch_lr, score_min_steps=args.score_min_steps,
-                                   device="cpu", plots=False)
+                                   score_seeds=args.score_seeds, device="cpu", plots=False)
                 r = run_search(cfg, root / f"{kind}-{mode}-{seed}")
                 pairs = [set(c.inputs) for c in r.genotype.cells]
                 ok = set(PLANTED) in pairs

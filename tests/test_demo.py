@@ -25,7 +25,9 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, capsys):
     assert metrics["num_samples"] > 0 and "accuracy" in metrics
     assert "| BM-NAS found network |" in (root / "comparison.md").read_text()
     assert "| method | test accuracy | seeds | parameters |" in out and "cache hit" not in out
-    search = [json.loads(x) for x in (root / "search" / "metrics.jsonl").read_text().splitlines()]
+    kept = json.loads((root / "search" / "seeds.json").read_text())["kept_seed"]  # multi-start over 2 seeds
+    assert kept in (0, 1) and (root / "search" / "seed_1" / "genotype.json").is_file()
+    search = [json.loads(x) for x in (root / "search" / f"seed_{kept}" / "metrics.jsonl").read_text().splitlines()]
     assert search[0]["genotype_score"] is None and search[1]["genotype_score"] is not None  # arch warm-up
 
     again = run_demo(cfg)  # every stage is reused
