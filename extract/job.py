@@ -26,7 +26,8 @@ from extract.checkpoints import sha256_file
 from extract.cluster import local_cluster
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
-from extract.worker import INIT_SEED, Entry, run_chunks, warm_up
+from extract.worker import INIT_SEED, PRECISIONS, Entry, Placement, run_chunks, warm_up
+from stores.device import DEVICES, gpu_slot
 
 ON_ERROR = ("fail", "skip")
 
@@ -60,6 +61,7 @@ class ExtractResult:
     models_built: dict[int, int] = field(default_factory=dict)  # process id -> models it built
     startup_seconds: float = 0.0  # starting/connecting the dask cluster, not in samples_per_s
     cpu_seconds: float = 0.0  # CPU time of the processes running the tasks while samples_per_s was timed
+    devices: dict[str, str] = field(default_factory=dict)  # worker address ("local" without dask) -> its device
 
     @property
     def compression(self) -> float:
@@ -74,7 +76,9 @@ class ExtractResult:
         return (f"{self.store}: {self.chunks_run}/{self.chunks_total} chunks extracted "
                 f"({self.rows_run} samples, {self.samples_per_s:.1f} samples/s), "
                 f"{len(self.skipped)} skipped, {self.bytes_on_disk / 1e6:.2f} MB on disk, "
-                f"compression {self.compression:.2f}x")
+                f"compression {self.compression:.2f}x"
+                + (f"; devices: {', '.join(f'{w} {d}' for w, d in sorted(self.devices.items()))}"
+                   if self.devices else ""))
 
 
 def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: ReductionConfig,
@@ -131,8 +135,9 @@ def _init(e: Entry) -> str:
 
 
 def _provenance(entries: list[Entry], shas: list[str | None], reduction: ReductionConfig, dtype: str,
-                n: int, rows_per_chunk: int, source: Any) -> dict:
+                n: int, rows_per_chunk: int, source: Any, placement: Placement) -> dict:
     return {
+        "device": _device_type(placement), "precision": placement.precision,
         "backbones": [{"modality": e.modality, "backbone": e.backbone, "setting": e.setting,
                        "checkpoint": e.checkpoint, "checkpoint_sha256": sha,
                        "init": _init(e),
@@ -143,7 +148,42 @@ def _provenance(entries: list[Entry], shas: list[str | None], reduction: Reducti
     }
 
 
-SAME_KEYS = ("backbones", "reduction", "dtype", "num_samples", "rows_per_chunk")
+SAME_KEYS = ("backbones", "reduction", "dtype", "num_samples", "rows_per_chunk", "device", "precision")
+
+
+def _device_type(placement: Placement) -> str:
+    """"cuda" or "cpu": what the store's provenance records (a resume on the other refuses to mix)."""
+    return "cuda" if any(d.startswith("cuda") for _, d in placement.devices) else "cpu"
+
+
+def place(device: str, precision: str, dtype: str, gpus: dict[str, int]) -> Placement:
+    """Each worker's device and the compute precision, from the GPUs each worker sees (`gpus`:
+    worker address -> CUDA device count there; "" for this process without dask).
+
+    Pure, so the assignment is testable without a GPU. `auto` is CUDA only when every worker has a
+    GPU (one store is never half CPU, half GPU); `cuda` refuses workers without one, naming them.
+    Workers on one host share its GPUs by rank (`stores.device.gpu_slot`). Precision `auto` is
+    float16 autocast on CUDA when the store keeps float16, float32 otherwise.
+    """
+    if device not in DEVICES:
+        raise ExtractError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if precision not in ("auto",) + PRECISIONS:
+        raise ExtractError(f"--precision must be auto, float32 or float16, not {precision!r}")
+    if device == "cuda":
+        blind = sorted(a or "this process" for a, n in gpus.items() if n < 1)
+        if blind:
+            raise ExtractError(f"--device cuda: no CUDA device is visible on {', '.join(blind)}; "
+                               "use --device auto or cpu")
+    cuda = device == "cuda" or (device == "auto" and bool(gpus) and all(n > 0 for n in gpus.values()))
+    devices = tuple((a, f"cuda:{gpu_slot(a, gpus, n)[0]}" if cuda else "cpu") for a, n in sorted(gpus.items()))
+    if precision == "auto":
+        precision = "float16" if cuda and dtype == "float16" else "float32"
+    return Placement(devices, precision)
+
+
+def _gpu_count() -> int:
+    """CUDA devices this process sees (run on each worker: the head node may have none)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _comparable(prov: dict) -> dict:
@@ -253,14 +293,23 @@ class _Runner:
         if self.cluster is not None:
             self.cluster.close()
 
-    def warm_up(self, entries: tuple, reduction: ReductionConfig, device: str, batch_size: int, source: Any,
-                ids: list[str]) -> None:
+    def gpus(self, device: str) -> dict[str, int]:
+        """Worker address -> CUDA devices it sees, asked of the workers themselves (not this process);
+        nothing is asked under --device cpu, so no worker touches CUDA."""
+        if self.client is None:
+            return {"": 0 if device == "cpu" else _gpu_count()}
+        if device == "cpu":
+            return {a: 0 for a in self.client.scheduler_info()["workers"]}
+        return dict(self.client.run(_gpu_count))
+
+    def warm_up(self, entries: tuple, reduction: ReductionConfig, placement: Placement, batch_size: int,
+                source: Any, ids: list[str]) -> None:
         """Every worker imports and builds its models once and holds the source and the sample ids,
         before the clock for samples/s starts."""
         if self.client is None:
-            warm_up(entries, reduction, device, batch_size)
+            warm_up(entries, reduction, placement, batch_size)
             return
-        self.client.run(warm_up, entries, reduction, device, batch_size)
+        self.client.run(warm_up, entries, reduction, placement, batch_size)
         self.shared = (self.client.scatter(source, broadcast=True, hash=False),
                        self.client.scatter(ids, broadcast=True, hash=False))
 
@@ -320,18 +369,20 @@ def extract(
     workers: int = 2,
     threads_per_worker: int = 1,
     device: str = "auto",
+    precision: str = "auto",
     on_error: str = "fail",
     overwrite: bool = False,
     progress: bool = True,
     timeout: float = 10.0,
 ) -> ExtractResult:
-    """Run frozen backbones over every sample of ``source`` into the store at ``out`` (resumable)."""
+    """Run frozen backbones over every sample of ``source`` into the store at ``out`` (resumable).
+
+    ``device`` is checked on the workers (a head node needs no GPU); ``precision`` is the forward's
+    compute precision (auto: float16 autocast on CUDA for a float16 store); both go into the store's
+    provenance, and a resume with other values is refused."""
     if on_error not in ON_ERROR:
         raise ExtractError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ExtractError(f"--device must be auto, cpu or cuda, not {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("--device cuda: no CUDA device is visible here; use --device auto or cpu")
+    place(device, precision, dtype, {})  # bad option values fail before any work
     if not backbones:
         raise BackboneError("give at least one backbone (--backbone MODALITY=NAME)")
     mods = [b.modality for b in backbones]
@@ -344,15 +395,14 @@ def extract(
     n = len(ids)
     probed = [_probe(source, ids, b, reduction, source.num_classes) for b in backbones]
     entries, shas = [p[0] for p in probed], [p[1] for p in probed]
-    prov = _provenance(entries, shas, reduction, dtype, n, rows_per_chunk, source)
-    writer = _reopen(out, prov) if Path(out).exists() and not overwrite else None
-    resumed = writer is not None
-    if writer is None:
+    resumed = Path(out).exists() and not overwrite
+    if not resumed:
         _check_writable(out)
     skipped: list[dict] = []
     failures: list[dict] = []
     rows_run = 0
     built: dict[int, int] = {}
+    used: dict[str, str] = {}
     bar = None
 
     def on_result(results: list[dict]) -> bool:
@@ -364,6 +414,7 @@ def extract(
             rows_run += r["rows"]
             skipped.extend(r["skipped"])
             built[r["pid"]] = max(built.get(r["pid"], 0), r["models_built"])
+            used[r["worker"]] = r["device"]
             if bar is not None:
                 bar.update(1)
         return not failures
@@ -372,19 +423,23 @@ def extract(
     # connect or start the cluster first: a scheduler that does not answer leaves no files behind
     runner = _Runner(use_dask, scheduler, workers, threads_per_worker, timeout)
     try:
-        if writer is None:
+        placement = place(device, precision, dtype, runner.gpus(device))
+        prov = _provenance(entries, shas, reduction, dtype, n, rows_per_chunk, source, placement)
+        if resumed:
+            writer = _reopen(out, prov)
+        else:
             writer = _create(out, entries, shas, prov, source, n, dtype, rows_per_chunk, codec, overwrite)
         todo = sorted(set(writer.missing_chunks()) | (set(_chunks_with_skips(writer)) if resumed else set()))
         tasks = [todo[i:i + chunks_per_task] for i in range(0, len(todo), max(1, chunks_per_task))]
         if tasks:
-            runner.warm_up(tuple(entries), reduction, device, batch_size, source, ids)
+            runner.warm_up(tuple(entries), reduction, placement, batch_size, source, ids)
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=writer.num_chunks, initial=writer.num_chunks - len(todo), unit="chunk",
                        desc="extract", leave=False)
         cpu0, t0 = runner.cpu_seconds(), time.perf_counter()
-        runner.run(tasks, (source, str(writer.path), ids, tuple(entries), reduction, device, batch_size,
+        runner.run(tasks, (source, str(writer.path), ids, tuple(entries), reduction, placement, batch_size,
                            on_error), on_result)
         seconds = time.perf_counter() - t0
         cpu = runner.cpu_seconds() - cpu0
@@ -407,7 +462,7 @@ def extract(
     return ExtractResult(str(writer.path), {k: v for e in entries for k, v in e.shapes().items()},
                          writer.num_chunks, sum(len(t) for t in tasks), rows_run, seconds,
                          rows_run / seconds if seconds > 0 else 0.0, disk, raw, skipped, built, t0 - t_start,
-                         cpu)
+                         cpu, used)
 
 
 def _finalize(writer: Any, source: Any, samples: list, skipped: list[dict]) -> None:

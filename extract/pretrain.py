@@ -7,8 +7,9 @@ keep the weights with the best validation score, and write a run directory with 
 
 Resume: ``last.pt`` (weights, optimiser, scheduler, torch RNG, best so far) is written atomically
 after every epoch, so rerunning the same command into the same directory after a kill continues
-after the last finished epoch and ends with the same ``best.pt`` as an uninterrupted run (CPU); a
-finished run is returned as is. Other settings in that directory are an error, never a silent mix.
+after the last finished epoch and ends with the same ``best.pt`` as an uninterrupted run on the same
+device (the CUDA RNG is saved too when used); a finished run is returned as is. The device may change
+on rerun; other settings in that directory are an error, never a silent mix.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from extract.backbones import get_backbone
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkpoint
 from extract.errors import DataError, ExtractError
+from stores.device import resolve_device, restore_rng, rng_state
 
 
 @dataclass
@@ -119,21 +121,23 @@ def _evaluate(model: nn.Module, loader: DataLoader, task: str, device: torch.dev
 LAST = "last.pt"
 
 
-def _save_state(path: Path, model: nn.Module, opt, sched, state: dict) -> None:
-    """Everything needed to continue after this epoch, written atomically."""
+def _save_state(path: Path, model: nn.Module, opt, sched, state: dict, device: torch.device) -> None:
+    """Everything needed to continue after this epoch (the GPU's RNG too, when used), written atomically."""
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": torch.get_rng_state(), **state}, tmp)
+                **rng_state(device), **state}, tmp)
     tmp.replace(path)
 
 
-def _resume_state(out: Path, config: dict, model: nn.Module, opt, sched) -> dict | None:
-    """The state after the last finished epoch of a run with the same config in ``out`` (None: start)."""
+def _resume_state(out: Path, config: dict, model: nn.Module, opt, sched, device: torch.device) -> dict | None:
+    """The state after the last finished epoch of a run with the same config in ``out`` (None: start).
+
+    The device may differ (a run moves to a GPU machine); every other setting must match."""
     path = out / LAST
     if not path.is_file():
         return None
     before = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
-    changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+    changed = sorted(k for k in set(before) | set(config) if k != "device" and before.get(k) != config.get(k))
     if changed:
         raise ExtractError(f"{out} holds a pretrain run with other settings ({', '.join(changed)}); "
                            "rerun with the same settings to resume it, or choose a new --out")
@@ -141,7 +145,7 @@ def _resume_state(out: Path, config: dict, model: nn.Module, opt, sched) -> dict
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"])
+    restore_rng(ckpt, device)
     lines = (out / "metrics.jsonl").read_text().splitlines()[:ckpt["epoch"]]  # drop an unfinished epoch's line
     (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
     return {k: ckpt[k] for k in ("epoch", "best", "best_epoch", "sha", "history")}
@@ -177,10 +181,7 @@ def pretrain(
         raise ExtractError(f"source {source.name!r} has no modality {modality!r} (it has {', '.join(source.modalities)})")
     if on_error not in ("fail", "skip"):
         raise ExtractError(f"--on-error must be fail or skip, not {on_error!r}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ExtractError(f"--device must be auto, cpu or cuda, not {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("--device cuda: no CUDA device is visible here; use --device auto or cpu")
+    resolve_device(device, ExtractError)  # a bad --device fails before any data is read
     torch.manual_seed(seed)
     samples = source.samples()
     train = [s for s in samples if s.split == "train"]
@@ -201,8 +202,7 @@ def pretrain(
         init_sha = inflate_checkpoint(model, inflate_from, head=spec.head)
     elif init_checkpoint:
         init_sha = load_checkpoint(model, init_checkpoint, head=spec.head)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device, ExtractError)
     model.to(dev)
     task = source.task
     loss_fn = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
@@ -224,7 +224,7 @@ def pretrain(
               "weight_decay": weight_decay, "seed": seed, "device": str(dev), "metric": metric,
               "init_checkpoint": init_checkpoint, "inflate_from": inflate_from, "init_sha256": init_sha,
               "taps": [asdict(t) for t in spec.tap_specs(setting)]}
-    state = _resume_state(out, config, model, opt, sched)
+    state = _resume_state(out, config, model, opt, sched, dev)
     if state is None:
         (out / "config.json").write_text(json.dumps(config, indent=2))
         state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": []}
@@ -258,7 +258,7 @@ def pretrain(
                 best, best_epoch = score, epoch + 1
                 sha = save_checkpoint(model, out / "best.pt")
             _save_state(out / LAST, model, opt, sched, {"epoch": epoch + 1, "best": best, "best_epoch": best_epoch,
-                                                        "sha": sha, "history": history})
+                                                        "sha": sha, "history": history}, dev)
             if on_epoch is not None:
                 on_epoch(epoch + 1)
     summary = {"best_epoch": best_epoch, metric: best, "checkpoint": str(out / "best.pt"), "checkpoint_sha256": sha}

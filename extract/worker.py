@@ -48,12 +48,35 @@ class Entry:
         return {n: (t.channels, ln) for n, t, ln in zip(self.nodes, self.taps, self.lengths)}
 
 
+PRECISIONS = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each worker runs its models, and in which compute precision: decided once by the driver
+    from the workers' own view of their GPUs (`extract.job.place`), then handed to every call.
+
+    `devices` maps a dask worker address ("" for this process without dask) to "cpu" or "cuda:i";
+    `precision` "float16" runs the forward under autocast (weights and inputs stay float32).
+    """
+
+    devices: tuple[tuple[str, str], ...]
+    precision: str = "float32"
+
+    def device_for(self, address: str) -> torch.device:
+        """This worker's device; a worker that joined after the plan takes cuda:0 (or the CPU)."""
+        plan = dict(self.devices)
+        if address in plan:
+            return torch.device(plan[address])
+        return torch.device("cuda", 0) if any(v.startswith("cuda") for v in plan.values()) else torch.device("cpu")
+
+
 @dataclass
 class _Loaded:
     model: torch.nn.Module
     reader: TapReader
     device: torch.device
-    half: bool
+    fp16: bool  # forward under float16 autocast
     lock: threading.Lock
 
 
@@ -63,26 +86,25 @@ LOADS = {"count": 0}  # models built in this process (tests check "once per work
 INIT_SEED = 0  # weights of a backbone run without a checkpoint: the same in every process
 
 
-def resolve_device(device: str) -> torch.device:
-    """auto -> cuda when available; on a dask worker with several GPUs, one GPU per worker."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        index = 0
-        try:
-            from distributed import get_worker
+def worker_address(dask_worker: Any = None) -> str:
+    """This process's dask worker address; "" outside a dask task (or `client.run` without its worker)."""
+    if dask_worker is not None:
+        return str(dask_worker.address)
+    if "distributed" not in sys.modules:
+        return ""
+    from distributed import get_worker
 
-            name = str(get_worker().name)
-            index = int(name.rsplit("-", 1)[-1]) if name.rsplit("-", 1)[-1].isdigit() else 0
-        except (ImportError, ValueError):
-            pass
-        return torch.device("cuda", index % max(1, torch.cuda.device_count()))
-    return torch.device(device)
+    try:
+        return str(get_worker().address)
+    except ValueError:
+        return ""
 
 
-def get_model(entry: Entry, reduction: ReductionConfig, device: str) -> _Loaded:
-    """The frozen, eval-mode model of an entry in this process, built on first use."""
-    key = (entry, reduction, device)
+def get_model(entry: Entry, reduction: ReductionConfig, device: torch.device, precision: str = "float32") -> _Loaded:
+    """The frozen, eval-mode model of an entry on a resolved device in this process, built on first use.
+
+    Keyed by the resolved device: the same worker never reuses a model built for another GPU."""
+    key = (entry, reduction, str(device), precision)
     with _MODELS_LOCK:
         if key not in _MODELS:
             spec = get_backbone(entry.backbone)
@@ -90,33 +112,40 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: str) -> _Loaded:
             if entry.checkpoint:
                 load = inflate_checkpoint if entry.inflate else load_checkpoint
                 load(model, entry.checkpoint, head=spec.head)
-            dev = resolve_device(device)
-            half = dev.type == "cuda"
-            model = model.to(dev).eval()
-            if half:
-                model = model.half()
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # stray allocations land on this worker's GPU, not cuda:0
+            model = model.to(device).eval()
             for p in model.parameters():
                 p.requires_grad_(False)
-            _MODELS[key] = _Loaded(model, TapReader(model, list(entry.taps), reduction), dev, half,
-                                   threading.Lock())
+            _MODELS[key] = _Loaded(model, TapReader(model, list(entry.taps), reduction), device,
+                                   precision == "float16", threading.Lock())
             LOADS["count"] += 1
         return _MODELS[key]
 
 
-def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, device: str, batch_size: int = 0) -> int:
-    """Import, build and run every model once on this worker before tasks arrive; returns the pid."""
+def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, placement: Placement, batch_size: int = 0,
+            dask_worker: Any = None) -> str:
+    """Import, build and run every model once on this worker before tasks arrive; returns its device.
+
+    `dask_worker` is filled in by `client.run`, where `get_worker()` does not work."""
+    device = placement.device_for(worker_address(dask_worker))
     for e in entries:
-        lm = get_model(e, reduction, device)
+        lm = get_model(e, reduction, device, placement.precision)
         if e.input_shape and batch_size:  # first forward at the batch shape sets up kernels: not timed
             x = torch.zeros((batch_size,) + e.input_shape, dtype=getattr(torch, e.input_dtype), device=lm.device)
-            if lm.half and x.is_floating_point():
-                x = x.half()
-            with lm.lock, torch.inference_mode():
+            with lm.lock, torch.inference_mode(), _autocast(lm):
                 lm.reader.run(x)
     import decord  # noqa: F401  - first import costs seconds on a busy machine
     import stores  # noqa: F401
 
-    return os.getpid()
+    return str(device)
+
+
+def _autocast(lm: _Loaded) -> torch.autocast:
+    """float16 autocast for the forward when asked: convolutions and matmuls run in float16, while
+    elementwise input preparation inside a model (HCN's frame-to-frame motion, BatchNorm of the
+    raw coordinates) stays in float32, which `.half()` on model and input did not."""
+    return torch.autocast(lm.device.type, dtype=torch.float16, enabled=lm.fp16)
 
 
 def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple[list[int], dict, list[dict]]:
@@ -157,9 +186,7 @@ def _forward(entries, loaded_by_entry, inputs: dict[str, torch.Tensor]) -> dict[
     for entry in entries:
         lm = loaded_by_entry[entry]
         x = inputs[entry.modality].to(lm.device)
-        if lm.half and x.is_floating_point():  # token ids stay integers
-            x = x.half()
-        with lm.lock, torch.inference_mode():
+        with lm.lock, torch.inference_mode(), _autocast(lm):
             taps = lm.reader.run(x)
         for tap, node in zip(entry.taps, entry.nodes):
             feats[node] = taps[tap.name].numpy()
@@ -190,11 +217,12 @@ class _Chunk:
         for n, arr in self.data.items():
             arr[local] = feats[n]
 
-    def result(self) -> dict:
+    def result(self, where: tuple[str, str] = ("", "")) -> dict:
+        """The chunk's record; `where` is (worker address, device) for the extraction summary."""
         res = {"chunk": self.k, "rows": self.rows.stop - self.rows.start, "failed": self.failed,
                "skipped": [] if self.failed else self.skipped, "seconds": time.perf_counter() - self.t0}
         if not self.failed:
-            res.update(pid=os.getpid(), models_built=LOADS["count"])
+            res.update(pid=os.getpid(), models_built=LOADS["count"], worker=where[0] or "local", device=where[1])
         return res
 
 
@@ -221,10 +249,10 @@ class _Writes:
         self.pending: list[tuple[Future, dict]] = []
         self.error: Exception | None = None
 
-    def submit(self, chunk: _Chunk) -> None:
+    def submit(self, chunk: _Chunk, where: tuple[str, str]) -> None:
         while len(self.pending) >= self.depth:
             self._finish_oldest()
-        self.pending.append((self.pool.submit(self.writer.write_chunk, chunk.k, chunk.data), chunk.result()))
+        self.pending.append((self.pool.submit(self.writer.write_chunk, chunk.k, chunk.data), chunk.result(where)))
 
     def poll(self) -> None:
         """Report the chunks whose writes are done, in order, without waiting."""
@@ -281,7 +309,7 @@ def _batch_plans(writer: Any, chunks: list[int], batch_size: int) -> list[tuple[
 
 
 def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list[int],
-               entries: tuple[Entry, ...], reduction: ReductionConfig, device: str, batch_size: int,
+               entries: tuple[Entry, ...], reduction: ReductionConfig, placement: Placement, batch_size: int,
                on_error: str, on_chunk: Callable[[dict], bool | None] | None = None) -> list[dict]:
     """Extract and write some row chunks through one pipeline (decode ahead, write behind).
 
@@ -294,7 +322,10 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
 
     _use_worker_threads()
     writer = open_writer(store_path)
-    loaded = {e: get_model(e, reduction, device) for e in entries}
+    address = worker_address()
+    device = placement.device_for(address)
+    where = (address, str(device))
+    loaded = {e: get_model(e, reduction, device, placement.precision) for e in entries}
     shapes = {n: s for e in entries for n, s in e.shapes().items()}
     results = _Results(on_chunk)
     writes = _Writes(writer, results)
@@ -311,7 +342,7 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
             if good:
                 chunk.put(a, good, _forward(entries, loaded, inputs))
             if b == rows.stop:  # chunk done: its data, then its completion record, in the writer thread
-                writes.submit(chunk)
+                writes.submit(chunk, where)
                 chunk = None
             writes.poll()
             if results.stopped or writes.error:

@@ -13,19 +13,15 @@ import numpy as np
 import torch
 
 from fusion_search.errors import SearchError
+from stores.device import gpu_share
+from stores.device import resolve_device as _resolve_device
 
 TensorBatch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` takes CUDA when available; asking for CUDA without one is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SearchError("--device cuda: no CUDA device is visible to torch (use --device cpu or auto)")
-    if name not in ("cpu", "cuda"):
-        raise SearchError(f"--device {name!r}: use auto, cpu or cuda")
-    return torch.device(name)
+    """`stores.device.resolve_device` (the one resolver), raising this room's SearchError."""
+    return _resolve_device(name, SearchError)
 
 
 def default_memory_budget() -> int:
@@ -58,9 +54,11 @@ class SplitData:
         return t.float() if self.multilabel else t.long()
 
     def _fits_on_device(self) -> bool:
+        """60 % of the GPU's free memory, times this process's share of that GPU: workers that share
+        one (ablate) measure the same free memory at the same moment, so each may take only its part."""
         free, _ = torch.cuda.mem_get_info(self.device)
         need = sum(t.numel() * t.element_size() for t in self.features.values())
-        return need < 0.6 * free
+        return need < 0.6 * free * gpu_share()
 
     def batches(self, batch_size: int, seed: int, epoch: int = 0, shuffle: bool = True) -> Iterator[TensorBatch]:
         """Every row once per epoch in a seeded order; the same seed and epoch give the same batches."""

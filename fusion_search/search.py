@@ -62,6 +62,7 @@ from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.schedule import weight_optimizer
+from stores.device import restore_rng, rng_state
 
 CHECKPOINT = "checkpoints/last.pt"
 BatchCallback = Callable[[int, int], None]
@@ -219,16 +220,15 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
     key = PRIMARY[task]
     state = {"epoch": 0, "best": None, "scores": {}}
     if resume:
-        ckpt = torch.load(files.checkpoint, map_location=device, weights_only=True)
-        if ckpt["config"] != cfg.to_dict():
+        # on the CPU: RNG states must stay there; load_state_dict copies weights to the model's device
+        ckpt = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
+        if _settings(ckpt["config"]) != _settings(cfg.to_dict()):
             raise SearchError(f"--resume {files.root}: config.yaml differs from the checkpoint's settings; restore it")
         model.load_state_dict(ckpt["model"])
         w_opt.load_state_dict(ckpt["weight_optimizer"])
         a_opt.load_state_dict(ckpt["arch_optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"])
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+        restore_rng(ckpt, device)
         state = {"epoch": ckpt["epoch"], "best": ckpt["best"], "scores": ckpt["scores"]}
         files.truncate_to(files.metrics, state["epoch"])
         files.truncate_to(files.history, state["epoch"])
@@ -328,12 +328,17 @@ def _score(cfg: SearchConfig, genotype: Genotype, cache: dict, hypernet_score: f
     return cache[k]
 
 
+def _settings(config: dict) -> dict:
+    """The settings a resumed search must share with its checkpoint: all but the device
+    (`--resume RUN --device X` may move a run; exact equality is promised on one device only)."""
+    return {k: v for k, v in config.items() if k != "device"}
+
+
 def _save_checkpoint(path: Path, cfg, model, w_opt, a_opt, sched, state, device) -> None:
     """Everything needed to continue exactly after this epoch; written atomically."""
     ckpt = {"config": cfg.to_dict(), "epoch": state["epoch"], "best": state["best"], "scores": state["scores"],
             "model": model.state_dict(), "weight_optimizer": w_opt.state_dict(),
-            "arch_optimizer": a_opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            "arch_optimizer": a_opt.state_dict(), "scheduler": sched.state_dict(), **rng_state(device)}
     tmp = path.with_suffix(".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)

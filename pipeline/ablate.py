@@ -56,8 +56,12 @@ def _genotype_for(row: str, template: Genotype, store, seed: int) -> Genotype:
     return baseline_genotype(row, store.nodes, store.task, store.num_classes, seed=seed, template=template)
 
 
-def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, settings: dict[str, Any]) -> dict:
-    """One (row, seed) training run; resumes a killed one, reuses a finished one. Runs on dask workers."""
+def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, settings: dict[str, Any],
+             workers: Sequence[str] = ()) -> dict:
+    """One (row, seed) training run; resumes a killed one, reuses a finished one. Runs on dask workers.
+
+    On a dask worker with GPUs, the worker takes its own one by rank among `workers` on its host
+    (`stores.device.gpu_slot`, as extraction), and only its share of that GPU's memory for banks."""
     import torch
 
     from pipeline.evaluate import evaluate_run
@@ -66,7 +70,13 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
     try:  # a dask worker: torch gets the worker's threads, not the whole machine
         from distributed import get_worker
 
-        torch.set_num_threads(max(1, get_worker().state.nthreads))
+        worker = get_worker()
+        torch.set_num_threads(max(1, worker.state.nthreads))
+        if settings.get("device", "auto") != "cpu" and torch.cuda.is_available():
+            from stores.device import claim_gpu, gpu_slot
+
+            index, sharing = gpu_slot(worker.address, workers, torch.cuda.device_count())
+            claim_gpu(index, 1.0 / sharing)
     except (ImportError, ValueError):
         pass
     run = Path(run_dir)
@@ -113,7 +123,8 @@ def train_runs(tasks, settings: list[dict], store_path: str, split: str, workers
         return [_run_one(*a) for a in args]
     try:
         with connect(scheduler, n_workers) as client:
-            futures = [client.submit(_run_one, *a, pure=False, retries=0) for a in args]
+            addresses = tuple(client.scheduler_info()["workers"])
+            futures = [client.submit(_run_one, *a, addresses, pure=False, retries=0) for a in args]
             return client.gather(futures)
     except ConnectionError as exc:
         raise SearchError(f"--scheduler {scheduler}: {exc}") from None

@@ -132,7 +132,11 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Use an existing dask scheduler (tcp://host:8786); the store must be on shared storage.")
 @click.option("--no-dask", is_flag=True, help="Run in this process, without dask.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Checked on the workers; each worker of a host takes its own GPU.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "float16"]), default="auto", show_default=True,
+              help="Compute precision of the forward (float16: autocast); auto: float16 on CUDA for a float16 "
+                   "store, else float32. Recorded in the store; a resume must match.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="Unreadable sample: stop (fail) or record it and drop it from the splits (skip).")
 @click.option("--overwrite", is_flag=True, help="Replace a store made with other settings.")
@@ -140,7 +144,8 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_opts, inflate_from, tap_opts, setting,
                 rows_per_chunk, chunks_per_task, batch_size, dtype, codec, t_max, grid, workers,
-                threads_per_worker, scheduler, no_dask, device, on_error, overwrite, timeout, quiet) -> None:
+                threads_per_worker, scheduler, no_dask, device, precision, on_error, overwrite, timeout,
+                quiet) -> None:
     """Run frozen backbones over DATA and write their reduced taps to the store OUT (resumable)."""
     from extract.job import BackboneChoice, extract
     from extract.reduction import ReductionConfig
@@ -166,7 +171,7 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
     res = extract(src, str(out), choices, reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype,
                   rows_per_chunk=rows_per_chunk, chunks_per_task=chunks_per_task, codec=codec,
                   batch_size=batch_size, use_dask=not no_dask, scheduler=scheduler, workers=workers,
-                  threads_per_worker=threads_per_worker, device=device, on_error=on_error,
+                  threads_per_worker=threads_per_worker, device=device, precision=precision, on_error=on_error,
                   overwrite=overwrite, progress=not quiet, timeout=timeout)
     click.echo(res.summary())
     for node, (c, t) in res.nodes.items():

@@ -21,6 +21,17 @@ _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "c
             "arch_warmup_epochs": "arch_warmup_epochs", "candidates": "candidates", "score_seeds": "score_seeds"}
 
 
+def check_resume_options(resume: str) -> None:
+    """With --resume only --device may be given (search, train, finetune): a resumed run continues
+    with its own config.yaml, and an option that would be silently ignored is an error instead."""
+    ctx = click.get_current_context()
+    extra = [p.opts[0] for p in ctx.command.params if p.name not in ("resume", "device") and p.opts
+             and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if extra:
+        raise SearchError(f"--resume {resume} continues with the run's own config.yaml (only --device may "
+                          f"change); drop {', '.join(extra)}")
+
+
 @click.command("search")
 @click.option("--store", type=click.Path(), help="Feature store (zarr) with train and val splits.")
 @click.option("--out", type=click.Path(), help="New run directory (config, log, metrics, checkpoints, genotype.json).")
@@ -56,15 +67,8 @@ def search_cmd(config_file: str | None, resume: str | None, out: str | None, see
              if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE and v is not None}
     multistart = load_multistart(resume) if resume else None
     if resume:
-        changed = sorted(set(given) - {"device"})
-        if changed or config_file or out or seed_list:
-            extra = [f"--{k.replace('_', '-')}" for k in changed] + (["--config"] if config_file else []) + (
-                ["--out"] if out else []) + (["--seeds"] if seed_list else [])
-            raise SearchError(f"--resume {resume} continues with the run's own settings; drop {', '.join(extra)}")
-        if multistart:
-            cfg, seeds = multistart
-        else:
-            cfg = load_run_config(resume)
+        check_resume_options(resume)
+        cfg = multistart[0] if multistart else load_run_config(resume)
         if "device" in given:
             cfg.device = given["device"]
         target = resume

@@ -6,8 +6,15 @@ import click
 from click.core import ParameterSource
 
 from fusion_search.errors import SearchError
+from pipeline.cli_search import check_resume_options
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+def _given_device() -> str | None:
+    """--device when given on the command line (a resumed run may move), else None: the run's own."""
+    ctx = click.get_current_context()
+    return ctx.params["device"] if ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE else None
 
 
 def _echo_metrics(metrics: dict | None, prefix: str = "") -> None:
@@ -34,13 +41,8 @@ def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train
     from pipeline.train import resume_training, train_on_cache
 
     if resume:
-        ctx = click.get_current_context()
-        given = [p for p in ("store", "genotype_path", "out", "epochs", "train_on")
-                 if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
-        if given:
-            raise SearchError(f"--resume {resume} continues with the run's own config.yaml; drop "
-                              + ", ".join("--" + g.replace("_path", "").replace("_", "-") for g in given))
-        summary = resume_training(resume, progress=True)
+        check_resume_options(resume)
+        summary = resume_training(resume, progress=True, device=_given_device())
     else:
         for name, value in (("--store", store), ("--genotype", genotype_path), ("--out", out)):
             if not value:
@@ -165,7 +167,8 @@ def finetune_cmd(genotype_path, source, kind, split_preset, source_opt, backbone
     from pipeline.finetune import finetune, parse_backbone, resume_finetune
 
     if resume:
-        summary = resume_finetune(resume, progress=True)
+        check_resume_options(resume)
+        summary = resume_finetune(resume, progress=True, device=_given_device())
     else:
         for name, value in (("--genotype", genotype_path), ("--source", source), ("--out", out)):
             if not value:

@@ -46,10 +46,13 @@ def predict(model: nn.Module, data: SplitData, batch_size: int) -> tuple[np.ndar
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, example: Any, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of one forward of a batch of one sample, in milliseconds."""
+    """Median wall time of one forward of a batch of one sample, in milliseconds.
+
+    CUDA is synchronised only for a model on the GPU: under --device cpu no CUDA context is created."""
     was = model.training
     model.eval()
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    on_gpu = any(p.is_cuda for p in model.parameters())
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     times = []
     for i in range(warmup + repeats):
         sync()
@@ -176,7 +179,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
     dev = resolve_device(device or cfg.get("device", "auto"))
     bs = int(batch_size or cfg.get("batch_size", 96))
     model = FoundNetwork(genotype, store.node_shapes, float(cfg.get("dropout", 0.2))).to(dev)
-    ckpt = torch.load(run / BEST, map_location=dev, weights_only=True)
+    ckpt = torch.load(run / BEST, map_location="cpu", weights_only=True)
     model.load_state_dict(ckpt["model"])
     data = open_splits(store, [split], genotype.used_nodes(), dev)
     t0 = time.perf_counter()

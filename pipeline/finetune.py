@@ -253,8 +253,9 @@ def build_model(cfg: FinetuneConfig, genotype: Genotype, *, load_checkpoints: bo
     return Built(joint, source, specs, shapes)
 
 
-def _loader(built: Built, split_names: Sequence[str], cfg: FinetuneConfig, *, shuffle: bool, epoch: int = 0,
-            batch_size: int | None = None) -> DataLoader:
+def _loader(built: Built, split_names: Sequence[str], cfg: FinetuneConfig, device: torch.device, *, shuffle: bool,
+            epoch: int = 0, batch_size: int | None = None) -> DataLoader:
+    """Pinned host memory only for a CUDA run: pinning creates a CUDA context (and holds GPU memory)."""
     samples = [s for s in built.source.samples() if s.split in split_names]
     if not samples:
         raise SearchError(f"source {cfg.source} has no samples in split(s) {', '.join(split_names)}")
@@ -262,7 +263,7 @@ def _loader(built: Built, split_names: Sequence[str], cfg: FinetuneConfig, *, sh
     sampler = (RandomSampler(ds, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
                if shuffle else SequentialSampler(ds))
     return DataLoader(ds, batch_size=batch_size or cfg.batch_size, sampler=sampler, num_workers=cfg.loader_workers,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=device.type == "cuda")
 
 
 def _to(x: dict[str, torch.Tensor], y: torch.Tensor, device: torch.device):
@@ -330,10 +331,12 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     return _run(cfg, genotype, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
 
 
-def resume_finetune(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True) -> dict[str, Any]:
-    """Continue a killed finetune run after its last completed epoch."""
+def resume_finetune(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
+                    device: str | None = None) -> dict[str, Any]:
+    """Continue a killed finetune run after its last completed epoch (`device`: move it, as `resume_training`)."""
     run = Path(run_dir)
     cfg = _load_config(run)
+    cfg.device = device or cfg.device
     if not (run / LAST).is_file():
         raise SearchError(f"--resume {run}: no {LAST}; the run stopped before its first epoch ended, start it again")
     genotype = Genotype.load(run / "genotype.json")
@@ -365,6 +368,14 @@ def _init_fusion(model: JointModel, genotype: Genotype, init_from: str) -> None:
                           f"(were the features extracted with other backbones or settings?): {first}") from None
 
 
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -> None:
+    """Load a checkpoint's GradScaler state when both sides use one: a run started on CPU saved an
+    empty state, which an enabled scaler refuses (resumed on CUDA it starts from a fresh scale), and
+    a disabled scaler (resumed on CPU) has nothing to load."""
+    if scaler.is_enabled() and state:
+        scaler.load_state_dict(state)
+
+
 def _run(cfg: FinetuneConfig, genotype: Genotype, built: Built, run: Path, *, resume: bool, progress: bool,
          evaluate_test: bool) -> dict[str, Any]:
     return with_logger(run, "finetune", lambda log: _loop(cfg, built, run, log, resume, progress, evaluate_test))
@@ -393,17 +404,17 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        restore_scaler(scaler, ckpt.get("scaler"))
         log.info("resumed after epoch %d", book.epoch)
     else:
         log.info("finetune %s on %s: backbones %s, %d backbone + %d fusion parameters, device %s, amp %s",
                  cfg.genotype, cfg.source, ", ".join(f"{b['modality']}={b['backbone']}" for b in cfg.backbones),
                  sum(p.numel() for p in bb_params), sum(p.numel() for p in fusion_params), device, amp)
     splits = cfg.train_on.split("+")
-    val_loader = _loader(built, ["val"], cfg, shuffle=False) if cfg.train_on == "train" else None
+    val_loader = _loader(built, ["val"], cfg, device, shuffle=False) if cfg.train_on == "train" else None
     for epoch in range(book.epoch, cfg.epochs):
         t0 = time.perf_counter()
-        loader = _loader(built, splits, cfg, shuffle=True, epoch=epoch)
+        loader = _loader(built, splits, cfg, device, shuffle=True, epoch=epoch)
         n_batches = len(loader)
         model.train()
         opt.zero_grad(set_to_none=True)
@@ -454,9 +465,9 @@ def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, de
     dev = resolve_device(device or cfg.device)
     amp = cfg.amp and dev.type == "cuda"
     model = built.model.to(dev)
-    ckpt = torch.load(run / BEST, map_location=dev, weights_only=True)
+    ckpt = torch.load(run / BEST, map_location="cpu", weights_only=True)
     model.load_state_dict(ckpt["model"])
-    loader = _loader(built, [split], cfg, shuffle=False, batch_size=batch_size)
+    loader = _loader(built, [split], cfg, dev, shuffle=False, batch_size=batch_size)
     t0 = time.perf_counter()
     logits, labels = predict_loader(model, loader, dev, amp)
     seconds = time.perf_counter() - t0

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from stores.device import restore_rng, rng_state
+
 LAST = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
 
@@ -62,10 +64,9 @@ class EpochBook:
 
     def restore(self, device: torch.device) -> dict[str, Any]:
         """Load last.pt; returns it (model/optimiser states for the caller), restores RNG and bookkeeping."""
-        ckpt = torch.load(self.run / LAST, map_location=device, weights_only=True)
-        torch.set_rng_state(ckpt["rng"])
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+        # on the CPU: RNG states must stay there; load_state_dict copies weights to the model's device
+        ckpt = torch.load(self.run / LAST, map_location="cpu", weights_only=True)
+        restore_rng(ckpt, device)
         self.state = {k: ckpt[k] for k in self.state}
         path = self.run / "metrics.jsonl"
         if path.exists():
@@ -95,8 +96,7 @@ class EpochBook:
         self.state["epoch"] = epoch
         with (self.run / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        atomic_save({"model": model.state_dict(), **resume_state, "rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, **self.state},
+        atomic_save({"model": model.state_dict(), **resume_state, **rng_state(device), **self.state},
                     self.run / LAST)
         val = f", val {self.key} {record['val'].get(self.key, float('nan')):.4f}" if "val" in record else ""
         return (f"epoch {epoch}: train loss {record['train_loss']:.4f}{val}, best epoch {self.state['best_epoch']} "

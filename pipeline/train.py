@@ -206,13 +206,18 @@ def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: s
     return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test)
 
 
-def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True) -> dict[str, Any]:
-    """Continue a killed `train` run from its last completed epoch (a finished run just re-evaluates)."""
+def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
+                    device: str | None = None) -> dict[str, Any]:
+    """Continue a killed `train` run from its last completed epoch (a finished run just re-evaluates).
+
+    `device` moves the rest of the run (the only setting a resume may change; config.yaml keeps
+    the original)."""
     run = Path(run_dir)
     data = read_run_config(run)
     if data.get("kind") != "train":
         raise SearchError(f"--resume {run}: a finetune run; resume it with `bmnas finetune --resume {run}`")
     cfg = TrainConfig(**data)
+    cfg.device = device or cfg.device
     if not (run / LAST).is_file():
         raise SearchError(f"--resume {run}: no {LAST}; the run stopped before its first epoch ended, start it again")
     genotype = Genotype.load(run / "genotype.json")

@@ -36,7 +36,8 @@ def test_minilm_extraction_on_real_weights(tmp_path):
     spec = get_backbone("minilm")
     res = extract(Plots(), str(tmp_path / "t.zarr"), [BackboneChoice("text", "minilm", "tiny",
                                                                       taps=("layer2", "layer6"))],
-                  rows_per_chunk=4, batch_size=3, use_dask=False, progress=False, dtype="float32")
+                  rows_per_chunk=4, batch_size=3, use_dask=False, progress=False, dtype="float32",
+                  device="cpu")
     store = open_store(res.store)
     assert store.nodes == ["text_1", "text_2"] and store.node_shapes["text_2"] == (384, 16)
     attrs = store.node_attrs("text_2")

@@ -57,6 +57,7 @@ def test_localcluster_extraction(ntu, tmp_path):
     assert res.chunks_run == res.chunks_total == 8 and res.rows_run == 16
     assert 1 <= len(res.models_built) <= 2  # dask may hand every chunk to the worker that started first
     assert all(n == 2 for n in res.models_built.values())  # each built its 2 backbones once
+    assert set(res.devices.values()) == {"cpu"} and all(w.startswith("tcp://") for w in res.devices)
     store = open_store(tmp_path / "dask.zarr")
     assert store.nodes == [f"video_{k}" for k in range(1, 5)] + [f"skeleton_{k}" for k in range(1, 5)]
     assert store.node_shapes["video_4"] == (256, 8) and store.node_shapes["skeleton_1"] == (32, 16)
@@ -105,7 +106,7 @@ def test_in_process_pipeline_reports_each_chunk_once_it_is_on_disk(ntu, tmp_path
 
     from extract.job import _probe
     from extract.reduction import ReductionConfig
-    from extract.worker import run_chunks
+    from extract.worker import Placement, run_chunks
 
     src, out = _source(ntu), tmp_path / "p.zarr"
     extract(src, str(out), TINY[1:], rows_per_chunk=2, use_dask=False, progress=False)
@@ -118,7 +119,7 @@ def test_in_process_pipeline_reports_each_chunk_once_it_is_on_disk(ntu, tmp_path
         seen.append((res["chunk"], res["chunk"] not in open_writer(out).missing_chunks()))
         return len(seen) < 3
 
-    assert run_chunks(src, str(out), ids, list(range(8)), (entry,), ReductionConfig(), "cpu", 2, "fail",
+    assert run_chunks(src, str(out), ids, list(range(8)), (entry,), ReductionConfig(), Placement((("", "cpu"),)), 2, "fail",
                       on_chunk=on_chunk) == []
     assert [k for k, _ in seen] == list(range(len(seen))) and all(on_disk for _, on_disk in seen)
     assert 3 <= len(seen) < 8  # stopped early; chunks already under way were finished and reported

@@ -40,7 +40,7 @@ def chain(tmp_path_factory):
     extract(open_source(d / "ntu"), str(d / "s.zarr"),
             [BackboneChoice("video", "inflated_resnet50", "tiny", str(d / "rgb.pt")),
              BackboneChoice("skeleton", "hcn", "tiny", str(d / "hcn.pt"))],
-            use_dask=False, dtype="float32", progress=False, batch_size=8)
+            use_dask=False, dtype="float32", device="cpu", progress=False, batch_size=8)
     from stores import open_store
 
     store = open_store(d / "s.zarr")

@@ -32,7 +32,7 @@ def ntu(tmp_path_factory) -> Path:
 def test_pretrain_writes_run_and_checkpoint_feeds_extract(ntu, tmp_path):
     src = NTUSource(ntu, size=32)
     res = pretrain(src, "skeleton", "hcn", str(tmp_path / "run"), setting="tiny", epochs=2, batch_size=4,
-                   progress=False)
+                   device="cpu", progress=False)
     run = Path(res.out_dir)
     assert {p.name for p in run.iterdir()} >= {"best.pt", "config.json", "metrics.jsonl", "summary.json"}
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -45,7 +45,7 @@ def test_pretrain_writes_run_and_checkpoint_feeds_extract(ntu, tmp_path):
     assert load_checkpoint(model, res.checkpoint) == res.checkpoint_sha256
     # the pretrained weights are what extraction records and uses
     out = extract(src, str(tmp_path / "f.zarr"), [BackboneChoice("skeleton", "hcn", "tiny", res.checkpoint)],
-                  rows_per_chunk=8, use_dask=False, progress=False)
+                  rows_per_chunk=8, use_dask=False, device="cpu", progress=False)
     store = open_store(out.store)
     assert store.node_attrs("skeleton_4")["checkpoint_sha256"] == res.checkpoint_sha256
     from extract.backbones.taps import TapReader
@@ -63,7 +63,7 @@ class Killed(Exception):
 
 def test_killed_pretrain_resumes_to_the_same_checkpoint(ntu, tmp_path):
     src = NTUSource(ntu, size=32)
-    kw = dict(setting="tiny", epochs=3, batch_size=4, progress=False)
+    kw = dict(setting="tiny", epochs=3, batch_size=4, device="cpu", progress=False)
     whole = pretrain(src, "skeleton", "hcn", str(tmp_path / "whole"), **kw)
 
     def kill(epoch):
@@ -73,6 +73,8 @@ def test_killed_pretrain_resumes_to_the_same_checkpoint(ntu, tmp_path):
     with pytest.raises(Killed):
         pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), on_epoch=kill, **kw)
     assert not (tmp_path / "cut" / "summary.json").exists()
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    (tmp_path / "cut" / "config.json").write_text(json.dumps({**config, "device": "cuda"}))  # begun on a GPU
     cut = pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), **kw)
     assert cut.checkpoint_sha256 == whole.checkpoint_sha256 and cut.best_epoch == whole.best_epoch
 
@@ -96,7 +98,7 @@ def test_pretrain_cli_inflates_2d_resnet(ntu, tmp_path):
     r = CliRunner().invoke(cli, ["pretrain", str(ntu), "--source-opt", "size=32", "--modality", "video",
                                  "--backbone", "inflated_resnet50", "--setting", "tiny", "--epochs", "1",
                                  "--batch-size", "4", "--inflate-from", str(tmp_path / "resnet50.pth"),
-                                 "--out", str(tmp_path / "run")], catch_exceptions=False)
+                                 "--out", str(tmp_path / "run"), "--device", "cpu"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "best val_accuracy" in r.output
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -108,7 +110,7 @@ def test_pretrain_multilabel_text(tmp_path):
     generate("mmimdb-like", tmp_path / "mm", samples=40, seed=1)
     src = MMIMDBSource(tmp_path / "mm" / "multimodal_imdb.hdf5")
     res = pretrain(src, "text", "maxout_mlp", str(tmp_path / "run"), setting="tiny", epochs=1, batch_size=8,
-                   progress=False)
+                   device="cpu", progress=False)
     assert res.metric == "val_f1_weighted" and 0 <= res.best_score <= 1
 
 
@@ -122,9 +124,10 @@ def test_weighted_f1():
 def test_pretrain_bad_options(ntu, tmp_path):
     src = NTUSource(ntu, size=32)
     with pytest.raises(ExtractError, match="inflated_resnet50 only"):
-        pretrain(src, "skeleton", "hcn", str(tmp_path / "r"), setting="tiny", inflate_from="x.pth", progress=False)
+        pretrain(src, "skeleton", "hcn", str(tmp_path / "r"), setting="tiny", inflate_from="x.pth", device="cpu",
+                 progress=False)
     with pytest.raises(BackboneError, match="reads image, not 'video'"):
-        pretrain(src, "video", "vgg19", str(tmp_path / "r"), setting="tiny", progress=False)
+        pretrain(src, "video", "vgg19", str(tmp_path / "r"), setting="tiny", device="cpu", progress=False)
     r = CliRunner().invoke(cli, ["pretrain", str(ntu), "--modality", "text", "--backbone", "maxout_mlp",
-                                 "--out", str(tmp_path / "r")])
+                                 "--out", str(tmp_path / "r"), "--device", "cpu"])
     assert r.exit_code == 2 and "has no modality 'text'" in r.output
