@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--score-min-steps", type=int, default=300)
     ap.add_argument("--score-seeds", type=int, default=3, help="training runs averaged per genotype score")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--arch-lr", type=float, default=3e-4, help="architecture Adam lr (DESIGN default 3e-4)")
+    ap.add_argument("--arch-lr", type=float, default=3e-4, help="architecture Adam lr (the design default 3e-4)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]

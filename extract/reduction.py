@@ -1,4 +1,4 @@
-"""The parameter-free reduction of DESIGN.md: every tap output becomes (N, C, T) for the cache.
+"""The parameter-free reduction of docs/design.md: every tap output becomes (N, C, T) for the cache.
 
 Only pooling happens here; the learned part (ReshapeInput: pool/interpolate to L, 1x1 conv, BN)
 lives in the fusion network, so one cache serves every C and L the search tries.

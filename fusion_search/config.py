@@ -1,4 +1,4 @@
-"""Search configuration: defaults (paper + official code, see DESIGN.md), YAML file, validation.
+"""Search configuration: defaults (paper + official code, see docs/design.md), YAML file, validation.
 
 Precedence: defaults < `--config FILE.yaml` < explicit CLI options. The resolved config is written
 to the run directory as `config.yaml` and is what `--resume` reads back.

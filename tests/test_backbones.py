@@ -1,4 +1,4 @@
-"""Backbone registry: declared taps match what the hooks see, and reduction follows DESIGN.md."""
+"""Backbone registry: declared taps match what the hooks see, and reduction follows docs/design.md."""
 
 from __future__ import annotations
 

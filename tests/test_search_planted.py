@@ -2,7 +2,7 @@
 four look-alike nodes are distractors. With one Cell, the derived Cell must read exactly {a_2, b_3}.
 
 Small store (200 train rows), so the search runs 12 epochs of batch 16 with an architecture lr of
-3e-3 (10x DESIGN's default, which needs more steps than a tiny store has); everything else is default.
+3e-3 (10x the design's default, which needs more steps than a tiny store has); everything else is default.
 Recovery rates over more seeds, and the pure-interaction (XOR) case: bench/search_planted.py.
 """
 
