@@ -91,7 +91,7 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
     item, last_err = None, None
     for sid in ids[:32]:  # the first readable sample decides data-dependent sizes
         try:
-            item = spec.prepare_input(source.load(sid, choice.modality), choice.modality, choice.setting)
+            item = spec.prepare_input(source.read(sid, choice.modality), choice.modality, choice.setting)
             break
         except Exception as exc:  # noqa: BLE001
             last_err = f"{sid}: {exc}"

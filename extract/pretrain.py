@@ -71,7 +71,7 @@ class _Samples(Dataset):
     def _read(self, i: int):
         sid = self.samples[i].id
         try:
-            x = self.spec.prepare_input(self.source.load(sid, self.modality), self.modality, self.setting)
+            x = self.spec.prepare_input(self.source.read(sid, self.modality), self.modality, self.setting)
         except Exception as exc:  # noqa: BLE001
             if self.skip:
                 return None

@@ -173,7 +173,7 @@ class RawSamples(Dataset):
         from extract.backbones import prepare_one
 
         sid = self.samples[i].id
-        x = {m: prepare_one(self.source.load(sid, m), m, spec) for m, spec in self.specs.items()}
+        x = {m: prepare_one(self.source.read(sid, m), m, spec) for m, spec in self.specs.items()}
         y = torch.as_tensor(self.labels[i])
         return x, (y.float() if self.multilabel else y.long())
 
@@ -234,7 +234,7 @@ def build_model(cfg: FinetuneConfig, genotype: Genotype, *, load_checkpoints: bo
                                   f"({cfg.setting}) has {len(tap_specs)} taps: "
                                   f"{', '.join(t.name for t in tap_specs)}")
         inp = spec.setting(cfg.setting).input
-        item = prepare_one(source.load(probe_ids[0], mod), mod, inp)
+        item = prepare_one(source.read(probe_ids[0], mod), mod, inp)
         model = spec.build(cfg.setting, source.num_classes, mod, int(item.shape[-1]) if mod == "text" else None)
         if b.get("checkpoint") and load_checkpoints:
             load_checkpoint(model, b["checkpoint"], head=spec.head)

@@ -47,6 +47,17 @@ class Source(ABC):
     def load(self, sample_id: str, modality: str) -> Any:
         """Read one modality of one sample (see the module docstring for array layouts)."""
 
+    def read(self, sample_id: str, modality: str) -> Any:
+        """`load`, refusing NaN/Inf: a non-finite input is a bad sample (skipped or failed like an
+        unreadable file), never a row of features. Every caller that feeds a model reads through here."""
+        from extract.errors import DataError
+
+        data = self.load(sample_id, modality)
+        if isinstance(data, np.ndarray) and data.dtype.kind in "fc" and not np.isfinite(data).all():
+            raise DataError(f"{self.path_of(sample_id, modality)}: the {modality} of sample {sample_id} holds "
+                            f"{int((~np.isfinite(data)).sum())} NaN/Inf values; fix or remove the file")
+        return data
+
     @abstractmethod
     def path_of(self, sample_id: str, modality: str) -> str:
         """The file a sample's modality is read from, for error messages and skip records."""
@@ -70,7 +81,7 @@ class Source(ABC):
         for s in tqdm(samples, desc=f"checking {self.name}", unit="sample", disable=not progress):
             for modality in self.modalities:
                 try:
-                    self.load(s.id, modality)
+                    self.read(s.id, modality)
                 except DataError as exc:
                     found.append(str(exc))
         return found
