@@ -27,6 +27,7 @@ from extract.checkpoints import sha256_file
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
 from extract.worker import INIT_SEED, Entry, run_chunks, warm_up
+from stores.lock import holds_lock
 
 ON_ERROR = ("fail", "skip")
 TRIM = "MALLOC_TRIM_THRESHOLD_"
@@ -133,7 +134,7 @@ def _init(e: Entry) -> str:
 
 
 def _provenance(entries: list[Entry], shas: list[str | None], reduction: ReductionConfig, dtype: str,
-                n: int, rows_per_chunk: int, source: Any) -> dict:
+                n: int, rows_per_chunk: int, source: Any, mode: str) -> dict:
     return {
         "backbones": [{"modality": e.modality, "backbone": e.backbone, "setting": e.setting,
                        "checkpoint": e.checkpoint, "checkpoint_sha256": sha,
@@ -142,10 +143,13 @@ def _provenance(entries: list[Entry], shas: list[str | None], reduction: Reducti
                       for e, sha in zip(entries, shas)],
         "reduction": reduction.as_dict(), "dtype": dtype, "num_samples": n,
         "rows_per_chunk": rows_per_chunk, "source": getattr(source, "name", "source"),
+        "source_options": source.options() if hasattr(source, "options") else {}, "mode": mode,
     }
 
 
-SAME_KEYS = ("backbones", "reduction", "dtype", "num_samples", "rows_per_chunk")
+# provenance that must match to resume. "mode" (in-process, LocalCluster or --scheduler) is recorded
+# but not compared: every mode writes the same bytes (tests/test_extract_job.py checks it)
+SAME_KEYS = ("backbones", "reduction", "dtype", "num_samples", "rows_per_chunk", "source", "source_options")
 
 
 def _comparable(prov: dict) -> dict:
@@ -334,6 +338,7 @@ class _Runner:
                 running.add(submit(todo.pop(0)))
 
 
+@holds_lock("out", "store")
 def extract(
     source: Any,
     out: str,
@@ -374,7 +379,8 @@ def extract(
     n = len(ids)
     probed = [_probe(source, ids, b, reduction, source.num_classes) for b in backbones]
     entries, shas = [p[0] for p in probed], [p[1] for p in probed]
-    prov = _provenance(entries, shas, reduction, dtype, n, rows_per_chunk, source)
+    mode = "in-process" if not use_dask else ("scheduler" if scheduler else "local-cluster")
+    prov = _provenance(entries, shas, reduction, dtype, n, rows_per_chunk, source, mode)
     writer = _reopen(out, prov) if Path(out).exists() and not overwrite else None
     resumed = writer is not None
     if writer is None:

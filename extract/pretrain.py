@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from extract.backbones import get_backbone
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkpoint
 from extract.errors import DataError, ExtractError
+from stores.lock import holds_lock
 
 
 @dataclass
@@ -147,6 +148,7 @@ def _resume_state(out: Path, config: dict, model: nn.Module, opt, sched) -> dict
     return {k: ckpt[k] for k in ("epoch", "best", "best_epoch", "sha", "history")}
 
 
+@holds_lock("out_dir", "run directory")
 def pretrain(
     source: Any,
     modality: str,

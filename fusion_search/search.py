@@ -63,6 +63,7 @@ from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.schedule import weight_optimizer
+from stores.lock import holds_lock
 
 CHECKPOINT = "checkpoints/last.pt"
 BatchCallback = Callable[[int, int], None]
@@ -171,6 +172,7 @@ def load_run_config(run_dir: str | os.PathLike) -> SearchConfig:
     return config_from_mapping(yaml.safe_load(path.read_text()) or {}, str(path))
 
 
+@holds_lock("out", "run directory")
 def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = False,
                on_batch: BatchCallback | None = None) -> SearchResult:
     """Run (or resume) a search into run directory `out`; returns the best genotype."""

@@ -43,6 +43,7 @@ from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.schedule import weight_optimizer
 from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
 from pipeline.train import TRAIN_ON, Schedule, check_run_options, read_run_config
+from stores.lock import holds_lock
 
 _NODE = re.compile(r"^(?P<modality>.+)_(?P<k>\d+)$")
 
@@ -285,6 +286,7 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
     return np.concatenate(logits), np.concatenate(labels)
 
 
+@holds_lock("out_dir", "run directory")
 def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequence[str | dict[str, Any]],
              out_dir: str | os.PathLike, *, source_kind: str | None = None, source_split: str | None = None,
              source_opts: dict[str, Any] | None = None, setting: str = "full", init_from: str | None = None,
@@ -330,6 +332,7 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     return _run(cfg, genotype, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
 
 
+@holds_lock("run_dir", "run directory")
 def resume_finetune(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True) -> dict[str, Any]:
     """Continue a killed finetune run after its last completed epoch."""
     run = Path(run_dir)

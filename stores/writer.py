@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - depends on the installed zarr
 
 from stores import schema as S
 from stores.errors import StoreError
+from stores.lock import holds_lock
 
 
 def _compressor(codec: str, dtype: str) -> BloscCodec:
@@ -264,6 +265,7 @@ def open_writer(path: str | os.PathLike) -> StoreWriter:
     return StoreWriter(path)
 
 
+@holds_lock("path", "store")
 def write_store_from_arrays(
     path: str | os.PathLike,
     features: Mapping[str, np.ndarray],

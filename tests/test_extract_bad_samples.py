@@ -79,3 +79,17 @@ def test_bad_sample_stops_the_run_under_on_error_fail(ntu, tmp_path):
     line = r.output.strip().splitlines()[-1]
     first = sorted(want)[0]
     assert line.startswith(f"error: sample {first}") and want[first] in line
+
+
+def test_resume_with_other_source_options_is_refused(ntu, tmp_path):
+    out = tmp_path / "r.zarr"
+    base = ["extract", str(ntu), "--out", str(out), "--backbone", "skeleton=hcn", "--setting", "tiny",
+            "--source-opt", "size=32", "--rows-per-chunk", "4", "--no-dask", "--quiet"]
+    assert CliRunner().invoke(cli, base).exit_code == 0
+    prov = open_store(out).attrs["extraction"]
+    assert prov["source"] == "ntu" and prov["mode"] == "in-process"
+    assert prov["source_options"]["skeleton_frames"] == 32 and prov["source_options"]["size"] == 32
+    before = open_store(out).array("skeleton_1")[...]
+    r = CliRunner().invoke(cli, [*base, "--source-opt", "skeleton_frames=16"])
+    assert r.exit_code == 2 and "other settings (source_options differ)" in r.output, r.output
+    np.testing.assert_array_equal(open_store(out).array("skeleton_1")[...], before)

@@ -14,6 +14,8 @@ DataLoader workers. Array conventions per modality (what `load` returns):
 
 from __future__ import annotations
 
+import inspect
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +67,18 @@ class Source(ABC):
     def problems(self) -> list[str]:
         """Problems found while listing (skipped samples, missing files), one line each."""
         return []
+
+    def options(self) -> dict[str, Any]:
+        """The adapter's settings as it holds them (its constructor arguments, resolved: ``size="auto"``
+        becomes the size used), as JSON values. A store records them so that a resumed extraction with
+        other settings (frames, size, ...) is refused instead of mixing two preprocessings. The data
+        path is not among them: a dataset may move."""
+        out: dict[str, Any] = {}
+        for name in inspect.signature(type(self).__init__).parameters:
+            if name in ("self", "root", "path") or not hasattr(self, name):
+                continue
+            out[name] = json.loads(json.dumps(getattr(self, name), default=str))
+        return out
 
     def check(self, samples: list[Sample] | None = None, progress: bool = False) -> list[str]:
         """Load every modality of every sample and return one line per failure.
