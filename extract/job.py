@@ -361,6 +361,11 @@ def extract(
     timeout: float = 10.0,
 ) -> ExtractResult:
     """Run frozen backbones over every sample of ``source`` into the store at ``out`` (resumable)."""
+    for option, value in (("--rows-per-chunk", rows_per_chunk), ("--chunks-per-task", chunks_per_task),
+                          ("--batch-size", batch_size), ("--workers", workers),
+                          ("--threads-per-worker", threads_per_worker)):
+        if not isinstance(value, int) or value < 1:  # checked before the store is touched
+            raise ExtractError(f"{option} {value!r}: use a positive integer")
     if on_error not in ON_ERROR:
         raise ExtractError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
     if device not in ("auto", "cpu", "cuda"):

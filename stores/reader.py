@@ -64,8 +64,8 @@ def _body_problems(group: zarr.Group, attrs: dict[str, Any]) -> list[str]:
         if arr is None or not isinstance(arr, zarr.Array):
             problems.append(f"features/{node} is missing (listed in attrs['bmnas']['nodes'])")
             continue
-        if arr.ndim != 3:
-            problems.append(f"features/{node} has shape {arr.shape}, expected (N, C, T)")
+        if arr.ndim != 3 or 0 in arr.shape[1:]:
+            problems.append(f"features/{node} has shape {arr.shape}, expected (N, C, T) with C, T >= 1")
         if str(arr.dtype) not in S.DTYPES:
             problems.append(f"features/{node} has dtype {arr.dtype}, expected float16 or float32")
         sizes[f"features/{node}"] = arr.shape[0]

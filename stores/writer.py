@@ -179,8 +179,7 @@ class StoreWriter:
             raise StoreError(f"{self.path}: cannot finalize, {len(missing)} chunks are not written (first: {missing[:5]})")
         _write_tables(self._group, self.num_samples, self.rows_per_chunk, labels, splits, sample_ids)
         attrs = dict(self.attrs)
-        if skipped:
-            attrs["skipped"] = [dict(s) for s in skipped]
+        attrs["skipped"] = [dict(s) for s in skipped]  # always: a resumed run that fixed a sample clears it
         attrs.update(extra_attrs or {})
         self._group.attrs[S.ATTRS_KEY] = attrs
         self.attrs = attrs

@@ -93,3 +93,30 @@ def test_resume_with_other_source_options_is_refused(ntu, tmp_path):
     r = CliRunner().invoke(cli, [*base, "--source-opt", "skeleton_frames=16"])
     assert r.exit_code == 2 and "other settings (source_options differ)" in r.output, r.output
     np.testing.assert_array_equal(open_store(out).array("skeleton_1")[...], before)
+
+
+def test_fixed_sample_leaves_the_skipped_list_on_rerun(ntu, tmp_path):
+    root, want = _damaged(ntu, tmp_path)
+    out = tmp_path / "s.zarr"
+    assert _extract(root, out, "--on-error", "skip").exit_code == 0
+    assert len(open_store(out).attrs["skipped"]) == 4
+    for sid in want:  # repair every file from the intact copy
+        for name in (f"{sid}.skeleton", f"{sid}_rgb.avi"):
+            rel = next(ntu.rglob(name)).relative_to(ntu)
+            shutil.copy(ntu / rel, root / rel)
+    r = _extract(root, out, "--on-error", "skip")
+    assert r.exit_code == 0 and "0 skipped" in r.output, r.output
+    store = open_store(out)
+    assert store.attrs["skipped"] == [] and sum(v.size for v in store.splits.values()) == 16
+    assert verify_store(out) == []
+
+
+@pytest.mark.parametrize("option", [("--t-max", "0"), ("--batch-size", "0"), ("--workers", "0"),
+                                    ("--chunks-per-task", "0"), ("--rows-per-chunk", "0")])
+def test_non_positive_sizes_are_refused_before_the_store_exists(ntu, tmp_path, option):
+    out = tmp_path / "z.zarr"
+    r = CliRunner().invoke(cli, ["extract", str(ntu), "--out", str(out), "--backbone", "skeleton=hcn",
+                                 "--setting", "tiny", "--quiet", *option])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == f"error: {option[0]} 0: use a positive integer"
+    assert not out.exists()
