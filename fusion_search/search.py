@@ -62,6 +62,7 @@ from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
 from fusion_search.metrics import PRIMARY, loss_fn
+from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from fusion_search.schedule import weight_optimizer
 from stores.lock import holds_lock
 
@@ -226,7 +227,7 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
     key = PRIMARY[task]
     state = {"epoch": 0, "best": None, "scores": {}}
     if resume:
-        ckpt = torch.load(files.checkpoint, map_location=device, weights_only=True)
+        ckpt = load_run_checkpoint(files.checkpoint, device, ("config", "model"))
         if ckpt["config"] != cfg.to_dict():
             raise SearchError(f"--resume {files.root}: config.yaml differs from the checkpoint's settings; restore it")
         model.load_state_dict(ckpt["model"])
@@ -345,6 +346,4 @@ def _save_checkpoint(path: Path, cfg, model, w_opt, a_opt, sched, state, device)
             "model": model.state_dict(), "weight_optimizer": w_opt.state_dict(),
             "arch_optimizer": a_opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    save_run_checkpoint(ckpt, path)

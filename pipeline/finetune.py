@@ -40,6 +40,7 @@ from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
+from fusion_search.run_checkpoint import load_run_checkpoint
 from fusion_search.schedule import weight_optimizer
 from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
 from pipeline.train import TRAIN_ON, Schedule, check_run_options, read_run_config
@@ -359,7 +360,7 @@ def _init_fusion(model: JointModel, genotype: Genotype, init_from: str) -> None:
         raise SearchError(f"--init-from {run}: give a finished `bmnas train` run directory (with {BEST})")
     if Genotype.load(run / "genotype.json").key() != genotype.key():
         raise SearchError(f"--init-from {run}: that run trained another genotype than --genotype")
-    state = torch.load(run / BEST, map_location="cpu", weights_only=True)["model"]
+    state = load_run_checkpoint(run / BEST)["model"]
     try:
         model.fusion.load_state_dict(state)
     except RuntimeError as exc:
@@ -457,7 +458,7 @@ def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, de
     dev = resolve_device(device or cfg.device)
     amp = cfg.amp and dev.type == "cuda"
     model = built.model.to(dev)
-    ckpt = torch.load(run / BEST, map_location=dev, weights_only=True)
+    ckpt = load_run_checkpoint(run / BEST, dev)
     model.load_state_dict(ckpt["model"])
     loader = _loader(built, [split], cfg, shuffle=False, batch_size=batch_size)
     t0 = time.perf_counter()

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+
 LAST = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
 
@@ -24,13 +26,6 @@ BEST = "checkpoints/best.pt"
 def abs_path(path: str | os.PathLike) -> str:
     """Absolute form of a path a run config records, so evaluate/report/resume work from any directory."""
     return str(Path(path).resolve()) if str(path) else ""
-
-
-def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save through a temporary file, so a kill never leaves half a checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def run_logger(run: Path, kind: str) -> tuple[logging.Logger, logging.Handler]:
@@ -62,7 +57,7 @@ class EpochBook:
 
     def restore(self, device: torch.device) -> dict[str, Any]:
         """Load last.pt; returns it (model/optimiser states for the caller), restores RNG and bookkeeping."""
-        ckpt = torch.load(self.run / LAST, map_location=device, weights_only=True)
+        ckpt = load_run_checkpoint(self.run / LAST, device, ("model", "rng", *self.state))
         torch.set_rng_state(ckpt["rng"])
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
@@ -90,12 +85,12 @@ class EpochBook:
                 self.state["best_score"] = score
         if improved:
             self.state["best_epoch"] = epoch
-            atomic_save({"model": model.state_dict(), "epoch": epoch, "score": self.state["best_score"]},
+            save_run_checkpoint({"model": model.state_dict(), "epoch": epoch, "score": self.state["best_score"]},
                         self.run / BEST)
         self.state["epoch"] = epoch
         with (self.run / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        atomic_save({"model": model.state_dict(), **resume_state, "rng": torch.get_rng_state(),
+        save_run_checkpoint({"model": model.state_dict(), **resume_state, "rng": torch.get_rng_state(),
                      "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, **self.state},
                     self.run / LAST)
         val = f", val {self.key} {record['val'].get(self.key, float('nan')):.4f}" if "val" in record else ""

@@ -68,6 +68,16 @@ class Schedule:
     dropout: float = 0.2
     grad_clip: float = 5.0
 
+    def __post_init__(self) -> None:
+        """Refuse rates a run cannot use (a negative or NaN --lr trains into NaN) before anything is written."""
+        for name, low, strict in (("lr", 0.0, True), ("lr_min", 0.0, False), ("weight_decay", 0.0, False),
+                                  ("grad_clip", 0.0, True)):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
+            if not ok:
+                raise SearchError(f"--{name.replace('_', '-')} {value!r}: use a finite number "
+                                  f"{'above' if strict else 'of at least'} {low:g}")
+
 
 @dataclass
 class TrainConfig(Schedule):
