@@ -40,7 +40,7 @@ def _damaged(ntu: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     avi.write_bytes(avi.read_bytes()[: avi.stat().st_size // 2])
     next(root.rglob(f"{ids[9]}_rgb.avi")).unlink()
     next(root.rglob(f"{ids[12]}.skeleton")).write_bytes(b"")
-    return root, {ids[1]: "NaN/Inf", ids[6]: "truncated", ids[9]: "no video file", ids[12]: "file ends"}
+    return root, {ids[1]: "NaN/Inf", ids[6]: "truncated", ids[9]: "no video file", ids[12]: "empty skeleton file"}
 
 
 def _extract(root: Path, out: Path, *extra: str):

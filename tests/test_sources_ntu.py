@@ -221,16 +221,16 @@ def test_source_lists_splits_skips_and_loads(tmp_path: Path) -> None:
     assert video.shape == (4, 16, 16, 3) and video.dtype == np.uint8
     assert skeleton.shape == (3, 32, 25, 2) and skeleton.dtype == np.float32
     assert src.path_of(ids[0], "skeleton").endswith("S001C001P001R001A001.skeleton")
-    assert src.check(good) == []
-    found = src.check()
-    assert len(found) == 4 and all(any(sid in f for f in found) for sid in unreadable)
+    assert set(src.unreadable()) == unreadable and src.check() == []  # problems() names them once
+    with pytest.raises(DataError, match="S001C001P008R001A005: empty skeleton file"):
+        src.read("S001C001P008R001A005", "video")
 
 
 def test_source_skeleton_only_keeps_samples_without_video(tmp_path: Path) -> None:
     src = NTUSource(_ntu_root(tmp_path), split="cross-view", modalities=("skeleton",))
     ids = {s.id for s in src.samples()}
     assert "S001C001P013R001A006" in ids and "S001C001P004R001A004" in ids  # the latter lacks its skeleton
-    with pytest.raises(DataError, match="no skeleton file"):
+    with pytest.raises(DataError, match="S001C001P004R001A004: no skeleton file"):
         src.read("S001C001P004R001A004", "skeleton")
     assert {s.split for s in src.samples() if s.id.startswith("S001C001")} == {"test"}
 
@@ -241,8 +241,7 @@ def test_source_check_reports_every_corrupt_file(tmp_path: Path) -> None:
     (root / "nturgb+d_skeletons" / "S002C001P003R002A003.skeleton").write_text("4\n1\n" + INFO + "\n25\n1 2 3\n")
     src = NTUSource(root, frames=4, size=16)
     found = src.check()  # the corrupt video is found by decoding ...
-    assert sum("S001C001P001R001A001_rgb.avi" in f for f in found) == 1
-    assert sum("S002C001P003R002A003.skeleton:5:" in f for f in found) == 1
+    assert len(found) == 1 and "S001C001P001R001A001_rgb.avi" in found[0]
     # ... the malformed (small) skeleton already while listing, with its line
     assert any("S002C001P003R002A003.skeleton:5:" in p for p in src.problems())
 

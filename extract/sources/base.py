@@ -54,6 +54,9 @@ class Source(ABC):
         unreadable file), never a row of features. Every caller that feeds a model reads through here."""
         from extract.errors import DataError
 
+        why = self.unreadable().get(sample_id)
+        if why is not None:
+            raise DataError(f"{sample_id}: {why}")
         data = self.load(sample_id, modality)
         if isinstance(data, np.ndarray) and data.dtype.kind in "fc" and not np.isfinite(data).all():
             raise DataError(f"{self.path_of(sample_id, modality)}: the {modality} of sample {sample_id} holds "
@@ -67,6 +70,11 @@ class Source(ABC):
     def problems(self) -> list[str]:
         """Problems found while listing (skipped samples, missing files), one line each."""
         return []
+
+    def unreadable(self) -> dict[str, str]:
+        """Listed samples that listing already knows cannot be read (id -> reason): `read` raises at
+        once, so extraction records them as skipped (or stops) with that reason."""
+        return {}
 
     def options(self) -> dict[str, Any]:
         """The adapter's settings as it holds them (its constructor arguments, resolved: ``size="auto"``
@@ -92,6 +100,7 @@ class Source(ABC):
 
         found = []
         samples = self.samples() if samples is None else samples
+        samples = [s for s in samples if s.id not in self.unreadable()]  # problems() lists them already
         for s in tqdm(samples, desc=f"checking {self.name}", unit="sample", disable=not progress):
             for modality in self.modalities:
                 try:
@@ -124,12 +133,16 @@ class ListedSource(Source):
         self._samples: list[Sample] = []
         self._problems: list[str] = []
         self._files: dict[str, dict[str, Any]] = {}
+        self._unreadable: dict[str, str] = {}
 
     def samples(self) -> list[Sample]:
         return list(self._samples)
 
     def problems(self) -> list[str]:
         return list(self._problems)
+
+    def unreadable(self) -> dict[str, str]:
+        return dict(self._unreadable)
 
     def path_of(self, sample_id: str, modality: str) -> str:
         from extract.errors import DataError

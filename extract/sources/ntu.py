@@ -96,8 +96,9 @@ class NTUSource(ListedSource):
     ``size="auto"`` resizes/crops frames to 112 px, or keeps the frame size of synthetic data.
     Samples named in a skip list (``*missing_skeletons*.txt`` in ``root`` or ``skip_list``), beyond the
     classes or outside the split preset are left out and listed in ``problems()``. Samples whose
-    skeleton or video is missing, empty or has no body in any frame stay listed (and in ``problems()``):
-    loading them raises, so extraction records them as skipped or stops, and none vanishes unrecorded.
+    skeleton or video is missing, empty or has no body in any frame stay listed (in ``problems()`` and
+    ``unreadable()``): reading them raises, so extraction records them as skipped or stops, and none
+    vanishes unrecorded.
     """
 
     name = "ntu"
@@ -162,6 +163,7 @@ class NTUSource(ListedSource):
                     reason = _bodiless(p)
             if reason is not None:  # listed, so extraction records it as skipped (or stops on it)
                 self._problems.append(f"{sid}: unreadable, {reason}")
+                self._unreadable[sid] = reason
             excluded = None
             if "skeleton" in self.modalities and sid in skip:
                 excluded = "listed as a sample with missing skeletons"
