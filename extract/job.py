@@ -28,6 +28,7 @@ from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
 from extract.worker import INIT_SEED, PRECISIONS, Entry, Placement, run_chunks, warm_up
 from stores.device import DEVICES, gpu_slot
+from stores.lock import holds_lock
 
 ON_ERROR = ("fail", "skip")
 
@@ -93,7 +94,7 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
     item, last_err = None, None
     for sid in ids[:32]:  # the first readable sample decides data-dependent sizes
         try:
-            item = spec.prepare_input(source.load(sid, choice.modality), choice.modality, choice.setting)
+            item = spec.prepare_input(source.read(sid, choice.modality), choice.modality, choice.setting)
             break
         except Exception as exc:  # noqa: BLE001
             last_err = f"{sid}: {exc}"
@@ -135,7 +136,7 @@ def _init(e: Entry) -> str:
 
 
 def _provenance(entries: list[Entry], shas: list[str | None], reduction: ReductionConfig, dtype: str,
-                n: int, rows_per_chunk: int, source: Any, placement: Placement) -> dict:
+                n: int, rows_per_chunk: int, source: Any, placement: Placement, mode: str) -> dict:
     return {
         "device": _device_type(placement), "precision": placement.precision,
         "backbones": [{"modality": e.modality, "backbone": e.backbone, "setting": e.setting,
@@ -145,10 +146,14 @@ def _provenance(entries: list[Entry], shas: list[str | None], reduction: Reducti
                       for e, sha in zip(entries, shas)],
         "reduction": reduction.as_dict(), "dtype": dtype, "num_samples": n,
         "rows_per_chunk": rows_per_chunk, "source": getattr(source, "name", "source"),
+        "source_options": source.options() if hasattr(source, "options") else {}, "mode": mode,
     }
 
 
-SAME_KEYS = ("backbones", "reduction", "dtype", "num_samples", "rows_per_chunk", "device", "precision")
+# provenance that must match to resume. "mode" (in-process, LocalCluster or --scheduler) is recorded
+# but not compared: every mode writes the same bytes (tests/test_extract_job.py checks it)
+SAME_KEYS = ("backbones", "reduction", "dtype", "num_samples", "rows_per_chunk", "source", "source_options",
+             "device", "precision")
 
 
 def _device_type(placement: Placement) -> str:
@@ -353,6 +358,7 @@ class _Runner:
                 running.add(submit(todo.pop(0)))
 
 
+@holds_lock("out", "store")
 def extract(
     source: Any,
     out: str,
@@ -380,6 +386,11 @@ def extract(
     ``device`` is checked on the workers (a head node needs no GPU); ``precision`` is the forward's
     compute precision (auto: float16 autocast on CUDA for a float16 store); both go into the store's
     provenance, and a resume with other values is refused."""
+    for option, value in (("--rows-per-chunk", rows_per_chunk), ("--chunks-per-task", chunks_per_task),
+                          ("--batch-size", batch_size), ("--workers", workers),
+                          ("--threads-per-worker", threads_per_worker)):
+        if not isinstance(value, int) or value < 1:  # checked before the store is touched
+            raise ExtractError(f"{option} {value!r}: use a positive integer")
     if on_error not in ON_ERROR:
         raise ExtractError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
     place(device, precision, dtype, {})  # bad option values fail before any work
@@ -395,6 +406,7 @@ def extract(
     n = len(ids)
     probed = [_probe(source, ids, b, reduction, source.num_classes) for b in backbones]
     entries, shas = [p[0] for p in probed], [p[1] for p in probed]
+    mode = "in-process" if not use_dask else ("scheduler" if scheduler else "local-cluster")
     resumed = Path(out).exists() and not overwrite
     if not resumed:
         _check_writable(out)
@@ -424,7 +436,7 @@ def extract(
     runner = _Runner(use_dask, scheduler, workers, threads_per_worker, timeout)
     try:
         placement = place(device, precision, dtype, runner.gpus(device))
-        prov = _provenance(entries, shas, reduction, dtype, n, rows_per_chunk, source, placement)
+        prov = _provenance(entries, shas, reduction, dtype, n, rows_per_chunk, source, placement, mode)
         if resumed:
             writer = _reopen(out, prov)
         else:

@@ -29,6 +29,7 @@ from extract.backbones import get_backbone
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkpoint
 from extract.errors import DataError, ExtractError
 from stores.device import resolve_device, restore_rng, rng_state
+from stores.lock import holds_lock
 
 
 @dataclass
@@ -73,7 +74,7 @@ class _Samples(Dataset):
     def _read(self, i: int):
         sid = self.samples[i].id
         try:
-            x = self.spec.prepare_input(self.source.load(sid, self.modality), self.modality, self.setting)
+            x = self.spec.prepare_input(self.source.read(sid, self.modality), self.modality, self.setting)
         except Exception as exc:  # noqa: BLE001
             if self.skip:
                 return None
@@ -151,6 +152,7 @@ def _resume_state(out: Path, config: dict, model: nn.Module, opt, sched, device:
     return {k: ckpt[k] for k in ("epoch", "best", "best_epoch", "sha", "history")}
 
 
+@holds_lock("out_dir", "run directory")
 def pretrain(
     source: Any,
     modality: str,

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from extract.errors import BackboneError
+from extract.errors import BackboneError, ExtractError
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,11 @@ class ReductionConfig:
 
     t_max: int = 32
     grid: int = 4
+
+    def __post_init__(self) -> None:
+        for option, value in (("--t-max", self.t_max), ("--grid", self.grid)):
+            if not isinstance(value, int) or value < 1:  # 0 would cache nodes of length 0
+                raise ExtractError(f"{option} {value!r}: use a positive integer")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -163,7 +163,7 @@ def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple
         got: dict[str, torch.Tensor] = {}
         for modality, (spec, setting) in specs.items():
             try:
-                got[modality] = spec.prepare_input(source.load(sid, modality), modality, setting)
+                got[modality] = spec.prepare_input(source.read(sid, modality), modality, setting)
             except Exception as exc:  # noqa: BLE001 - any read/decode failure is this sample's
                 try:
                     path = source.path_of(sid, modality)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import yaml
 
 from fusion_search.errors import SearchError
+from fusion_search.genotype import MAX_SIZES
 from fusion_search.primitives import DEFAULT_PRIMITIVES, PRIMITIVES
 
 SCORE_MODES = ("found", "hypernet")
@@ -100,8 +101,8 @@ def validate(cfg: SearchConfig) -> None:
     """Range and consistency checks that need no store (store-dependent checks live in the search)."""
     _check_range("cells", cfg.cells, 1, 16)
     _check_range("steps", cfg.steps, 1, 8)
-    _check_range("channels", cfg.channels, 1, 4096)
-    _check_range("length", cfg.length, 1, 1024)
+    _check_range("channels", cfg.channels, 1, MAX_SIZES["C"])
+    _check_range("length", cfg.length, 1, MAX_SIZES["L"])
     _check_range("epochs", cfg.epochs, 1, 100000)
     _check_range("batch_size", cfg.batch_size, 1, 1 << 20)
     _check_range("arch_warmup_epochs", cfg.arch_warmup_epochs, 0, cfg.epochs - 1)

@@ -111,6 +111,10 @@ def cell_name(k: int) -> str:
     return f"cell_{k + 1}"
 
 
+# the largest sizes a genotype may ask for: a network of C = 1e9 would exhaust memory, not train
+MAX_SIZES = {"num_classes": 100_000, "C": 4096, "L": 1024, "multiplier": 64}
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -133,9 +137,9 @@ def _parse(data: Any, src: str) -> Genotype:
         raise bad(f"unknown field(s) {', '.join(unknown)}")
     if data["task"] not in TASKS:
         raise bad(f"task {data['task']!r} is not one of {', '.join(TASKS)}")
-    for k in ("num_classes", "C", "L", "multiplier"):
-        if not _is_int(data[k]) or data[k] < 1:
-            raise bad(f"{k} must be a positive integer, got {data[k]!r}")
+    for k, most in MAX_SIZES.items():
+        if not _is_int(data[k]) or not 1 <= data[k] <= most:
+            raise bad(f"{k} must be an integer in 1..{most}, got {data[k]!r}")
     nodes = data["nodes"]
     if (not isinstance(nodes, list) or len(nodes) < 1 or not all(isinstance(n, str) and n for n in nodes)
             or len(set(nodes)) != len(nodes)):

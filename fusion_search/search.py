@@ -61,8 +61,10 @@ from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
 from fusion_search.metrics import PRIMARY, loss_fn
+from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from fusion_search.schedule import weight_optimizer
 from stores.device import restore_rng, rng_state
+from stores.lock import holds_lock
 
 CHECKPOINT = "checkpoints/last.pt"
 BatchCallback = Callable[[int, int], None]
@@ -167,6 +169,7 @@ def load_run_config(run_dir: str | os.PathLike) -> SearchConfig:
     return config_from_mapping(yaml.safe_load(path.read_text()) or {}, str(path))
 
 
+@holds_lock("out", "run directory")
 def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = False,
                on_batch: BatchCallback | None = None) -> SearchResult:
     """Run (or resume) a search into run directory `out`; returns the best genotype."""
@@ -220,8 +223,7 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
     key = PRIMARY[task]
     state = {"epoch": 0, "best": None, "scores": {}}
     if resume:
-        # on the CPU: RNG states must stay there; load_state_dict copies weights to the model's device
-        ckpt = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
+        ckpt = load_run_checkpoint(files.checkpoint, ("config", "model"))
         if _settings(ckpt["config"]) != _settings(cfg.to_dict()):
             raise SearchError(f"--resume {files.root}: config.yaml differs from the checkpoint's settings; restore it")
         model.load_state_dict(ckpt["model"])
@@ -339,6 +341,4 @@ def _save_checkpoint(path: Path, cfg, model, w_opt, a_opt, sched, state, device)
     ckpt = {"config": cfg.to_dict(), "epoch": state["epoch"], "best": state["best"], "scores": state["scores"],
             "model": model.state_dict(), "weight_optimizer": w_opt.state_dict(),
             "arch_optimizer": a_opt.state_dict(), "scheduler": sched.state_dict(), **rng_state(device)}
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    save_run_checkpoint(ckpt, path)

@@ -8,6 +8,7 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -60,6 +61,12 @@ class BmnasGroup(click.Group):
             return super().invoke(ctx)
         except user_errors() as exc:  # type: ignore[misc]
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except OSError as exc:  # a full disk is the machine's state, not a bug: every stage keeps what is complete
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            click.echo(f"error: no space left on the device writing {exc.filename or 'a file'}; free space, then "
+                       "rerun the same command (extract resumes; search/train/finetune take --resume)", err=True)
             ctx.exit(2)
 
 

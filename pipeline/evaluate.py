@@ -30,6 +30,7 @@ from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import (compute_metrics, confusion_matrix, loss_fn, multiclass_f1_macro,
                                    per_class_f1)
+from fusion_search.run_checkpoint import load_run_checkpoint
 from pipeline.train import BEST, open_splits, open_store_checked, read_run_config
 
 @torch.no_grad()
@@ -179,7 +180,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
     dev = resolve_device(device or cfg.get("device", "auto"))
     bs = int(batch_size or cfg.get("batch_size", 96))
     model = FoundNetwork(genotype, store.node_shapes, float(cfg.get("dropout", 0.2))).to(dev)
-    ckpt = torch.load(run / BEST, map_location="cpu", weights_only=True)
+    ckpt = load_run_checkpoint(run / BEST)
     model.load_state_dict(ckpt["model"])
     data = open_splits(store, [split], genotype.used_nodes(), dev)
     t0 = time.perf_counter()

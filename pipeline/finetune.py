@@ -40,9 +40,11 @@ from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
+from fusion_search.run_checkpoint import load_run_checkpoint
 from fusion_search.schedule import weight_optimizer
 from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
 from pipeline.train import TRAIN_ON, Schedule, check_run_options, read_run_config
+from stores.lock import holds_lock
 
 _NODE = re.compile(r"^(?P<modality>.+)_(?P<k>\d+)$")
 
@@ -173,7 +175,7 @@ class RawSamples(Dataset):
         from extract.backbones import prepare_one
 
         sid = self.samples[i].id
-        x = {m: prepare_one(self.source.load(sid, m), m, spec) for m, spec in self.specs.items()}
+        x = {m: prepare_one(self.source.read(sid, m), m, spec) for m, spec in self.specs.items()}
         y = torch.as_tensor(self.labels[i])
         return x, (y.float() if self.multilabel else y.long())
 
@@ -234,7 +236,7 @@ def build_model(cfg: FinetuneConfig, genotype: Genotype, *, load_checkpoints: bo
                                   f"({cfg.setting}) has {len(tap_specs)} taps: "
                                   f"{', '.join(t.name for t in tap_specs)}")
         inp = spec.setting(cfg.setting).input
-        item = prepare_one(source.load(probe_ids[0], mod), mod, inp)
+        item = prepare_one(source.read(probe_ids[0], mod), mod, inp)
         model = spec.build(cfg.setting, source.num_classes, mod, int(item.shape[-1]) if mod == "text" else None)
         if b.get("checkpoint") and load_checkpoints:
             load_checkpoint(model, b["checkpoint"], head=spec.head)
@@ -286,6 +288,7 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
     return np.concatenate(logits), np.concatenate(labels)
 
 
+@holds_lock("out_dir", "run directory")
 def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequence[str | dict[str, Any]],
              out_dir: str | os.PathLike, *, source_kind: str | None = None, source_split: str | None = None,
              source_opts: dict[str, Any] | None = None, setting: str = "full", init_from: str | None = None,
@@ -331,6 +334,7 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     return _run(cfg, genotype, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
 
 
+@holds_lock("run_dir", "run directory")
 def resume_finetune(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
                     device: str | None = None) -> dict[str, Any]:
     """Continue a killed finetune run after its last completed epoch (`device`: move it, as `resume_training`)."""
@@ -359,7 +363,7 @@ def _init_fusion(model: JointModel, genotype: Genotype, init_from: str) -> None:
         raise SearchError(f"--init-from {run}: give a finished `bmnas train` run directory (with {BEST})")
     if Genotype.load(run / "genotype.json").key() != genotype.key():
         raise SearchError(f"--init-from {run}: that run trained another genotype than --genotype")
-    state = torch.load(run / BEST, map_location="cpu", weights_only=True)["model"]
+    state = load_run_checkpoint(run / BEST)["model"]
     try:
         model.fusion.load_state_dict(state)
     except RuntimeError as exc:
@@ -465,7 +469,7 @@ def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, de
     dev = resolve_device(device or cfg.device)
     amp = cfg.amp and dev.type == "cuda"
     model = built.model.to(dev)
-    ckpt = torch.load(run / BEST, map_location="cpu", weights_only=True)
+    ckpt = load_run_checkpoint(run / BEST)
     model.load_state_dict(ckpt["model"])
     loader = _loader(built, [split], cfg, dev, shuffle=False, batch_size=batch_size)
     t0 = time.perf_counter()

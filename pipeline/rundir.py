@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from stores.device import restore_rng, rng_state
 
 LAST = "checkpoints/last.pt"
@@ -26,13 +27,6 @@ BEST = "checkpoints/best.pt"
 def abs_path(path: str | os.PathLike) -> str:
     """Absolute form of a path a run config records, so evaluate/report/resume work from any directory."""
     return str(Path(path).resolve()) if str(path) else ""
-
-
-def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save through a temporary file, so a kill never leaves half a checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def run_logger(run: Path, kind: str) -> tuple[logging.Logger, logging.Handler]:
@@ -64,8 +58,7 @@ class EpochBook:
 
     def restore(self, device: torch.device) -> dict[str, Any]:
         """Load last.pt; returns it (model/optimiser states for the caller), restores RNG and bookkeeping."""
-        # on the CPU: RNG states must stay there; load_state_dict copies weights to the model's device
-        ckpt = torch.load(self.run / LAST, map_location="cpu", weights_only=True)
+        ckpt = load_run_checkpoint(self.run / LAST, ("model", "rng", *self.state))
         restore_rng(ckpt, device)
         self.state = {k: ckpt[k] for k in self.state}
         path = self.run / "metrics.jsonl"
@@ -91,12 +84,12 @@ class EpochBook:
                 self.state["best_score"] = score
         if improved:
             self.state["best_epoch"] = epoch
-            atomic_save({"model": model.state_dict(), "epoch": epoch, "score": self.state["best_score"]},
+            save_run_checkpoint({"model": model.state_dict(), "epoch": epoch, "score": self.state["best_score"]},
                         self.run / BEST)
         self.state["epoch"] = epoch
         with (self.run / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        atomic_save({"model": model.state_dict(), **resume_state, **rng_state(device), **self.state},
+        save_run_checkpoint({"model": model.state_dict(), **resume_state, **rng_state(device), **self.state},
                     self.run / LAST)
         val = f", val {self.key} {record['val'].get(self.key, float('nan')):.4f}" if "val" in record else ""
         return (f"epoch {epoch}: train loss {record['train_loss']:.4f}{val}, best epoch {self.state['best_epoch']} "

@@ -43,6 +43,7 @@ from fusion_search.genotype import Genotype, check_against_store
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.schedule import weight_optimizer
 from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
+from stores.lock import holds_lock
 
 __all__ = ["BEST", "LAST", "TrainConfig", "train_on_cache", "resume_training", "open_splits", "open_store_checked",
            "read_run_config"]
@@ -66,6 +67,16 @@ class Schedule:
     weight_decay: float = 3e-4
     dropout: float = 0.2
     grad_clip: float = 5.0
+
+    def __post_init__(self) -> None:
+        """Refuse rates a run cannot use (a negative or NaN --lr trains into NaN) before anything is written."""
+        for name, low, strict in (("lr", 0.0, True), ("lr_min", 0.0, False), ("weight_decay", 0.0, False),
+                                  ("grad_clip", 0.0, True)):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
+            if not ok:
+                raise SearchError(f"--{name.replace('_', '-')} {value!r}: use a finite number "
+                                  f"{'above' if strict else 'of at least'} {low:g}")
 
 
 @dataclass
@@ -180,6 +191,7 @@ def _validate(cfg: TrainConfig) -> None:
         raise SearchError(f"dropout {cfg.dropout!r}: use a value in [0, 1)")
 
 
+@holds_lock("out_dir", "run directory")
 def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                    epochs: int | None = None, batch_size: int = 96, seed: int = 0, device: str = "auto",
                    train_on: str = "train", progress: bool = False, evaluate_test: bool = True,
@@ -206,6 +218,7 @@ def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: s
     return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test)
 
 
+@holds_lock("run_dir", "run directory")
 def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
                     device: str | None = None) -> dict[str, Any]:
     """Continue a killed `train` run from its last completed epoch (a finished run just re-evaluates).

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from stores.integrity import check_finite, read
+
 if TYPE_CHECKING:
     from stores.reader import FeatureStore
 
@@ -31,7 +33,11 @@ def _chunk_groups(rows: np.ndarray, rows_per_chunk: int) -> list[tuple[int, np.n
 
 
 def _read_rows(array, rows: np.ndarray, out: np.ndarray) -> None:
-    """Read sorted `rows` of a zarr array into float32 `out`, one slab per run of adjacent chunks."""
+    """Read sorted `rows` of a zarr array into float32 `out`, one slab per run of adjacent chunks.
+
+    Every slab is checked for NaN/Inf as it lands (a StoreError names the array and rows), so
+    neither reader hands a non-finite row to search, training or evaluation.
+    """
     groups = _chunk_groups(rows, array.chunks[0])
     blocks: list[list[tuple[int, np.ndarray]]] = []
     for group in groups:  # runs of consecutive chunk ids, at most _BLOCK_CHUNKS long
@@ -44,10 +50,12 @@ def _read_rows(array, rows: np.ndarray, out: np.ndarray) -> None:
         start = int(block[0][1][0])
         stop = int(block[-1][1][-1]) + 1
         picked = np.concatenate([g for _, g in block])
+        dest = out[pos:pos + picked.size]
         if picked.size == stop - start:  # every row of the slab: no fancy-index copy
-            out[pos:pos + picked.size] = array[start:stop]
+            dest[...] = read(array, slice(start, stop))
         else:
-            out[pos:pos + picked.size] = array[start:stop][picked - start]
+            dest[...] = read(array, slice(start, stop))[picked - start]
+        check_finite(dest, picked, array)
         pos += picked.size
 
 

@@ -12,6 +12,7 @@ import zarr
 
 from stores import schema as S
 from stores.errors import StoreError
+from stores.integrity import lost_chunk_problem, read
 
 
 def _open_group(path: str | os.PathLike) -> zarr.Group:
@@ -63,8 +64,8 @@ def _body_problems(group: zarr.Group, attrs: dict[str, Any]) -> list[str]:
         if arr is None or not isinstance(arr, zarr.Array):
             problems.append(f"features/{node} is missing (listed in attrs['bmnas']['nodes'])")
             continue
-        if arr.ndim != 3:
-            problems.append(f"features/{node} has shape {arr.shape}, expected (N, C, T)")
+        if arr.ndim != 3 or 0 in arr.shape[1:]:
+            problems.append(f"features/{node} has shape {arr.shape}, expected (N, C, T) with C, T >= 1")
         if str(arr.dtype) not in S.DTYPES:
             problems.append(f"features/{node} has dtype {arr.dtype}, expected float16 or float32")
         sizes[f"features/{node}"] = arr.shape[0]
@@ -81,7 +82,10 @@ def _body_problems(group: zarr.Group, attrs: dict[str, Any]) -> list[str]:
         return problems
     n = next(iter(sizes.values()), 0)
     if labels is not None:
-        problems += _label_problems(labels[...], attrs)
+        problems += lost_chunk_problem(labels, S.LABELS, _label_fill_is_valid(labels.fill_value, attrs))
+        problems += _label_problems(read(labels), attrs)
+    if ids is not None:
+        problems += lost_chunk_problem(ids, S.SAMPLE_IDS, True)
     problems += _split_problems(group, n)
     completion = _member(group, S.COMPLETION)
     if completion is not None:
@@ -90,6 +94,12 @@ def _body_problems(group: zarr.Group, attrs: dict[str, Any]) -> list[str]:
             problems.append(f"completion: {missing.size} row chunks were never completely written "
                             f"(first: {missing[:5].tolist()}); rerun the extraction to resume it")
     return problems
+
+
+def _label_fill_is_valid(fill: Any, attrs: dict[str, Any]) -> bool:
+    """Whether a lost labels chunk would read as a label that passes the range checks."""
+    valid = range(attrs["num_classes"]) if attrs["task"] == "multiclass" else (0, 1)
+    return fill in valid
 
 
 def _label_problems(labels: np.ndarray, attrs: dict[str, Any]) -> list[str]:
@@ -114,8 +124,13 @@ def _split_problems(group: zarr.Group, n: int) -> list[str]:
     problems = []
     seen: dict[str, np.ndarray] = {}
     for name in sorted(splits.array_keys()):
-        idx = splits[name][...]
         where = f"splits/{name}"
+        fill = splits[name].fill_value
+        lost = lost_chunk_problem(splits[name], where, isinstance(fill, (int, np.integer)) and 0 <= fill < n)
+        if lost:
+            problems += lost
+            continue
+        idx = read(splits[name])
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
             problems.append(f"{where} must be a 1-D integer array, got shape {idx.shape} dtype {idx.dtype}")
             continue
@@ -155,7 +170,7 @@ class FeatureStore:
             n: tuple(int(s) for s in self.array(n).shape[1:]) for n in self.nodes}  # type: ignore[misc]
         self.num_samples: int = int(group[S.LABELS].shape[0])
         splits = group[S.SPLITS_GROUP]
-        self.splits: dict[str, np.ndarray] = {k: splits[k][...].astype(np.int64) for k in sorted(splits.array_keys())}
+        self.splits: dict[str, np.ndarray] = {k: read(splits[k]).astype(np.int64) for k in sorted(splits.array_keys())}
 
     def __reduce__(self):
         return (open_store, (self.path,))
@@ -169,7 +184,7 @@ class FeatureStore:
 
     @cached_property
     def labels_all(self) -> np.ndarray:
-        return self.group[S.LABELS][...]
+        return read(self.group[S.LABELS])
 
     def labels(self, split: str | None = None) -> np.ndarray:
         return self.labels_all if split is None else self.labels_all[self.split_rows(split)]
@@ -177,7 +192,7 @@ class FeatureStore:
     @cached_property
     def sample_ids(self) -> np.ndarray | None:
         arr = _member(self.group, S.SAMPLE_IDS)
-        return None if arr is None else arr[...]
+        return None if arr is None else read(arr)
 
     def split_rows(self, split: str) -> np.ndarray:
         if split not in self.splits:

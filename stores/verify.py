@@ -11,6 +11,7 @@ import zarr
 
 from stores import schema as S
 from stores.errors import StoreError
+from stores.integrity import read
 from stores.reader import _member, _open_group, validate_group
 
 
@@ -32,7 +33,7 @@ def _nonfinite_problems(group: zarr.Group, attrs: dict[str, Any]) -> list[str]:
             wanted = used[(used >= start) & (used < stop)]
             if not wanted.size:
                 continue
-            slab = arr[start:stop][wanted - start]
+            slab = read(arr, slice(start, stop))[wanted - start]
             finite = np.isfinite(slab.reshape(slab.shape[0], -1)).all(axis=1)
             bad_rows.extend(wanted[~finite].tolist())
         if bad_rows:
@@ -44,12 +45,10 @@ def verify_store(path: str | os.PathLike) -> list[str]:
     """Every problem of a store, one line each; empty when the store is sound."""
     try:
         group = _open_group(path)
-    except StoreError as exc:
+        problems = validate_group(group)
+        return problems or _nonfinite_problems(group, dict(group.attrs)[S.ATTRS_KEY])
+    except StoreError as exc:  # a chunk that cannot be decoded stops the scan
         return [str(exc)]
-    problems = validate_group(group)
-    if problems:
-        return problems
-    return _nonfinite_problems(group, dict(group.attrs)[S.ATTRS_KEY])
 
 
 def _dir_bytes(path: Path) -> int:

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - depends on the installed zarr
 
 from stores import schema as S
 from stores.errors import StoreError
+from stores.lock import holds_lock
 
 
 def _compressor(codec: str, dtype: str) -> BloscCodec:
@@ -178,11 +179,15 @@ class StoreWriter:
             raise StoreError(f"{self.path}: cannot finalize, {len(missing)} chunks are not written (first: {missing[:5]})")
         _write_tables(self._group, self.num_samples, self.rows_per_chunk, labels, splits, sample_ids)
         attrs = dict(self.attrs)
-        if skipped:
-            attrs["skipped"] = [dict(s) for s in skipped]
+        attrs["skipped"] = [dict(s) for s in skipped]  # always: a resumed run that fixed a sample clears it
         attrs.update(extra_attrs or {})
         self._group.attrs[S.ATTRS_KEY] = attrs
         self.attrs = attrs
+
+
+# labels, splits and ids: every chunk gets a file even when it holds only the fill value (class 0), so
+# a missing file always means damage (`stores.integrity.lost_chunk_problem`)
+_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def _write_tables(group: zarr.Group, n: int, rows_per_chunk: int, labels: np.ndarray,
@@ -192,16 +197,17 @@ def _write_tables(group: zarr.Group, n: int, rows_per_chunk: int, labels: np.nda
         raise StoreError(f"labels: {labels.shape[0]} rows, but the features have {n}")
     dtype = np.uint8 if labels.ndim == 2 else np.int64
     group.create_array(S.LABELS, shape=labels.shape, dtype=dtype, chunks=(min(n, 65536),) + labels.shape[1:],
-                       overwrite=True)[...] = labels.astype(dtype)
+                       overwrite=True, config=_EVERY_CHUNK)[...] = labels.astype(dtype)
     for name, idx in splits.items():
         idx = np.asarray(idx, dtype=np.int64)
         group.create_array(f"{S.SPLITS_GROUP}/{name}", shape=idx.shape, dtype=np.int64,
-                           chunks=(max(1, min(len(idx), 65536)),), overwrite=True)[...] = idx
+                           chunks=(max(1, min(len(idx), 65536)),), overwrite=True, config=_EVERY_CHUNK)[...] = idx
     if sample_ids is not None:
         ids = np.asarray([str(s) for s in sample_ids], dtype=str)
         if ids.shape != (n,):
             raise StoreError(f"sample_ids: {ids.shape[0]} ids for {n} rows")
-        group.create_array(S.SAMPLE_IDS, shape=(n,), dtype=str, chunks=(min(n, 65536),), overwrite=True)[...] = ids
+        group.create_array(S.SAMPLE_IDS, shape=(n,), dtype=str, chunks=(min(n, 65536),), overwrite=True,
+                           config=_EVERY_CHUNK)[...] = ids
 
 
 def create_store(
@@ -258,6 +264,7 @@ def open_writer(path: str | os.PathLike) -> StoreWriter:
     return StoreWriter(path)
 
 
+@holds_lock("path", "store")
 def write_store_from_arrays(
     path: str | os.PathLike,
     features: Mapping[str, np.ndarray],

@@ -24,7 +24,7 @@ class ClipSource(Source):
 
     def __init__(self, root: str | Path, delay: float = 0.0) -> None:
         self.root = Path(root)
-        self.delay = delay
+        self._delay = delay  # private: a test's pacing, not a setting in the store's provenance
         self._index = json.loads((self.root / "index.json").read_text())
 
     def samples(self) -> list[Sample]:
@@ -34,8 +34,8 @@ class ClipSource(Source):
         return str(self.root / f"{sample_id}.{'mp4' if modality == 'video' else 'npy'}")
 
     def load(self, sample_id: str, modality: str):
-        if self.delay:
-            time.sleep(self.delay)
+        if self._delay:
+            time.sleep(self._delay)
         if modality == "video":
             return read_video(self.path_of(sample_id, modality), frames=8, size=32)
         return np.load(self.path_of(sample_id, modality))

@@ -42,7 +42,8 @@ def _mutated(path, value):
     (("format",), "bmnas-features", "format is 'bmnas-features'"),
     (("version",), 2, "version 2 is not supported"),
     (("task",), "regression", "task 'regression'"),
-    (("C",), 0, "C must be a positive integer"),
+    (("C",), 0, "C must be an integer in 1..4096"),
+    (("C",), 10 ** 9, "C must be an integer in 1..4096"),
     (("cells", 0, "inputs"), ["video_9", "skeleton_2"], "names 'video_9'"),
     (("cells", 0, "inputs"), ["cell_1", "skeleton_2"], "names 'cell_1'"),    # a Cell cannot read itself
     (("cells", 0, "steps", 0, "op"), "Conv", "op 'Conv' is not a primitive"),

@@ -113,3 +113,36 @@ def test_detect_kind(files: Path) -> None:
     assert open_source(files).samples()[0].id == "x"
     with pytest.raises(DataError, match="cannot tell"):
         detect_kind(files / "data")
+
+
+def _array_manifest(files: Path, labels: list[str], extra: dict[int, str] | None = None) -> Path:
+    """A CSV of array samples with these labels; ``extra`` appends text to the given rows."""
+    lines = ["id,split,label,array"]
+    for i, label in enumerate(labels):
+        lines.append(f"s{i},train,{label},data/a{i % 3}.npy" + (extra or {}).get(i, ""))
+    path = files / "m.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_mixed_index_and_name_labels_name_the_line(files: Path) -> None:
+    path = _array_manifest(files, [str(i) for i in range(12)] + ["11x"])
+    with pytest.raises(DataError, match=r"m.csv:14: label '11x' is a name, but line 2 has a class index"):
+        ManifestSource(path)
+    with pytest.raises(DataError, match="m.csv:14: label '11x'"):
+        ManifestSource(path, strict=False)  # not a bad row: it would renumber every class
+
+
+def test_row_with_more_fields_than_the_header_names_the_line(files: Path) -> None:
+    path = _array_manifest(files, ["0", "1", "2"], extra={1: ",surplus"})
+    with pytest.raises(DataError, match=r"m.csv:3: 1 more field\(s\) than the header's 4 columns"):
+        ManifestSource(path)
+
+
+def test_byte_order_mark_reads_and_non_utf8_is_one_error(files: Path) -> None:
+    path = _array_manifest(files, ["0", "1", "2"])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [s.id for s in ManifestSource(path).samples()] == ["s0", "s1", "s2"]
+    path.write_bytes(path.read_bytes()[3:].replace(b"s2,", b"s\xe92,"))
+    with pytest.raises(DataError, match=r"m.csv:4: not UTF-8 text \(byte 0xe9\)"):
+        ManifestSource(path)

@@ -202,10 +202,15 @@ def _ntu_root(tmp_path: Path) -> Path:
 
 def test_source_lists_splits_skips_and_loads(tmp_path: Path) -> None:
     src = NTUSource(_ntu_root(tmp_path), split="mfas", frames=4, size=16, skeleton_frames=32)
-    ids = [s.id for s in src.samples()]
+    # missing, empty and bodiless files stay listed (extraction records them as skipped, issue 13);
+    # the skip-listed sample is left out
+    unreadable = {"S001C001P004R001A004", "S001C001P008R001A005", "S001C001P013R001A006", "S001C003P016R001A008"}
+    good = [s for s in src.samples() if s.id not in unreadable]
+    ids = [s.id for s in good]
     assert ids == ["S001C001P001R001A001", "S001C002P002R001A002", "S002C001P003R002A003"]
-    assert [s.split for s in src.samples()] == ["train", "val", "test"]
-    assert src.label_array().tolist() == [0, 1, 2] and src.num_classes == 60
+    assert {s.id for s in src.samples()} - set(ids) == unreadable
+    assert [s.split for s in good] == ["train", "val", "test"]
+    assert src.label_array(good).tolist() == [0, 1, 2] and src.num_classes == 60
     problems = "\n".join(src.problems())
     for sid, why in [("P004", "no skeleton"), ("P008", "empty skeleton"), ("P013", "no video"),
                      ("P015", "missing skeletons"), ("P016", "no body in any frame")]:
@@ -216,13 +221,17 @@ def test_source_lists_splits_skips_and_loads(tmp_path: Path) -> None:
     assert video.shape == (4, 16, 16, 3) and video.dtype == np.uint8
     assert skeleton.shape == (3, 32, 25, 2) and skeleton.dtype == np.float32
     assert src.path_of(ids[0], "skeleton").endswith("S001C001P001R001A001.skeleton")
-    assert src.check() == []
+    assert set(src.unreadable()) == unreadable and src.check() == []  # problems() names them once
+    with pytest.raises(DataError, match="S001C001P008R001A005: empty skeleton file"):
+        src.read("S001C001P008R001A005", "video")
 
 
 def test_source_skeleton_only_keeps_samples_without_video(tmp_path: Path) -> None:
     src = NTUSource(_ntu_root(tmp_path), split="cross-view", modalities=("skeleton",))
     ids = {s.id for s in src.samples()}
-    assert "S001C001P013R001A006" in ids and "S001C001P004R001A004" not in ids
+    assert "S001C001P013R001A006" in ids and "S001C001P004R001A004" in ids  # the latter lacks its skeleton
+    with pytest.raises(DataError, match="S001C001P004R001A004: no skeleton file"):
+        src.read("S001C001P004R001A004", "skeleton")
     assert {s.split for s in src.samples() if s.id.startswith("S001C001")} == {"test"}
 
 

@@ -33,9 +33,9 @@ def test_synth_then_info_then_check_lists_every_problem(tmp_path: Path) -> None:
     skeletons[2].unlink()  # missing skeleton
     res = runner.invoke(cli, ["data", "info", str(out), "--check"])
     assert res.exit_code == 0, res.output
-    assert "samples: 11" in res.output and "problems: 3" in res.output
+    assert "samples: 12" in res.output and "problems: 3" in res.output  # unreadable samples stay listed
     assert videos[0].name in res.output and f"{skeletons[1].name}:6:" in res.output
-    assert f"{skeletons[2].stem}: skipped, no skeleton file" in res.output
+    assert f"{skeletons[2].stem}: unreadable, no skeleton file" in res.output
 
 
 def test_info_mmimdb_like_and_manifest_problems(tmp_path: Path) -> None:

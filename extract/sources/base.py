@@ -14,6 +14,8 @@ DataLoader workers. Array conventions per modality (what `load` returns):
 
 from __future__ import annotations
 
+import inspect
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +49,20 @@ class Source(ABC):
     def load(self, sample_id: str, modality: str) -> Any:
         """Read one modality of one sample (see the module docstring for array layouts)."""
 
+    def read(self, sample_id: str, modality: str) -> Any:
+        """`load`, refusing NaN/Inf: a non-finite input is a bad sample (skipped or failed like an
+        unreadable file), never a row of features. Every caller that feeds a model reads through here."""
+        from extract.errors import DataError
+
+        why = self.unreadable().get(sample_id)
+        if why is not None:
+            raise DataError(f"{sample_id}: {why}")
+        data = self.load(sample_id, modality)
+        if isinstance(data, np.ndarray) and data.dtype.kind in "fc" and not np.isfinite(data).all():
+            raise DataError(f"{self.path_of(sample_id, modality)}: the {modality} of sample {sample_id} holds "
+                            f"{int((~np.isfinite(data)).sum())} NaN/Inf values; fix or remove the file")
+        return data
+
     @abstractmethod
     def path_of(self, sample_id: str, modality: str) -> str:
         """The file a sample's modality is read from, for error messages and skip records."""
@@ -54,6 +70,23 @@ class Source(ABC):
     def problems(self) -> list[str]:
         """Problems found while listing (skipped samples, missing files), one line each."""
         return []
+
+    def unreadable(self) -> dict[str, str]:
+        """Listed samples that listing already knows cannot be read (id -> reason): `read` raises at
+        once, so extraction records them as skipped (or stops) with that reason."""
+        return {}
+
+    def options(self) -> dict[str, Any]:
+        """The adapter's settings as it holds them (its constructor arguments, resolved: ``size="auto"``
+        becomes the size used), as JSON values. A store records them so that a resumed extraction with
+        other settings (frames, size, ...) is refused instead of mixing two preprocessings. The data
+        path is not among them: a dataset may move."""
+        out: dict[str, Any] = {}
+        for name in inspect.signature(type(self).__init__).parameters:
+            if name in ("self", "root", "path") or not hasattr(self, name):
+                continue
+            out[name] = json.loads(json.dumps(getattr(self, name), default=str))
+        return out
 
     def check(self, samples: list[Sample] | None = None, progress: bool = False) -> list[str]:
         """Load every modality of every sample and return one line per failure.
@@ -67,10 +100,11 @@ class Source(ABC):
 
         found = []
         samples = self.samples() if samples is None else samples
+        samples = [s for s in samples if s.id not in self.unreadable()]  # problems() lists them already
         for s in tqdm(samples, desc=f"checking {self.name}", unit="sample", disable=not progress):
             for modality in self.modalities:
                 try:
-                    self.load(s.id, modality)
+                    self.read(s.id, modality)
                 except DataError as exc:
                     found.append(str(exc))
         return found
@@ -99,12 +133,16 @@ class ListedSource(Source):
         self._samples: list[Sample] = []
         self._problems: list[str] = []
         self._files: dict[str, dict[str, Any]] = {}
+        self._unreadable: dict[str, str] = {}
 
     def samples(self) -> list[Sample]:
         return list(self._samples)
 
     def problems(self) -> list[str]:
         return list(self._problems)
+
+    def unreadable(self) -> dict[str, str]:
+        return dict(self._unreadable)
 
     def path_of(self, sample_id: str, modality: str) -> str:
         from extract.errors import DataError

@@ -16,6 +16,7 @@ index order); otherwise from the labels (sorted names, or ``max index + 1`` clas
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -44,29 +45,39 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; pass a .csv or .jsonl file")
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise DataError(f"{path}: manifest must be .csv or .jsonl, not {suffix or 'no suffix'}")
+    try:  # utf-8-sig: a byte-order mark (as spreadsheet programs write) is read, not taken as text
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#x}); "
+                        "save the manifest as UTF-8") from None
     if suffix == ".csv":
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            rows = [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None})
-                    for row in reader]
-            if reader.fieldnames is None:
-                raise DataError(f"{path}: empty manifest; write a header row (id,split,label,<modality>...)")
-            header = [(0, {k.strip(): "" for k in reader.fieldnames})]  # line 0: columns only
-            return header + rows
-    if suffix == ".jsonl":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         rows = []
-        for num, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{num}: invalid JSON ({exc.msg}); write one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{num}: expected a JSON object per line, got {type(row).__name__}")
-            rows.append((num, row))
-        return rows
-    raise DataError(f"{path}: manifest must be .csv or .jsonl, not {suffix or 'no suffix'}")
+        for row in reader:
+            if None in row:  # DictReader keeps the fields past the header under the key None
+                raise DataError(f"{path}:{reader.line_num}: {len(row[None])} more field(s) than the header's "
+                                f"{len(reader.fieldnames or [])} columns; quote values that hold commas or add "
+                                "the column to the header")
+            rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items()}))
+        if reader.fieldnames is None:
+            raise DataError(f"{path}: empty manifest; write a header row (id,split,label,<modality>...)")
+        header = [(0, {k.strip(): "" for k in reader.fieldnames})]  # line 0: columns only
+        return header + rows
+    rows = []
+    for num, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{num}: invalid JSON ({exc.msg}); write one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{num}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append((num, row))
+    return rows
 
 
 class ManifestSource(ListedSource):
@@ -141,6 +152,7 @@ class ManifestSource(ListedSource):
         all_values = {v for labels in raw for v in labels}
         numeric = all(_is_int(v) for v in all_values)
         if names is None and not numeric:
+            _refuse_mixed_labels(self.path, rows, raw)
             names = sorted(all_values)
         self.class_names = names
         if names is not None:
@@ -210,6 +222,23 @@ class ManifestSource(ListedSource):
         if kind == "text":
             return path.read_text()
         raise DataError(f"{path}: {modality} files must be .npy arrays")
+
+
+def _refuse_mixed_labels(path: Path, rows: list[tuple[int, dict]], raw: list[list[str]]) -> None:
+    """Class indices and names in one manifest without classes.txt: an error naming both lines.
+
+    Why not read them all as names: one typo (``11x`` among 0..11) would turn every index into a
+    name sorted as text, renumbering every class without a word.
+    """
+    first: dict[bool, int] = {}
+    for (line, _), labels in zip(rows, raw):
+        for v in labels:
+            first.setdefault(_is_int(v), line)
+    if len(first) == 2:
+        name_line = first[False]
+        value = next(v for (line, _), labels in zip(rows, raw) if line == name_line for v in labels if not _is_int(v))
+        raise DataError(f"{path}:{name_line}: label {value!r} is a name, but line {first[True]} has a class index; "
+                        "use indices or names throughout, or list the class names in classes.txt")
 
 
 def _is_int(value: str) -> bool:

@@ -94,8 +94,11 @@ class NTUSource(ListedSource):
     ``root`` is searched recursively for ``*.skeleton`` and ``*_rgb.avi`` (or ``_rgb.mp4``) files,
     so both the official ``nturgb+d_skeletons/`` + ``nturgb+d_rgb/`` folders and a flat folder work.
     ``size="auto"`` resizes/crops frames to 112 px, or keeps the frame size of synthetic data.
-    Samples whose skeleton (or video) is missing, empty, has no body in any frame, or is named in a skip list
-    (``*missing_skeletons*.txt`` in ``root`` or ``skip_list``) are skipped and listed in ``problems()``.
+    Samples named in a skip list (``*missing_skeletons*.txt`` in ``root`` or ``skip_list``), beyond the
+    classes or outside the split preset are left out and listed in ``problems()``. Samples whose
+    skeleton or video is missing, empty or has no body in any frame stay listed (in ``problems()`` and
+    ``unreadable()``): reading them raises, so extraction records them as skipped or stops, and none
+    vanishes unrecorded.
     """
 
     name = "ntu"
@@ -158,16 +161,20 @@ class NTUSource(ListedSource):
                     reason = f"empty {modality} file {p}"
                 elif modality == "skeleton" and p.stat().st_size < SMALL_SKELETON_BYTES:
                     reason = _bodiless(p)
-            if reason is None and "skeleton" in self.modalities and sid in skip:
-                reason = "listed as a sample with missing skeletons"
+            if reason is not None:  # listed, so extraction records it as skipped (or stops on it)
+                self._problems.append(f"{sid}: unreadable, {reason}")
+                self._unreadable[sid] = reason
+            excluded = None
+            if "skeleton" in self.modalities and sid in skip:
+                excluded = "listed as a sample with missing skeletons"
             action = parse_name(sid)["action"]
-            if reason is None and action > self.num_classes:
-                reason = f"action A{action:03d} is beyond the {self.num_classes} classes"
+            if excluded is None and action > self.num_classes:
+                excluded = f"action A{action:03d} is beyond the {self.num_classes} classes"
             split = split_of(sid, self.split)
-            if reason is None and split is None:
-                reason = f"subject not in the {self.split} split lists"
-            if reason is not None:
-                self._problems.append(f"{sid}: skipped, {reason}")
+            if excluded is None and split is None:
+                excluded = f"subject not in the {self.split} split lists"
+            if excluded is not None:
+                self._problems.append(f"{sid}: skipped, {excluded}")
                 continue
             samples.append(Sample(sid, split, action - 1))
         return samples

@@ -8,6 +8,7 @@ corrupt or truncated file always becomes a ``DataError`` that names the file.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,8 @@ def read_video(
 ) -> np.ndarray:
     """Decode ``frames`` uniformly sampled RGB frames of ``path[start:end]`` as uint8 ``(T, H, W, 3)``.
 
-    Raises ``DataError`` naming the file when it is missing, undecodable or has no frames.
+    Raises ``DataError`` naming the file when it is missing, undecodable, has no frames, or has fewer
+    frames than its container declares (cut short: sampling would repeat the frames left).
     """
     import decord  # imported lazily: decord starts native threads on import
 
@@ -75,6 +77,10 @@ def read_video(
     try:
         reader = decord.VideoReader(str(path), num_threads=1)
         length = len(reader)
+        declared = declared_frames(path)
+        if declared is not None and length < declared - 1:  # one frame of slack for encoder delay
+            raise DataError(f"{path}: video decodes {length} of the {declared} frames its header declares; "
+                            "the file is truncated — re-encode or re-download it")
         stop = length if end is None else min(end, length)
         if stop - start <= 0:
             raise DataError(
@@ -98,6 +104,26 @@ def read_video(
             "the file is corrupt or truncated — re-encode or re-download it"
         ) from exc
     return resize_crop(data, size)
+
+
+def declared_frames(path: str | Path) -> int | None:
+    """The frame count an AVI file's main header declares (``avih.dwTotalFrames``); None for other
+    containers or when the header does not say.
+
+    Why: an AVI cut short loses its index at the end of the file, and the demuxer then counts only
+    the frames still present (3 of 32 at half the bytes), so the decoder alone cannot tell a short
+    clip from a truncated one. The header at the start survives the cut. (A cut MP4 with its index
+    at the end does not decode at all and fails in `read_video` already.)
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head[:4] != b"RIFF" or head[8:12] != b"AVI ":
+        return None
+    at = head.find(b"avih")
+    if at < 0 or at + 28 > len(head):
+        return None
+    total = struct.unpack_from("<I", head, at + 24)[0]  # after the tag, size and four 32-bit fields
+    return int(total) or None
 
 
 def _aligned_reader(path: Path, reader):
