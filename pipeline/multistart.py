@@ -33,6 +33,7 @@ from extract.cluster import connect
 from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype
+from stores.lock import holds_lock
 
 MANIFEST = "multistart.yaml"
 FINAL_RUNS_FROM = 1000  # scoring-run indices of the re-scoring; a search uses 0 .. score_seeds-1
@@ -119,6 +120,7 @@ def load_multistart(run_dir: str | os.PathLike) -> tuple[SearchConfig, list[int]
     return cfg, [int(s) for s in data.get("seeds", [])]
 
 
+@holds_lock("out", "run directory")
 def run_multistart(cfg: SearchConfig, out: str | os.PathLike, seeds: list[int], *, workers: int | None = None,
                    scheduler: str | None = None, echo: Callable[[str], None] = print) -> MultiStartResult:
     """Search once per seed (dask tasks), re-score each seed's genotype, keep the best; see module doc."""

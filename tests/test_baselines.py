@@ -14,16 +14,16 @@ from _train_data import NODES, searched_genotype
 
 C, L, K, C_NODE, T = 8, 4, 4, 6, 4
 SHAPES = {n: (C_NODE, T) for n in NODES}
-# Hand counts (C=8, L=4, K=4, two Cells, two used nodes of 6 channels):
-# ReshapeInput per node: Conv1d 6*8 (no bias) + BN 2*8 = 64 -> 128 for two nodes
+# Hand counts (C=8, L=4, K=4, two Cells, two used nodes of 6 channels, T=4):
+# ReshapeInput per node: level and dynamics paths, each Conv1d 6*8 (no bias) + BN 2*8 = 64 -> 256 for two nodes
 # CellOutput of k inner nodes: k*C*C + 2C; head: 2*C*L*K + K = 260
 # steps: Sum 0, Attention 0, LinearGLU 2*C*C = 128, ConcatFC 2*C*C + C = 136
 EXPECTED = {
-    "sum": 128 + 2 * (0 + 64 + 16) + 260,              # 548
-    "concatfc": 128 + 2 * (136 + 64 + 16) + 260,       # 820
-    "mha": 128 + 2 * (0 + 128 + 16) + 260,             # 676
-    "aoa": 128 + 2 * (128 + 64 + 16) + 260,            # 804
-    "late": 128 + 2 * (136 + 0 + 128 + 16) + 260,      # 948 (reference Cell: ConcatFC, Attention)
+    "sum": 256 + 2 * (0 + 64 + 16) + 260,              # 676
+    "concatfc": 256 + 2 * (136 + 64 + 16) + 260,       # 948
+    "mha": 256 + 2 * (0 + 128 + 16) + 260,             # 804
+    "aoa": 256 + 2 * (128 + 64 + 16) + 260,            # 932
+    "late": 256 + 2 * (136 + 0 + 128 + 16) + 260,      # 1076 (reference Cell: ConcatFC, Attention)
 }
 
 
@@ -39,7 +39,7 @@ def test_found_network_shapes_and_parameters(name):
     feats = {n: torch.randn(5, C_NODE, T) for n in NODES}
     assert net(feats).shape == (5, K)
     used = len(g.used_nodes())
-    expected = EXPECTED.get(name, 8 * C * used + 2 * (136 + 128 + 16) + 260)  # random: reference Cell
+    expected = EXPECTED.get(name, 16 * C * used + 2 * (136 + 128 + 16) + 260)  # random: reference Cell
     assert count_parameters(net) == expected
     # a baseline is an ordinary genotype: it survives the JSON round trip unchanged
     assert Genotype.from_dict(g.to_dict()).key() == g.key()

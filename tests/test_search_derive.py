@@ -146,7 +146,7 @@ def test_found_network_runs_and_counts_parameters_by_hand():
     assert out.shape == (5, 3)
     out.sum().backward()
     C, L = 8, 4
-    reshape = (5 * C + 2 * C) + (4 * C + 2 * C)                  # v_2, s_1 (v_1 unused): conv + BN
+    reshape = 2 * ((5 * C + 2 * C) + (4 * C + 2 * C))            # v_2, s_1 (v_1 unused): conv + BN, level and dynamics
     cells = (2 * C * C + C) + 2 * C * C + (2 * C * C + 2 * C) + (C * C + 2 * C)   # ops + output projections
     head = 2 * C * L * 3 + 3
     assert count_parameters(net) == reshape + cells + head
