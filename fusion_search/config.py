@@ -52,6 +52,7 @@ class SearchConfig:
     score_min_steps: int = 300              # ... but at least this many optimiser steps (small splits)
     score_seeds: int = 3                    # ... averaged over this many training seeds (one run is noisy)
     candidates: int = 1                     # genotypes scored per epoch: eq. 3's, then runner-up pairs by α
+    cross_modal: bool = False               # Cells that read two store nodes read two modalities (MFAS-style)
     device: str = "auto"
     plots: bool = True                      # write plots/ at the end (heatmaps of α, β, γ; metrics)
     memory_budget_gb: float | None = None   # None: half of the RAM

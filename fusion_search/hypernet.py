@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from fusion_search.blocks import CellOutput, ClassifierHead, ReshapeInput
-from fusion_search.derive import derive_candidates
+from fusion_search.derive import derive_candidates, node_modalities
 from fusion_search.genotype import Genotype
 from fusion_search.primitives import DEFAULT_PRIMITIVES, build_primitive
 
@@ -52,6 +52,7 @@ class HypernetSpec:
     primitives: tuple[str, ...] = DEFAULT_PRIMITIVES
     step_inputs: str = "sum"
     dropout: float = 0.2
+    cross_modal: bool = False  # a Cell reading two store nodes reads two modalities (derive.py)
     reshape: bool = True
 
 
@@ -182,7 +183,8 @@ class Hypernet(nn.Module):
         s = self.spec
         w = self.arch_weights()
         return derive_candidates(w["alpha"], w["beta"], w["gamma"], ops=s.primitives, nodes=s.nodes, task=s.task,
-                                 num_classes=s.num_classes, C=s.C, L=s.L, multiplier=s.multiplier, k=k)
+                                 num_classes=s.num_classes, C=s.C, L=s.L, multiplier=s.multiplier, k=k,
+                                 modalities=node_modalities(s.nodes) if s.cross_modal else None)
 
 
 def arch_weights_to_lists(weights: dict[str, list]) -> dict[str, list]:

@@ -57,6 +57,7 @@ from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.data import SplitData, TensorBatch, open_split, resolve_device
 from fusion_search.errors import SearchError
 from fusion_search.evaluation import evaluate, score_genotype
+from fusion_search.derive import node_modalities
 from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
@@ -107,6 +108,9 @@ def _check_store(store, cfg: SearchConfig) -> list[str]:
                           "(cell_k); rename the modality")
     if len(nodes) < 2:
         raise SearchError(f"--nodes: a Cell fuses two inputs, choose at least two nodes (got {', '.join(nodes) or 'none'})")
+    if cfg.cross_modal and len(set(node_modalities(nodes))) < 2:
+        raise SearchError(f"--cross-modal: the nodes {', '.join(nodes)} are of one modality; drop --cross-modal "
+                          "or search over nodes of two modalities")
     return nodes
 
 
@@ -212,7 +216,7 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
     spec = HypernetSpec(nodes=tuple(nodes), node_shapes=dict(store.node_shapes), task=task,
                         num_classes=store.num_classes, cells=cfg.cells, steps=cfg.steps, C=cfg.channels,
                         L=cfg.length, multiplier=cfg.multiplier, primitives=tuple(cfg.primitives),
-                        step_inputs=cfg.step_inputs, dropout=cfg.dropout)
+                        step_inputs=cfg.step_inputs, dropout=cfg.dropout, cross_modal=cfg.cross_modal)
     model = Hypernet(spec).to(device)
     weights, arch = model.weight_parameters(), model.arch_parameters()
     w_opt, sched = weight_optimizer(weights, lr=cfg.weight_lr, weight_decay=cfg.weight_decay, lr_min=cfg.weight_lr_min,

@@ -18,7 +18,8 @@ from pipeline.multistart import load_multistart, parse_seeds, run_multistart
 _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "channels", "length": "length",
             "multiplier": "multiplier", "epochs": "epochs", "batch_size": "batch_size", "seed": "seed",
             "unrolled": "unrolled", "step_inputs": "step_inputs", "nodes": "nodes", "device": "device",
-            "arch_warmup_epochs": "arch_warmup_epochs", "candidates": "candidates", "score_seeds": "score_seeds"}
+            "arch_warmup_epochs": "arch_warmup_epochs", "candidates": "candidates", "score_seeds": "score_seeds",
+            "cross_modal": "cross_modal"}
 
 
 def check_resume_options(resume: str) -> None:
@@ -49,6 +50,8 @@ def check_resume_options(resume: str) -> None:
               help="First epochs with weight steps only, α/β/γ frozen (default 0, as the paper).")
 @click.option("--candidates", type=int,
               help="Genotypes scored per epoch: eq. 3's, then runner-up input pairs by α (default 1, as the paper).")
+@click.option("--cross-modal", is_flag=True, default=None,
+              help="A Cell that reads two store nodes reads two modalities (as MFAS pairs one feature of each).")
 @click.option("--score-seeds", type=int,
               help="Training runs averaged to score a genotype (default 3; one run is noisy).")
 @click.option("--seeds", "seed_list", help="Multi-start: one search per seed (0-4 or 0,2,5) as dask tasks, "

@@ -98,3 +98,9 @@ def test_bad_genotype_files_are_one_line_exit_2(store, tmp_path):
     one_line_error(run("genotype", "show", str(path), "--store", store), "that the store lacks")
     r = run("genotype", "show", str(path))
     assert r.exit_code == 0 and "step_2 = Attention(step_1, y)" in r.output
+
+
+def test_cross_modal_on_nodes_of_one_modality_is_one_line(store, tmp_path):
+    r = run("search", "--store", store, "--out", str(tmp_path / "x"), "--nodes", "a_1,a_2", "--cross-modal", *SMALL)
+    one_line_error(r, "--cross-modal")
+    assert not (tmp_path / "x").exists()

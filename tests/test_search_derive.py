@@ -6,7 +6,8 @@ import torch
 
 from _search_data import single_thread  # noqa: F401
 
-from fusion_search.derive import derive_candidates, derive_genotype, ranked_pair_sets, select_pairs, select_step
+from fusion_search.derive import (derive_candidates, derive_genotype, node_modalities, ranked_pair_sets,
+                                  select_pairs, select_step)
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.hypernet import Hypernet, HypernetSpec
@@ -34,6 +35,17 @@ def test_eq3_pair_mode_orders_x_and_y_and_skips_taken_unordered_pairs():
     cell2 = edges([0.1, 0.9, 0.2, 0.95, 0.1], [0.1, 0.9, 0.1, 0.8, 0.2])
     # ax3*ay1 = 0.855 and ax1*ay3 = 0.72 are the taken pair {1,3}; next best ax3*ay4 = 0.19
     assert select_pairs([cell1, cell2]) == [(1, 3), (3, 4)]
+
+
+def test_cross_modal_pairs_skip_two_nodes_of_one_modality_but_not_cells():
+    mods = node_modalities(["video_1", "video_2", "skeleton_1", "skeleton_2"])
+    assert mods == ["video", "video", "skeleton", "skeleton"]
+    cell1 = edges([0.9, 0.8, 0.3, 0.7])         # (0,1) 0.72 is two video taps -> (0,3) 0.63
+    cell2 = edges([0.9, 0.8, 0.3, 0.2, 0.95])   # (0,4) 0.855: a cell with a store node is allowed
+    assert select_pairs([cell1, cell2]) == [(0, 1), (0, 4)]
+    assert select_pairs([cell1, cell2], mods) == [(0, 3), (0, 4)]
+    assert all(mods[i] != mods[j] for sets in ranked_pair_sets([cell1, cell2], 4, mods)
+               for i, j in sets if max(i, j) < 4)
 
 
 def test_eq3_never_pairs_a_node_with_itself():
