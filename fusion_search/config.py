@@ -53,6 +53,7 @@ class SearchConfig:
     score_seeds: int = 3                    # ... averaged over this many training seeds (one run is noisy)
     candidates: int = 1                     # genotypes scored per epoch: eq. 3's, then runner-up pairs by α
     cross_modal: bool = False               # Cells that read two store nodes read two modalities (MFAS-style)
+    op_variants: bool = False               # also score each candidate with every Step set to one primitive
     device: str = "auto"
     plots: bool = True                      # write plots/ at the end (heatmaps of α, β, γ; metrics)
     memory_budget_gb: float | None = None   # None: half of the RAM

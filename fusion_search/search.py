@@ -57,7 +57,7 @@ from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.data import SplitData, TensorBatch, open_split, resolve_device
 from fusion_search.errors import SearchError
 from fusion_search.evaluation import evaluate, score_genotype
-from fusion_search.derive import node_modalities
+from fusion_search.derive import node_modalities, uniform_op_variants
 from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
@@ -305,13 +305,20 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
 def _best_candidate(cfg: SearchConfig, model: Hypernet, epoch: int, cache: dict, hypernet_score: float,
                     train: SplitData, val: SplitData, node_shapes: dict, device: torch.device,
                     task: str) -> tuple[Genotype, float | None]:
-    """This epoch's genotype: the best-scoring of the `candidates` α-ranked ones (ties: α rank).
+    """This epoch's genotype: the best-scoring of the `candidates` α-ranked ones and, with `op_variants`,
+    their one-primitive variants (ties: α rank, then primitive order).
     During the arch warm-up α is untouched, so its genotype is reported but not scored (None)."""
     if epoch < cfg.arch_warmup_epochs:
         return model.genotype(), None
     k = cfg.candidates if cfg.score == "found" else 1  # the hypernet's own score cannot rank candidates
-    best_g, best_s = None, None
-    for g in model.candidates(k):
+    candidates = model.candidates(k)
+    if cfg.op_variants and cfg.score == "found":
+        candidates += [v for g in candidates for v in uniform_op_variants(g, cfg.primitives)]
+    best_g, best_s, seen = None, None, set()
+    for g in candidates:
+        if g.key() in seen:
+            continue
+        seen.add(g.key())
         s = _score(cfg, g, cache, hypernet_score, train, val, node_shapes, device, task)
         if best_s is None or s > best_s:
             best_g, best_s = g, s

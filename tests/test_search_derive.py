@@ -7,7 +7,7 @@ import torch
 from _search_data import single_thread  # noqa: F401
 
 from fusion_search.derive import (derive_candidates, derive_genotype, node_modalities, ranked_pair_sets,
-                                  select_pairs, select_step)
+                                  select_pairs, select_step, uniform_op_variants)
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.hypernet import Hypernet, HypernetSpec
@@ -162,3 +162,21 @@ def test_found_network_runs_and_counts_parameters_by_hand():
     cells = (2 * C * C + C) + 2 * C * C + (2 * C * C + 2 * C) + (C * C + 2 * C)   # ops + output projections
     head = 2 * C * L * 3 + 3
     assert count_parameters(net) == reshape + cells + head
+
+
+def test_uniform_op_variants_keep_inputs_and_set_every_step_to_one_primitive():
+    d = {"format": "bmnas-genotype", "version": 1, "task": "multiclass", "num_classes": 3,
+         "nodes": ["v_1", "v_2", "s_1"], "C": 8, "L": 4, "multiplier": 2,
+         "cells": [{"inputs": ["v_2", "s_1"], "steps": [{"op": "Zero", "inputs": [0, 1]},
+                                                          {"op": "Attention", "inputs": [2, 1]}], "concat": [2, 3]},
+                   {"inputs": ["cell_1", "s_1"], "steps": [{"op": "Attention", "inputs": [1, 0]}], "concat": [2]}],
+         "output": ["cell_1", "cell_2"]}
+    g = Genotype.from_dict(d)
+    variants = uniform_op_variants(g, OPS)
+    assert [v.cells[0].steps[0].op for v in variants] == ["Sum", "Attention", "LinearGLU", "ConcatFC"]
+    for v in variants:
+        assert {s.op for c in v.cells for s in c.steps} == {v.cells[0].steps[0].op}
+        assert [c.inputs for c in v.cells] == [c.inputs for c in g.cells]
+        assert [[s.inputs for s in c.steps] for c in v.cells] == [[s.inputs for s in c.steps] for c in g.cells]
+        assert [c.concat for c in v.cells] == [c.concat for c in g.cells] and v.output == g.output
+        Genotype.from_dict(v.to_dict())  # valid genotypes

@@ -220,3 +220,18 @@ def test_unrolled_gradient_matches_exact_second_order():
 def test_unrolled_search_runs(joint_store, tmp_path):
     result = run_search(small(joint_store, epochs=1, unrolled=True, cells=1, steps=1, multiplier=1), tmp_path / "u")
     assert len(result.genotype.cells) == 1
+
+
+def test_op_variants_only_add_candidates_to_the_same_search(joint_store, tmp_path):
+    """Scoring runs in a forked RNG, so the hypernet's trajectory is the same with and without
+    variants; every epoch's candidate set only grows, and so does each epoch's kept score."""
+    plain = run_search(small(joint_store, epochs=3, cross_modal=True), tmp_path / "plain")
+    varied = run_search(small(joint_store, epochs=3, cross_modal=True, op_variants=True), tmp_path / "varied")
+    a, b = lines(tmp_path / "plain" / "metrics.jsonl"), lines(tmp_path / "varied" / "metrics.jsonl")
+    assert [r["val"] for r in a] == [r["val"] for r in b]  # same hypernet
+    assert all(rb["genotype_score"] >= ra["genotype_score"] for ra, rb in zip(a, b))
+    assert varied.best_score >= plain.best_score
+    for g in (plain.genotype, varied.genotype):  # cross-modal: a Cell's two store nodes differ in modality
+        for c in g.cells:
+            stores = [n for n in c.inputs if not n.startswith("cell_")]
+            assert len(stores) < 2 or stores[0][0] != stores[1][0]
