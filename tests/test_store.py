@@ -63,12 +63,12 @@ def test_round_trip_every_dtype_and_task(tmp_path, rng, dtype, task, codec):
     assert verify_store(tmp_path / "s.zarr") == []
 
 
-def test_store_written_with_plain_zarr_as_in_readme_opens(tmp_path, monkeypatch):
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    block = re.search(r"\*\*Bring your own features with plain zarr\*\*.*?```python\n(.*?)```", readme, re.S)
-    assert block, "README lost its plain-zarr example"
+def test_store_written_with_plain_zarr_as_in_the_docs_opens(tmp_path, monkeypatch):
+    doc = (Path(__file__).parent.parent / "docs" / "store-format.md").read_text()
+    block = re.search(r"\*\*Bring your own features with plain zarr\*\*.*?```python\n(.*?)```", doc, re.S)
+    assert block, "docs/store-format.md lost its plain-zarr example"
     monkeypatch.chdir(tmp_path)
-    exec(compile(block.group(1), "README-example", "exec"), {})
+    exec(compile(block.group(1), "docs-example", "exec"), {})
     s = open_store(tmp_path / "my_features.zarr")
     assert s.nodes == ["image_1", "text_1"] and s.splits["val"].size == 50
     assert s.bank("train").features["text_1"].shape == (200, 300, 1)
