@@ -23,7 +23,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -125,16 +125,16 @@ def run_multistart(cfg: SearchConfig, out: str | os.PathLike, seeds: list[int], 
                    scheduler: str | None = None, echo: Callable[[str], None] = print) -> MultiStartResult:
     """Search once per seed (dask tasks), re-score each seed's genotype, keep the best; see module doc."""
     validate(cfg)
+    n_workers = workers if workers is not None else min(os.cpu_count() or 1, len(seeds))
+    if n_workers < 1:
+        raise SearchError(f"--workers {workers}: use at least 1")
     root = Path(out)
-    cfg.store = os.path.abspath(cfg.store) if cfg.store else cfg.store  # workers may run elsewhere
+    cfg = replace(cfg, store=os.path.abspath(cfg.store) if cfg.store else cfg.store)  # workers may run elsewhere
     _check_manifest(root, cfg, seeds)
     root.mkdir(parents=True, exist_ok=True)
     (root / MANIFEST).write_text(yaml.safe_dump({"seeds": seeds, "final_runs": _final_runs(cfg),
                                                  "search": _shared_settings(cfg)}, sort_keys=False))
     shared = cfg.to_dict()
-    n_workers = workers if workers is not None else min(os.cpu_count() or 1, len(seeds))
-    if n_workers < 1:
-        raise SearchError(f"--workers {workers}: use at least 1")
     searches = [(shared, s, str(root / f"seed_{s}")) for s in seeds]
     if scheduler is None and n_workers == 1:
         found = [_report(echo, _search_seed(*a)) for a in searches]

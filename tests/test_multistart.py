@@ -120,3 +120,9 @@ def test_cli_bad_seed_lists_are_one_line(store, tmp_path, extra, text):
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert len(lines) == 1 and text in lines[0], r.output
     assert not (tmp_path / "r").exists()
+
+
+def test_zero_workers_is_refused_before_the_run_directory_exists(store, tmp_path):
+    with pytest.raises(SearchError, match="--workers 0"):
+        run_multistart(small(store), tmp_path / "w0", [0, 1], workers=0, echo=lambda s: None)
+    assert not (tmp_path / "w0").exists()
