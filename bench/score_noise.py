@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,8 @@ from _search_data import planted_store  # noqa: E402
 
 from fusion_search.config import SearchConfig, config_from_mapping  # noqa: E402
 from fusion_search.data import open_split, resolve_device  # noqa: E402
-from fusion_search.evaluation import score_genotype  # noqa: E402
 from fusion_search.genotype import Genotype  # noqa: E402
-from fusion_search.search import run_search  # noqa: E402
+from fusion_search.search import run_search, score_runs  # noqa: E402
 from stores import open_store  # noqa: E402
 
 
@@ -56,10 +56,8 @@ def measure(run: Path, runs: int, min_steps: int | None) -> None:
     for epoch, g in distinct_genotypes(run):
         nodes = g.used_nodes()
         train, val = (open_split(store, s, nodes, device) for s in ("train", "val"))
-        s = np.array(score_genotype(g, train, val, store.node_shapes, task=store.task, seeds=runs, first_seed=500,
-                                    epochs=cfg.score_epochs, min_steps=steps, batch_size=cfg.batch_size,
-                                    lr=cfg.weight_lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                                    dropout=cfg.dropout))
+        s = np.array(score_runs(replace(cfg, score_min_steps=steps), g, train, val, store.node_shapes, store.task,
+                                runs=runs, first=500))
         cells = "; ".join(f"({', '.join(c.inputs)}) {'+'.join(x.op for x in c.steps)}" for c in g.cells)
         rows.append((s.mean(), s.std(ddof=1), epoch, g.key() == kept, cells))
         print(f"  epoch {epoch:3d}: {s.mean():.3f} ± {s.std(ddof=1):.3f} over {runs} runs"

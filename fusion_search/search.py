@@ -56,8 +56,8 @@ from fusion_search.architect import Architect, weight_step
 from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.data import SplitData, TensorBatch, open_split, resolve_device
 from fusion_search.errors import SearchError
-from fusion_search.evaluation import evaluate, score_genotype
 from fusion_search.derive import node_modalities, uniform_op_variants
+from fusion_search.evaluation import evaluate, score_genotype
 from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
@@ -333,10 +333,7 @@ def _score(cfg: SearchConfig, genotype: Genotype, cache: dict, hypernet_score: f
         return float(hypernet_score)
     k = genotype.key()
     if k not in cache:
-        scores = score_genotype(genotype, train, val, node_shapes, task=task, seeds=cfg.score_seeds,
-                                first_seed=0, epochs=cfg.score_epochs, min_steps=cfg.score_min_steps,
-                                batch_size=cfg.batch_size, lr=cfg.weight_lr, weight_decay=cfg.weight_decay,
-                                grad_clip=cfg.grad_clip, dropout=cfg.dropout)
+        scores = score_runs(cfg, genotype, train, val, node_shapes, task, runs=cfg.score_seeds, first=0)
         cache[k] = sum(scores) / len(scores)
     return cache[k]
 
@@ -345,6 +342,16 @@ def _settings(config: dict) -> dict:
     """The settings a resumed search must share with its checkpoint: all but the device
     (`--resume RUN --device X` may move a run; exact equality is promised on one device only)."""
     return {k: v for k, v in config.items() if k != "device"}
+
+
+def score_runs(cfg: SearchConfig, genotype: Genotype, train: SplitData, val: SplitData, node_shapes: dict,
+               task: str, *, runs: int, first: int) -> list[float]:
+    """Val scores of scoring runs `first` .. `first + runs - 1` of a genotype, trained with the
+    search's scoring settings (the one place those settings meet `score_genotype`)."""
+    return score_genotype(genotype, train, val, node_shapes, task=task, seeds=runs, first_seed=first,
+                          epochs=cfg.score_epochs, min_steps=cfg.score_min_steps, batch_size=cfg.batch_size,
+                          lr=cfg.weight_lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+                          dropout=cfg.dropout)
 
 
 def _save_checkpoint(path: Path, cfg, model, w_opt, a_opt, sched, state, device) -> None:

@@ -205,7 +205,7 @@ def _search_seed(shared: dict, seed: int, run_dir: str) -> dict:
 def _rescore(shared: dict, genotype_dict: dict, run_dir: str) -> list[float]:
     """Val scores of fresh scoring runs of one genotype (cached in the seed's run directory)."""
     from fusion_search.data import open_split, resolve_device
-    from fusion_search.evaluation import score_genotype
+    from fusion_search.search import score_runs
     from stores import open_store
 
     _worker_threads()
@@ -222,10 +222,8 @@ def _rescore(shared: dict, genotype_dict: dict, run_dir: str) -> list[float]:
     device = resolve_device(cfg.device)
     nodes = genotype.used_nodes()
     train, val = (open_split(store, s, nodes, device) for s in ("train", "val"))
-    scores = score_genotype(genotype, train, val, store.node_shapes, task=store.task, seeds=_final_runs(cfg),
-                            first_seed=FINAL_RUNS_FROM, epochs=cfg.score_epochs, min_steps=cfg.score_min_steps,
-                            batch_size=cfg.batch_size, lr=cfg.weight_lr, weight_decay=cfg.weight_decay,
-                            grad_clip=cfg.grad_clip, dropout=cfg.dropout)
+    scores = score_runs(cfg, genotype, train, val, store.node_shapes, store.task, runs=_final_runs(cfg),
+                        first=FINAL_RUNS_FROM)
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "scores": scores}) + "\n")
     os.replace(tmp, cache)
