@@ -58,7 +58,7 @@ def connect(scheduler: str | None, workers: int, threads_per_worker: int = 1, ti
         try:
             client = Client(scheduler, timeout=f"{timeout}s")
         except (OSError, TimeoutError) as exc:
-            raise ConnectionError(f"no dask scheduler answered at {scheduler} within {timeout:g}s ({exc})") from None
+            raise ConnectionError(f"dask scheduler {scheduler} did not answer within {timeout:g}s ({exc})") from None
     else:
         cluster = local_cluster(workers, threads_per_worker)
         client = Client(cluster)

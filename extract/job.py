@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +24,7 @@ import torch
 from extract.backbones import get_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import sha256_file
-from extract.cluster import local_cluster
+from extract.cluster import connect
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
 from extract.worker import INIT_SEED, PRECISIONS, Entry, Placement, run_chunks, warm_up
@@ -273,30 +274,21 @@ class _Runner:
 
     def __init__(self, use_dask: bool, scheduler: str | None, workers: int, threads_per_worker: int,
                  timeout: float):
-        self.client = self.cluster = None
+        self.client = None
+        self._cluster = ExitStack()  # the client (and a local cluster) from `connect`, closed by close()
         self.shared: tuple = ()  # the source and sample ids, scattered to every worker by warm_up
         self.slots = 1
         if not use_dask:
             return
-        from distributed import Client
-
-        if scheduler:
-            try:
-                self.client = Client(scheduler, timeout=f"{timeout}s")
-            except (OSError, TimeoutError) as exc:
-                raise ExtractError(f"dask scheduler {scheduler} did not answer within {timeout:g}s ({exc}); "
-                                   "check the address or run without --scheduler") from None
-        else:
-            self.cluster = local_cluster(workers, threads_per_worker)
-            self.client = Client(self.cluster)
+        try:
+            self.client = self._cluster.enter_context(connect(scheduler, workers, threads_per_worker, timeout))
+        except ConnectionError as exc:
+            raise ExtractError(f"{exc}; check the address or run without --scheduler") from None
         info = self.client.scheduler_info()["workers"]
         self.slots = max(1, sum(w.get("nthreads", 1) for w in info.values()))
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        self._cluster.close()
 
     def gpus(self, device: str) -> dict[str, int]:
         """Worker address -> CUDA devices it sees, asked of the workers themselves (not this process);
