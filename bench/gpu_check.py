@@ -139,7 +139,7 @@ def bank_in_gpu_memory(tmp: Path) -> str:
     import torch
 
     from _train_data import NODES, small_store
-    from pipeline.train import open_splits
+    from pipeline.runs import open_splits
     from stores import device as devices
     from stores import open_store
 
@@ -232,7 +232,8 @@ def _set_epochs(run: Path, epochs: int) -> None:
 
 @check
 def train_kill_resume(tmp: Path) -> str:
-    from pipeline.train import LAST, resume_training, train_on_cache
+    from pipeline.rundir import LAST
+    from pipeline.train import resume_training, train_on_cache
 
     store, g = _train_setup(tmp)
     train_on_cache(store, g, tmp / "t_whole", epochs=3, batch_size=16, device="cuda", evaluate_test=False)

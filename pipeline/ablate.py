@@ -30,8 +30,12 @@ import numpy as np
 from extract.cluster import connect
 from fusion_search.baselines import baseline_genotype
 from fusion_search.errors import SearchError
-from fusion_search.genotype import Genotype
+from fusion_search.genotype import Genotype, inner_name
 from fusion_search.metrics import PRIMARY
+from pipeline.evaluate import evaluate_run
+from pipeline.rundir import LAST
+from pipeline.runs import DEFAULT_EPOCHS, open_store_checked
+from pipeline.train import resume_training, train_on_cache
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,6 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
     On a dask worker with GPUs, the worker takes its own one by rank among `workers` on its host
     (`stores.device.gpu_slot`, as extraction), and only its share of that GPU's memory for banks."""
     import torch
-
-    from pipeline.evaluate import evaluate_run
-    from pipeline.train import LAST, resume_training, train_on_cache
 
     try:  # a dask worker: torch gets the worker's threads, not the whole machine
         from distributed import get_worker
@@ -141,8 +142,6 @@ def run_ablation(store_path: str, genotype_path: str | os.PathLike, out_dir: str
                  device: str = "auto", train_on: str = "train", workers: int | None = None,
                  scheduler: str | None = None, **settings: Any) -> Path:
     """Train every Table 6/7 row over `seeds` (a count -> 0..n-1, or a list); returns ablation.md."""
-    from pipeline.train import DEFAULT_EPOCHS, open_store_checked
-
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise SearchError(f"--seeds {seeds!r}: give a positive count or distinct seeds")
@@ -186,8 +185,6 @@ def _inputs_text(g: Genotype) -> str:
 
 
 def _cells_text(g: Genotype) -> str:
-    from fusion_search.genotype import inner_name
-
     def cell(c) -> str:
         return ", ".join(f"{s.op}({inner_name(s.inputs[0])}, {inner_name(s.inputs[1])})" for s in c.steps)
     return " | ".join(cell(c) for c in g.cells)

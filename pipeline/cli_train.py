@@ -116,7 +116,7 @@ def baseline_cmd(name, store, output, like, seed, C, L, cells) -> None:
     """Write a named baseline (sum, concatfc, mha, aoa, late, random) as a genotype for STORE."""
     from fusion_search.baselines import baseline_for_store
     from fusion_search.genotype import Genotype, show
-    from pipeline.train import open_store_checked
+    from pipeline.runs import open_store_checked
 
     template = Genotype.load(like) if like else None
     if template is not None:
@@ -164,7 +164,8 @@ def finetune_cmd(genotype_path, source, kind, split_preset, source_opt, backbone
                  device, train_on, seed, resume) -> None:
     """Fine-tune backbones and the found fusion network jointly from raw data; evaluate on test."""
     from pipeline.cli_extract import _pairs, _source_options
-    from pipeline.finetune import finetune, parse_backbone, resume_finetune
+    from pipeline.finetune import finetune, resume_finetune
+    from pipeline.joint_model import parse_backbone
 
     if resume:
         check_resume_options(resume)

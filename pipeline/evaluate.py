@@ -26,12 +26,15 @@ import torch
 from torch import nn
 
 from fusion_search.data import SplitData, resolve_device
+from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import (compute_metrics, confusion_matrix, loss_fn, multiclass_f1_macro,
                                    per_class_f1)
 from fusion_search.run_checkpoint import load_run_checkpoint
-from pipeline.train import BEST, open_splits, open_store_checked, read_run_config
+from pipeline.joint_model import Built, RawSamples, build_model, load_finetune_config, predict_loader, raw_loader
+from pipeline.rundir import BEST
+from pipeline.runs import open_splits, open_store_checked, read_run_config
 
 @torch.no_grad()
 def predict(model: nn.Module, data: SplitData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,13 +165,9 @@ def _first_example(data: SplitData) -> Any:
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
                  batch_size: int | None = None, plots: bool = True) -> dict[str, Any]:
     """Evaluate a run's kept checkpoint (best on val, or last for train+val) on `split`; returns the metrics."""
-    from fusion_search.errors import SearchError
-
     run = Path(run_dir)
     cfg = read_run_config(run)
     if cfg["kind"] == "finetune":
-        from pipeline.finetune import evaluate_finetune_run
-
         return evaluate_finetune_run(run, split, device=device, batch_size=batch_size, plots=plots)
     if not (run / BEST).is_file():
         raise SearchError(f"{run}: no {BEST}; the run has not finished an epoch yet")
@@ -194,6 +193,35 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
                             latency=latency_ms(model, _first_example(data)), seconds=seconds,
                             class_names=store.class_names,
                             extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "train"}, plots=plots)
+
+def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
+                          batch_size: int | None = None, built: Built | None = None,
+                          plots: bool = True) -> dict[str, Any]:
+    """`bmnas evaluate` for a finetune run: the kept whole-model checkpoint on a split of the raw data."""
+    run = Path(run_dir)
+    cfg = load_finetune_config(run)
+    if not (run / BEST).is_file():
+        raise SearchError(f"{run}: no {BEST}; the run has not finished an epoch yet")
+    genotype = Genotype.load(run / "genotype.json")
+    built = built or build_model(cfg, genotype, load_checkpoints=False)
+    dev = resolve_device(device or cfg.device)
+    amp = cfg.amp and dev.type == "cuda"
+    model = built.model.to(dev)
+    ckpt = load_run_checkpoint(run / BEST)
+    model.load_state_dict(ckpt["model"])
+    loader = raw_loader(built, [split], cfg, dev, shuffle=False, batch_size=batch_size)
+    t0 = time.perf_counter()
+    logits, labels = predict_loader(model, loader, dev, amp)
+    seconds = time.perf_counter() - t0
+    ids = [s.id for s in built.source.samples() if s.split == split]
+    x, _ = RawSamples(built.source, [s for s in built.source.samples() if s.split == split][:1], built.specs)[0]
+    example = {m: t[None].to(dev) for m, t in x.items()}
+    return write_evaluation(run, split, task=built.source.task, num_classes=built.source.num_classes, logits=logits,
+                            labels=labels, sample_ids=ids, num_parameters=count_parameters(model),
+                            latency=latency_ms(model, example, repeats=5, warmup=1), seconds=seconds,
+                            class_names=getattr(built.source, "class_names", None),
+                            extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "finetune",
+                                   "fusion_parameters": count_parameters(model.fusion)}, plots=plots)
 
 def read_metrics(run_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
     """The metrics_<split>.json a run wrote (for ablate, report and the demo)."""

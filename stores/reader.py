@@ -13,6 +13,7 @@ import zarr
 from stores import schema as S
 from stores.errors import StoreError
 from stores.integrity import lost_chunk_problem, read
+from stores.loading import FeatureBank, StreamingReader
 
 
 def _open_group(path: str | os.PathLike) -> zarr.Group:
@@ -214,14 +215,10 @@ class FeatureStore:
         rows = len(self.split_rows(split))
         return sum(rows * c * t * 4 for c, t in (self.node_shapes[n] for n in self.resolve_nodes(nodes)))
 
-    def bank(self, split: str, nodes: Sequence[str] | None = None):
-        from stores.loading import FeatureBank
-
+    def bank(self, split: str, nodes: Sequence[str] | None = None) -> FeatureBank:
         return FeatureBank.load(self, split, self.resolve_nodes(nodes))
 
-    def stream(self, split: str, nodes: Sequence[str] | None = None, window_chunks: int = 8):
-        from stores.loading import StreamingReader
-
+    def stream(self, split: str, nodes: Sequence[str] | None = None, window_chunks: int = 8) -> StreamingReader:
         return StreamingReader(self, split, self.resolve_nodes(nodes), window_chunks=window_chunks)
 
     def reader(self, split: str, nodes: Sequence[str] | None = None, memory_budget_bytes: int = 8 << 30):

@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - depends on the installed zarr
 from stores import schema as S
 from stores.errors import StoreError
 from stores.lock import holds_lock
+from stores.reader import open_store
 
 
 def _compressor(codec: str, dtype: str) -> BloscCodec:
@@ -282,8 +283,6 @@ def write_store_from_arrays(
     overwrite: bool = False,
 ):
     """Bring-your-own features: write in-memory (N, C, T) arrays as a valid, opened store."""
-    from stores.reader import open_store
-
     if not features:
         raise StoreError("features: give at least one node")
     specs = []

@@ -21,8 +21,10 @@ from fusion_search.baselines import baseline_genotype
 from fusion_search.genotype import Genotype
 from pipeline.cli import cli
 from pipeline.evaluate import evaluate_run
-from pipeline.finetune import FinetuneConfig, build_model, finetune, parse_backbone
-from pipeline.train import BEST, train_on_cache
+from pipeline.finetune import finetune
+from pipeline.joint_model import FinetuneConfig, build_model, parse_backbone
+from pipeline.rundir import BEST
+from pipeline.train import train_on_cache
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_joint_model_computes_the_cached_features(chain):
     assert all(built.node_shapes[n] == store.node_shapes[n] for n in built.node_shapes)
     samples = built.source.samples()
     ids = [str(i) for i in store.sample_ids]
-    from pipeline.finetune import RawSamples
+    from pipeline.joint_model import RawSamples
 
     model = built.model.eval()
     for row in (0, 5):

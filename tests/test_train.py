@@ -15,7 +15,8 @@ from fusion_search.genotype import Genotype
 from pipeline.cli import cli
 from stores import open_store
 from pipeline.evaluate import evaluate_run
-from pipeline.train import BEST, LAST, resume_training, train_on_cache
+from pipeline.rundir import BEST, LAST
+from pipeline.train import resume_training, train_on_cache
 from _train_data import NODES, searched_genotype, small_store
 
 
@@ -122,7 +123,7 @@ def test_cli_train_evaluate_and_bad_input(setup):
 
 
 def test_train_plus_val_streams_when_it_does_not_fit(setup):
-    from pipeline.train import open_splits
+    from pipeline.runs import open_splits
 
     store = open_store(setup / "s.zarr")
     nodes = ["a_2", "b_3"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from extract.backbones.registry import InputSpec
+from extract.backbones.inputs import InputSpec
 from extract.errors import DataError
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])

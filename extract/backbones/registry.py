@@ -14,22 +14,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from extract.backbones.inputs import InputSpec
+from extract.backbones.prepare import prepare_one
 from extract.errors import BackboneError
 
 TAP_KINDS = ("video", "image", "skeleton", "text")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the backbone's first layer expects; the prepare step resamples data to it."""
-
-    frames: int | None = None  # video / skeleton length
-    size: int | None = None  # square spatial size (video, image)
-    channels: int | None = None  # colour channels (video, image)
-    dim: int | None = None  # feature width (text vectors); None = taken from the data
-    joints: int | None = None  # skeleton joints
-    bodies: int | None = None  # skeleton bodies
-    tokens: int | None = None  # raw-text backbones: padded token count
 
 
 @dataclass(frozen=True)
@@ -68,8 +57,6 @@ class BackboneSpec:
 
     def prepare_input(self, item: Any, modality: str, setting: str) -> Any:
         """One sample's raw array (or text) as this backbone's input tensor, without batch axis."""
-        from extract.backbones.prepare import prepare_one
-
         inp = self.setting(setting).input
         return self.prepare(item, inp) if self.prepare else prepare_one(item, modality, inp)
 

@@ -1,0 +1,136 @@
+"""What the train and finetune stages share before a run starts: the schedule settings, option
+checks, reading a run's config.yaml, and opening a store's splits for a genotype.
+
+`train`, `finetune` and `evaluate` all import these; none of them imports another for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from fusion_search.data import SplitData, default_memory_budget
+from fusion_search.errors import SearchError
+from fusion_search.genotype import Genotype, check_against_store
+from stores import FeatureBank, FeatureStore, StoreError, open_store
+
+TRAIN_ON = ("train", "train+val")
+DEFAULT_EPOCHS = 30
+
+
+@dataclass
+class Schedule:
+    """The optimisation settings train and finetune share (paper: Adam, cosine warm restarts)."""
+
+    epochs: int = DEFAULT_EPOCHS
+    seed: int = 0
+    device: str = "auto"
+    train_on: str = "train"
+    lr: float = 1e-3
+    lr_min: float = 1e-6
+    restart_period: int = 1
+    restart_mult: int = 2
+    weight_decay: float = 3e-4
+    dropout: float = 0.2
+    grad_clip: float = 5.0
+
+    def __post_init__(self) -> None:
+        """Refuse rates a run cannot use (a negative or NaN --lr trains into NaN) before anything is written."""
+        for name, low, strict in (("lr", 0.0, True), ("lr_min", 0.0, False), ("weight_decay", 0.0, False),
+                                  ("grad_clip", 0.0, True)):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
+            if not ok:
+                raise SearchError(f"--{name.replace('_', '-')} {value!r}: use a finite number "
+                                  f"{'above' if strict else 'of at least'} {low:g}")
+
+
+def check_run_options(epochs: int | None, train_on: str, settings: dict[str, Any], config_cls: type,
+                      what: str) -> int:
+    """Shared by train and finetune: the epoch count to use, and no unknown config settings.
+
+    `epochs=None` means DEFAULT_EPOCHS with `train_on="train"`; `train+val` needs a fixed count.
+    """
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise SearchError(f"unknown {what} setting(s) {', '.join(unknown)}")
+    if epochs is not None:
+        return epochs
+    if train_on == "train+val":
+        raise SearchError("--train-on train+val trains for a fixed number of epochs with no validation "
+                          "split to select on: give --epochs")
+    return DEFAULT_EPOCHS
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The config.yaml of a train or finetune run directory, as a mapping with its `kind`."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise SearchError(f"{run_dir}: no config.yaml; is it a run directory of `bmnas train` or `bmnas finetune`?")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or data.get("kind") not in ("train", "finetune"):
+        raise SearchError(f"{path}: not the config of a train/finetune run (a search run? evaluate a train run)")
+    return data
+
+
+def open_store_checked(store_path: str, genotype: Genotype, source: str) -> FeatureStore:
+    """Open the store and check the genotype fits it (nodes, task, classes): one clear SearchError."""
+    if not store_path:
+        raise SearchError("--store: give the feature store to train on")
+    try:
+        store = open_store(store_path)
+    except StoreError as exc:
+        raise SearchError(f"--store {store_path}: {exc}") from None
+    check_against_store(genotype, store.nodes, store.task, store.num_classes, source)
+    return store
+
+
+class _ChainedStream:
+    """Streams of several splits as one epoch: each batch comes from a split drawn in proportion to
+    its remaining rows (seeded), so train+val mixes without holding either in RAM."""
+
+    def __init__(self, readers: list) -> None:
+        self.readers = readers
+        self.num_rows = sum(int(r.num_rows) for r in readers)
+
+    def batches(self, batch_size: int, seed: int, epoch: int = 0, shuffle: bool = True):
+        iters = [r.batches(batch_size, seed + 7919 * k, epoch, shuffle) for k, r in enumerate(self.readers)]
+        left = [int(r.num_rows) for r in self.readers]
+        rng = np.random.default_rng([seed, epoch, 1])
+        while any(left):
+            k = int(rng.choice(len(left), p=np.asarray(left) / sum(left))) if shuffle else next(
+                i for i, n in enumerate(left) if n)
+            batch = next(iters[k], None)
+            if batch is None:
+                left[k] = 0
+                continue
+            left[k] = max(0, left[k] - len(batch[1]))
+            yield batch
+
+
+def open_splits(store, splits: list[str], nodes: list[str], device: torch.device,
+                memory_budget_bytes: int | None = None) -> SplitData:
+    """One split, or the union of several (train+val), as SplitData: a RAM bank when it fits."""
+    budget = default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
+    for s in splits:
+        if len(store.splits.get(s, ())) == 0:
+            raise SearchError(f"--store {store.path} has no rows in split {s!r} "
+                              f"(splits: {', '.join(store.splits) or 'none'})")
+    multilabel = store.task == "multilabel"
+    if len(splits) == 1:
+        return SplitData(store.reader(splits[0], nodes, memory_budget_bytes=budget), device, multilabel)
+    if sum(store.estimate_bytes(s, nodes) for s in splits) <= budget:
+        banks = [store.bank(s, nodes) for s in splits]
+        reader = FeatureBank({n: np.concatenate([b.features[n] for b in banks]) for n in nodes},
+                             np.concatenate([b.labels for b in banks]), np.concatenate([b.rows for b in banks]))
+    else:
+        reader = _ChainedStream([store.stream(s, nodes) for s in splits])
+    return SplitData(reader, device, multilabel)
