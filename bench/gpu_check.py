@@ -289,7 +289,7 @@ def finetune_amp_resume(tmp: Path) -> str:
 def pretrain_kill_resume(tmp: Path) -> str:
     import json
 
-    from extract.pretrain import pretrain
+    from pipeline.pretrain import pretrain
     from extract.sources.ntu import NTUSource
 
     src = NTUSource(_ntu(tmp), size=32)

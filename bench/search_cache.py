@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from extract.backbones import get_backbone  # noqa: E402
 from extract.backbones.taps import TapReader  # noqa: E402
-from fusion_search.architect import Architect, weight_step  # noqa: E402
+from fusion_search.architect import Architect  # noqa: E402
+from fusion_search.engine import train_step  # noqa: E402
 from fusion_search.hypernet import Hypernet, HypernetSpec  # noqa: E402
 from fusion_search.metrics import loss_fn  # noqa: E402
 from stores import write_store_from_arrays  # noqa: E402
@@ -91,7 +92,7 @@ def make_search(shapes: dict[str, tuple[int, int]], cfg: dict, through: list[tor
     grads_for = w + list(through)
 
     def step(train, val) -> None:
-        weight_step(model, grads_for, w_opt, lossf, train, 5.0)
+        train_step(model, grads_for, w_opt, lossf, train, 5.0)
         arch.step(val)
     return step
 

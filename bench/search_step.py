@@ -27,7 +27,8 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from fusion_search.architect import Architect, weight_step  # noqa: E402
+from fusion_search.architect import Architect  # noqa: E402
+from fusion_search.engine import train_step  # noqa: E402
 from fusion_search.found_network import FoundNetwork, count_parameters  # noqa: E402
 from fusion_search.genotype import Genotype  # noqa: E402
 from fusion_search.hypernet import Hypernet, HypernetSpec  # noqa: E402
@@ -69,7 +70,7 @@ def bmnas_step(model, train, val):
     arch = Architect(model, a, w, torch.optim.Adam(a, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3), loss)
 
     def step():
-        weight_step(model, w, w_opt, loss, train, 5.0)
+        train_step(model, w, w_opt, loss, train, 5.0)
         arch.step(val)
     return step
 

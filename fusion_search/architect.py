@@ -1,4 +1,5 @@
-"""The two alternating updates of Algorithm 1: a weight step on train, an architecture step on val.
+"""The architecture step of Algorithm 1 on val (the weight step on train is `engine.fit`'s; the search
+runs this one from fit's per-step hook).
 
 The architecture gradient comes from `torch.autograd.grad` w.r.t. α, β, γ only, so the arch step
 never computes weight gradients (in particular none for the large reshape projections).
@@ -18,22 +19,6 @@ from torch import nn
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def weight_step(model: nn.Module, weights: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                loss_fn: LossFn, batch: Batch, grad_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step of w on a train batch; returns (loss, logits) detached."""
-    feats, labels = batch
-    optimizer.zero_grad(set_to_none=True)
-    logits = model(feats)
-    loss = loss_fn(logits, labels)
-    grads = torch.autograd.grad(loss, weights, allow_unused=True)
-    for p, g in zip(weights, grads):
-        p.grad = g
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_([p for p in weights if p.grad is not None], grad_clip)
-    optimizer.step()
-    return loss.detach(), logits.detach()
 
 
 class Architect:

@@ -67,7 +67,17 @@ def compute_metrics(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[s
     return f1_scores(logits > 0.0, labels)  # sigmoid(z) > 0.5  <=>  z > 0
 
 
-# --- evaluation extras (appended for `bmnas evaluate`) ---
+def split_metrics(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The mean loss and every metric of a task over a whole split's stacked logits and labels."""
+    if len(labels) == 0:
+        return {"loss": float("nan")}
+    target = torch.from_numpy(labels).long() if task == "multiclass" else torch.from_numpy(labels.astype(np.float32))
+    out = {"loss": float(loss_fn(task, torch.from_numpy(logits), target))}
+    out.update(compute_metrics(task, logits, labels if task == "multiclass" else labels > 0.5))
+    return out
+
+
+# --- evaluation extras (for `bmnas evaluate`) ---
 
 def per_class_f1(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """F1 of each column of binary (N, K) predictions against multi-hot truth (0 where undefined)."""

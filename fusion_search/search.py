@@ -43,20 +43,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from fusion_search.architect import Architect, weight_step
+from fusion_search.architect import Architect
 from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.data import SplitData, TensorBatch, open_split, resolve_device
 from fusion_search.errors import SearchError
 from fusion_search.derive import node_modalities, uniform_op_variants
+from fusion_search.engine import EpochTotals, Step, fit, steps_per_epoch
 from fusion_search.evaluation import evaluate, score_genotype
 from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
@@ -120,6 +119,34 @@ def _val_stream(val: SplitData, batch_size: int, seed: int, epoch: int) -> Itera
     while True:
         yield from val.batches(batch_size, seed, 1_000_000 + epoch * 1000 + k)
         k += 1
+
+
+class _SearchEpochs:
+    """The search's side of each epoch of `engine.fit`: after every weight step, an architecture step on
+    the next batch of this epoch's own val stream (from `arch_warmup_epochs` on), and its loss."""
+
+    def __init__(self, cfg: SearchConfig, model: Hypernet, architect: Architect, val: SplitData,
+                 on_batch: BatchCallback | None) -> None:
+        self.cfg, self.model, self.architect, self.val, self.on_batch = cfg, model, architect, val, on_batch
+        self.arch_loss_sum = 0.0
+        self._vals: Iterator[TensorBatch] = iter(())
+
+    def batches(self, train: SplitData) -> Callable[[int], Iterator[TensorBatch]]:
+        def epoch_batches(epoch: int) -> Iterator[TensorBatch]:
+            self.arch_loss_sum = 0.0
+            self._vals = _val_stream(self.val, self.cfg.batch_size, self.cfg.seed, epoch)
+            return train.batches(self.cfg.batch_size, self.cfg.seed, epoch)
+        return epoch_batches
+
+    def arch_step(self, step: Step) -> None:
+        """`step.lr` is ξ, the learning rate of the weight step just taken (second order uses it)."""
+        if step.epoch >= self.cfg.arch_warmup_epochs:
+            a_loss = self.architect.step(next(self._vals), step.batch, step.lr)
+        else:
+            a_loss = float("nan")
+        self.arch_loss_sum += float(a_loss) * len(step.batch[1])
+        if self.on_batch is not None:
+            self.on_batch(step.epoch, step.index)
 
 
 class _RunFiles:
@@ -242,31 +269,9 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
     else:
         log.info("search on %s: %d train / %d val rows, nodes %s, device %s, %d weight parameters",
                  store.path, train.num_rows, val.num_rows, ",".join(nodes), device, sum(p.numel() for p in weights))
-    n_batches = math.ceil(train.num_rows / cfg.batch_size)
-    for epoch in range(state["epoch"], cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        vals = _val_stream(val, cfg.batch_size, cfg.seed, epoch)
-        sums = {"loss": 0.0, "arch_loss": 0.0, "correct": 0.0, "rows": 0}
-        bar = tqdm(train.batches(cfg.batch_size, cfg.seed, epoch), total=n_batches, disable=not progress,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=True, dynamic_ncols=True)
-        for i, batch in enumerate(bar):
-            xi = w_opt.param_groups[0]["lr"]
-            w_loss, logits = weight_step(model, weights, w_opt, loss, batch, cfg.grad_clip)
-            a_loss = architect.step(next(vals), batch, xi) if epoch >= cfg.arch_warmup_epochs else float("nan")
-            sched.step(epoch + (i + 1) / n_batches)
-            rows = len(batch[1])
-            sums["loss"] += float(w_loss) * rows
-            sums["arch_loss"] += float(a_loss) * rows
-            sums["rows"] += rows
-            if task == "multiclass":
-                sums["correct"] += float((logits.argmax(1) == batch[1]).sum())
-            post = {"loss": f"{sums['loss'] / sums['rows']:.4f}"}
-            if task == "multiclass":
-                post["acc"] = f"{sums['correct'] / sums['rows']:.3f}"
-            bar.set_postfix(post, refresh=False)
-            if on_batch is not None:
-                on_batch(epoch, i)
+    loop = _SearchEpochs(cfg, model, architect, val, on_batch)
+
+    def end_epoch(epoch: int, totals: EpochTotals) -> None:
         val_metrics = evaluate(model, val, task, cfg.batch_size)
         genotype, score = _best_candidate(cfg, model, epoch, state["scores"], val_metrics[key], train, val,
                                           store.node_shapes, device, task)
@@ -275,12 +280,10 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
             state["best"] = best = {"score": score, "epoch": epoch + 1, "genotype": genotype.to_dict()}
             genotype.save(files.genotype)
         genotype.save(files.genotypes / f"epoch_{epoch + 1:03d}.json")
-        record = {"epoch": epoch + 1, "train_loss": sums["loss"] / sums["rows"],
-                  "arch_val_loss": None if best is None else sums["arch_loss"] / sums["rows"], "val": val_metrics,
-                  "genotype_score": score, "best_score": best and best["score"], "best_epoch": best and best["epoch"],
-                  "lr": w_opt.param_groups[0]["lr"]}
-        if task == "multiclass":
-            record["train_accuracy"] = sums["correct"] / sums["rows"]
+        record = totals.record(epoch, w_opt.param_groups[0]["lr"])
+        record.update({"arch_val_loss": None if best is None else loop.arch_loss_sum / max(totals.rows, 1),
+                       "val": val_metrics, "genotype_score": score, "best_score": best and best["score"],
+                       "best_epoch": best and best["epoch"]})
         files.append(files.metrics, record)
         files.append(files.history, {"epoch": epoch + 1, **arch_weights_to_lists(model.arch_weights())})
         state["epoch"] = epoch + 1
@@ -288,10 +291,14 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
         scored = ("arch warm-up, genotype not scored" if best is None else
                   f"genotype {key} {score:.4f}, best {best['score']:.4f} @ {best['epoch']}")
         msg = (f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}, val {key} "
-               f"{val_metrics.get(key, float('nan')):.4f} (hypernet), {scored} ({time.perf_counter() - t0:.1f}s)")
+               f"{val_metrics.get(key, float('nan')):.4f} (hypernet), {scored} ({totals.seconds:.1f}s)")
         log.info(msg)
         if progress:
             tqdm.write(msg)
+
+    fit(model, loop.batches(train), loss, w_opt, sched, epochs=cfg.epochs, start_epoch=state["epoch"], params=weights,
+        grad_clip=cfg.grad_clip, steps_per_epoch=steps_per_epoch(train.num_rows, cfg.batch_size),
+        on_step=loop.arch_step, on_epoch=end_epoch, progress=progress, desc="epoch", leave=True)
     if cfg.plots:
         plot_history(read_jsonl(files.history), nodes, cfg.primitives, files.plots)
         plot_metrics(read_jsonl(files.metrics), key, files.plots)

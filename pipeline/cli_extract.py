@@ -1,6 +1,6 @@
 """`bmnas backbones`, `bmnas pretrain` and `bmnas extract`: stage 1 on the command line.
 
-Both stages are plain functions (`extract.pretrain.pretrain`, `extract.job.extract`) that the
+Both stages are plain functions (`pipeline.pretrain.pretrain`, `extract.job.extract`) that the
 tests call too; this module only parses options and prints the summary.
 """
 
@@ -95,7 +95,7 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
                  weight_decay, checkpoint, inflate_from, device, loader_workers, on_error, seed,
                  keep_in_memory) -> None:
     """Train one backbone + head on one modality of DATA; write best.pt, config.json, metrics.jsonl."""
-    from extract.pretrain import pretrain
+    from pipeline.pretrain import pretrain
 
     src = _open(data, kind, split, source_opt)
     res = pretrain(src, modality, backbone, str(out_dir), setting=setting, epochs=epochs, batch_size=batch_size,

@@ -153,7 +153,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) -> None:
-    from extract.pretrain import pretrain
+    from pipeline.pretrain import pretrain
 
     for modality, backbone in backbones.items():
         run = root / modality
@@ -252,7 +252,7 @@ def _train_all(cfg: DemoConfig, store: Path, runs: dict[str, Path], root: Path) 
 
 
 def _unimodal(cfg: DemoConfig, source, backbones, root: Path) -> None:
-    from extract.unimodal_eval import evaluate_pretrained
+    from pipeline.unimodal_eval import evaluate_pretrained
 
     for modality in backbones:
         metrics = evaluate_pretrained(source, str(root / modality), split="test", device="cpu")

@@ -15,6 +15,7 @@ MM-IMDB's paper number is f1_weighted; NTU's and EgoGesture's is accuracy (top-1
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import time
@@ -26,27 +27,15 @@ import torch
 from torch import nn
 
 from fusion_search.data import SplitData, resolve_device
+from fusion_search.engine import predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
-from fusion_search.metrics import (compute_metrics, confusion_matrix, loss_fn, multiclass_f1_macro,
-                                   per_class_f1)
+from fusion_search.metrics import confusion_matrix, multiclass_f1_macro, per_class_f1, split_metrics
 from fusion_search.run_checkpoint import load_run_checkpoint
-from pipeline.joint_model import Built, RawSamples, build_model, load_finetune_config, predict_loader, raw_loader
+from pipeline.joint_model import Built, RawSamples, build_model, load_finetune_config, raw_loader, to_device
 from pipeline.rundir import BEST
 from pipeline.runs import open_splits, open_store_checked, read_run_config
-
-@torch.no_grad()
-def predict(model: nn.Module, data: SplitData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of every row of `data`, in split order (eval mode; train mode restored)."""
-    was = model.training
-    model.eval()
-    logits, labels = [], []
-    for feats, y in data.batches(batch_size, seed=0, shuffle=False):
-        logits.append(model(feats).float().cpu().numpy())
-        labels.append(y.cpu().numpy())
-    model.train(was)
-    return np.concatenate(logits), np.concatenate(labels)
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, example: Any, repeats: int = 20, warmup: int = 3) -> float:
@@ -69,16 +58,10 @@ def latency_ms(model: nn.Module, example: Any, repeats: int = 20, warmup: int = 
     return float(np.median(times) * 1000.0)
 
 def task_metrics(task: str, num_classes: int, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """All metrics of `bmnas evaluate` (compute_metrics plus multiclass macro-F1 and the loss)."""
-    truth = labels if task == "multiclass" else labels > 0.5
-    out: dict[str, float] = {}
-    if len(labels):
-        t = torch.from_numpy(logits)
-        y = torch.from_numpy(labels).long() if task == "multiclass" else torch.from_numpy(truth.astype(np.float32))
-        out["loss"] = float(loss_fn(task, t, y))
-    out.update(compute_metrics(task, logits, truth))
+    """All metrics of `bmnas evaluate`: the loss and task metrics of a split, plus multiclass macro-F1."""
+    out = split_metrics(task, logits, labels)
     if task == "multiclass":
-        out["f1_macro"] = multiclass_f1_macro(logits.argmax(1), labels, num_classes)
+        out["f1_macro"] = multiclass_f1_macro(logits.argmax(1), labels, num_classes) if len(labels) else 0.0
     return out
 
 def _class_names(names: Sequence[str] | None, k: int) -> list[str]:
@@ -183,7 +166,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
     model.load_state_dict(ckpt["model"])
     data = open_splits(store, [split], genotype.used_nodes(), dev)
     t0 = time.perf_counter()
-    logits, labels = predict(model, data, bs)
+    logits, labels = predict(model, data.batches(bs, seed=0, shuffle=False))
     seconds = time.perf_counter() - t0
     rows = store.split_rows(split)
     ids = store.sample_ids
@@ -211,7 +194,7 @@ def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, de
     model.load_state_dict(ckpt["model"])
     loader = raw_loader(built, [split], cfg, dev, shuffle=False, batch_size=batch_size)
     t0 = time.perf_counter()
-    logits, labels = predict_loader(model, loader, dev, amp)
+    logits, labels = predict(model, loader, amp=amp, to_device=functools.partial(to_device, device=dev))
     seconds = time.perf_counter() - t0
     ids = [s.id for s in built.source.samples() if s.split == split]
     x, _ = RawSamples(built.source, [s for s in built.source.samples() if s.split == split][:1], built.specs)[0]

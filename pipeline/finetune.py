@@ -16,17 +16,17 @@ train+val), with the whole model in the checkpoints; killed runs resume exactly 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import yaml
-from torch import nn
 
 from fusion_search.data import resolve_device
+from fusion_search.engine import EpochTotals, fit, predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import count_parameters
 from fusion_search.genotype import Genotype
@@ -35,7 +35,7 @@ from fusion_search.run_checkpoint import load_run_checkpoint
 from fusion_search.schedule import weight_optimizer
 from pipeline.evaluate import evaluate_finetune_run, task_metrics
 from pipeline.joint_model import (Built, FinetuneConfig, JointModel, build_model, load_finetune_config, parse_backbone,
-                                  predict_loader, raw_loader, to_device)
+                                  raw_loader, to_device)
 from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
 from pipeline.runs import TRAIN_ON, check_run_options, read_run_config
 from stores.lock import holds_lock
@@ -133,8 +133,6 @@ def _run(cfg: FinetuneConfig, genotype: Genotype, built: Built, run: Path, *, re
 
 def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, resume: bool, progress: bool,
           evaluate_test: bool) -> dict[str, Any]:
-    from tqdm import tqdm
-
     device = resolve_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
     task, key = built.source.task, PRIMARY[built.source.task]
@@ -159,38 +157,22 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
                  cfg.genotype, cfg.source, ", ".join(f"{b['modality']}={b['backbone']}" for b in cfg.backbones),
                  sum(p.numel() for p in bb_params), sum(p.numel() for p in fusion_params), device, amp)
     splits = cfg.train_on.split("+")
+    on_device = functools.partial(to_device, device=device)
     val_loader = raw_loader(built, ["val"], cfg, device, shuffle=False) if cfg.train_on == "train" else None
-    for epoch in range(book.epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        loader = raw_loader(built, splits, cfg, device, shuffle=True, epoch=epoch)
-        n_batches = len(loader)
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        total, rows = 0.0, 0
-        bar = tqdm(loader, disable=not progress, leave=False, desc=f"finetune {epoch + 1}/{cfg.epochs}")
-        for i, (x, y) in enumerate(bar):
-            x, y = to_device(x, y, device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                logits = model(x)
-            loss = loss_fn(task, logits.float(), y)
-            scaler.scale(loss / cfg.accumulate).backward()
-            total += float(loss.detach()) * len(y)
-            rows += len(y)
-            if (i + 1) % cfg.accumulate == 0 or i + 1 == n_batches:
-                scaler.unscale_(opt)
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(bb_params + fusion_params, cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                sched.step(epoch + (i + 1) / n_batches)
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(rows, 1),
-                                  "lr": opt.param_groups[0]["lr"], "backbone_lr": opt.param_groups[1]["lr"]}
+
+    def end_epoch(epoch: int, totals: EpochTotals) -> None:
+        record = {**totals.record(epoch, opt.param_groups[0]["lr"]), "backbone_lr": opt.param_groups[1]["lr"]}
         if val_loader is not None:
-            record["val"] = task_metrics(task, built.source.num_classes, *predict_loader(model, val_loader, device, amp))
-        record["seconds"] = time.perf_counter() - t0
+            record["val"] = task_metrics(task, built.source.num_classes,
+                                         *predict(model, val_loader, amp=amp, to_device=on_device))
+        record["seconds"] = totals.seconds
         log.info(book.end_epoch(record, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                                 "scaler": scaler.state_dict()}, device))
+
+    fit(model, lambda epoch: raw_loader(built, splits, cfg, device, shuffle=True, epoch=epoch),
+        lambda z, y: loss_fn(task, z, y), opt, sched, epochs=cfg.epochs, start_epoch=book.epoch,
+        params=bb_params + fusion_params, grad_clip=cfg.grad_clip, accumulate=cfg.accumulate, amp=amp, scaler=scaler,
+        to_device=on_device, on_epoch=end_epoch, progress=progress, desc="finetune")
     summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on, "num_parameters": count_parameters(model),
                             "fusion_parameters": count_parameters(model.fusion), "test": None})
     if evaluate_test and any(s.split == "test" for s in built.source.samples()):

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
@@ -240,24 +239,10 @@ def raw_loader(built: Built, split_names: Sequence[str], cfg: FinetuneConfig, de
                       pin_memory=device.type == "cuda")
 
 
-def to_device(x: dict[str, torch.Tensor], y: torch.Tensor, device: torch.device):
+def to_device(x: dict[str, torch.Tensor], y: torch.Tensor,
+              device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A raw batch on `device` (non-blocking: the loader pins host memory for CUDA)."""
     return {m: t.to(device, non_blocking=True) for m, t in x.items()}, y.to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels over a loader (eval mode, train mode restored)."""
-    was = model.training
-    model.eval()
-    logits, labels = [], []
-    for x, y in loader:
-        x, y = to_device(x, y, device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            z = model(x)
-        logits.append(z.float().cpu().numpy())
-        labels.append(y.cpu().numpy())
-    model.train(was)
-    return np.concatenate(logits), np.concatenate(labels)
 
 
 def load_finetune_config(run: Path) -> FinetuneConfig:

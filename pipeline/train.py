@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +31,8 @@ from typing import Any
 import torch
 import yaml
 
-from fusion_search.architect import weight_step
 from fusion_search.data import resolve_device
+from fusion_search.engine import EpochTotals, fit, steps_per_epoch
 from fusion_search.errors import SearchError
 from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
@@ -148,32 +146,20 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, 
     else:
         log.info("train %s on %s (%s): %d rows, nodes %s, device %s, %d parameters", run / "genotype.json",
                  store.path, cfg.train_on, train.num_rows, ",".join(nodes), device, count_parameters(model))
-    n_batches = max(1, math.ceil(train.num_rows / cfg.batch_size))
-    loss = lambda z, y: loss_fn(task, z, y)  # noqa: E731
-    for epoch in range(book.epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        total, correct, rows = 0.0, 0.0, 0
-        bar = tqdm(train.batches(cfg.batch_size, cfg.seed, epoch), total=n_batches, disable=not progress,
-                   desc=f"train {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-        for i, batch in enumerate(bar):
-            w_loss, logits = weight_step(model, params, opt, loss, batch, cfg.grad_clip)
-            sched.step(epoch + (i + 1) / n_batches)
-            total += float(w_loss) * len(batch[1])
-            rows += len(batch[1])
-            if task == "multiclass":
-                correct += float((logits.argmax(1) == batch[1]).sum())
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(rows, 1),
-                                  "lr": opt.param_groups[0]["lr"]}
-        if task == "multiclass":
-            record["train_accuracy"] = correct / max(rows, 1)
+
+    def end_epoch(epoch: int, totals: EpochTotals) -> None:
+        record = totals.record(epoch, opt.param_groups[0]["lr"])
         if val is not None:
             record["val"] = evaluate(model, val, task, cfg.batch_size)
-        record["seconds"] = time.perf_counter() - t0
+        record["seconds"] = totals.seconds
         msg = book.end_epoch(record, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, device)
         log.info(msg)
         if progress:
             tqdm.write(msg)
+
+    fit(model, lambda epoch: train.batches(cfg.batch_size, cfg.seed, epoch), lambda z, y: loss_fn(task, z, y), opt,
+        sched, epochs=cfg.epochs, start_epoch=book.epoch, params=params, grad_clip=cfg.grad_clip,
+        steps_per_epoch=steps_per_epoch(train.num_rows, cfg.batch_size), on_epoch=end_epoch, progress=progress)
     summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on,
                             "num_parameters": count_parameters(model), "test": None})
     if evaluate_test and len(store.splits.get("test", ())) > 0:

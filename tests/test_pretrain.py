@@ -14,11 +14,12 @@ from extract.backbones import get_backbone
 from extract.checkpoints import load_checkpoint
 from extract.errors import BackboneError, ExtractError
 from extract.job import BackboneChoice, extract
-from extract.pretrain import pretrain, weighted_f1
 from extract.sources.mmimdb import MMIMDBSource
 from extract.sources.ntu import NTUSource
 from extract.synth import generate
+from fusion_search.metrics import f1_scores
 from pipeline.cli import cli
+from pipeline.pretrain import pretrain
 from stores import open_store
 
 
@@ -114,11 +115,11 @@ def test_pretrain_multilabel_text(tmp_path):
     assert res.metric == "val_f1_weighted" and 0 <= res.best_score <= 1
 
 
-def test_weighted_f1():
+def test_pretrain_scores_with_the_one_weighted_f1():
     y = np.array([[1, 0], [1, 1], [0, 1]], bool)
-    assert weighted_f1(y, y) == 1.0
+    assert f1_scores(y, y)["f1_weighted"] == 1.0
     p = np.array([[1, 0], [0, 0], [0, 1]], bool)  # class 0: f1 2/3 (support 2); class 1: 2/3 (support 2)
-    assert weighted_f1(y, p) == pytest.approx(2 / 3)
+    assert f1_scores(p, y)["f1_weighted"] == pytest.approx(2 / 3)
 
 
 def test_pretrain_bad_options(ntu, tmp_path):

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from extract.backbones import get_backbone
 from extract.checkpoints import load_checkpoint
 from extract.errors import ExtractError
-from extract.pretrain import _collate, _evaluate, _Samples
+from extract.labelled_samples import LabelledSamples, collate_samples
+from fusion_search.engine import predict
+from fusion_search.metrics import PRIMARY, split_metrics
 
 
 def evaluate_pretrained(source: Any, run_dir: str | Path, split: str = "test", *, device: str = "cpu",
@@ -38,12 +39,12 @@ def evaluate_pretrained(source: Any, run_dir: str | Path, split: str = "test", *
     samples = [s for s in source.samples() if s.split == split]
     if not samples:
         raise ExtractError(f"source {getattr(source, 'name', '?')!r} has no {split!r} samples")
-    loader = DataLoader(_Samples(source, samples, cfg["modality"], spec, cfg["setting"], False),
-                        batch_size=batch_size, collate_fn=_collate)
+    loader = DataLoader(LabelledSamples(source, samples, cfg["modality"], spec, cfg["setting"], False),
+                        batch_size=batch_size, collate_fn=collate_samples)
     task = cfg["task"]
-    loss_fn = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
-    loss, score = _evaluate(model, loader, task, dev, loss_fn)
-    metrics = {("f1_weighted" if task == "multilabel" else "accuracy"): score, "loss": loss,
+    scores = split_metrics(task, *predict(model, (b for b in loader if b is not None),
+                                          to_device=lambda x, y: (x.to(dev), y.to(dev))))
+    metrics = {PRIMARY[task]: scores.get(PRIMARY[task], float("nan")), "loss": scores["loss"],
                "num_samples": len(samples), "num_parameters": sum(p.numel() for p in model.parameters()),
                "split": split, "backbone": cfg["backbone"], "modality": cfg["modality"]}
     (run / f"metrics_{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
