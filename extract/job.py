@@ -23,11 +23,12 @@ import torch
 
 from extract.backbones import get_backbone
 from extract.backbones.taps import TapReader
-from extract.checkpoints import sha256_file
+from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_file
 from extract.cluster import connect
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
 from extract.worker import INIT_SEED, PRECISIONS, Entry, Placement, run_chunks, warm_up
+from stores import NodeSpec, StoreError, create_store, open_writer
 from stores.device import DEVICES, gpu_slot
 from stores.lock import holds_lock
 
@@ -108,8 +109,6 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
     if choice.inflate and (choice.backbone != "inflated_resnet50" or not choice.checkpoint):
         raise BackboneError("--inflate-from takes 2D ResNet-50 weights for inflated_resnet50 only")
     if choice.checkpoint:
-        from extract.checkpoints import inflate_checkpoint, load_checkpoint
-
         load = inflate_checkpoint if choice.inflate else load_checkpoint
         sha = load(model, choice.checkpoint, head=spec.head)
     elif spec.weights is not None:  # weights shipped with the backbone's package
@@ -201,8 +200,6 @@ def _comparable(prov: dict) -> dict:
 
 def _reopen(out: str, prov: dict):
     """The writer of an existing store made with the same settings (resume), else an ExtractError."""
-    from stores import StoreError, open_writer
-
     try:
         writer = open_writer(Path(out))
     except StoreError as exc:
@@ -229,8 +226,6 @@ def _check_writable(out: str) -> None:
 def _create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, source: Any,
             n: int, dtype: str, rows_per_chunk: int, codec: str, overwrite: bool):
     """A new, empty store with one node per tap and the per-node provenance attrs."""
-    from stores import NodeSpec, StoreError, create_store
-
     specs = []
     for e, sha in zip(entries, shas):
         for tap, node, length in zip(e.taps, e.nodes, e.lengths):

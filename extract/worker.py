@@ -25,6 +25,7 @@ from extract.backbones import TapSpec, get_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint
 from extract.reduction import ReductionConfig
+from stores import open_writer
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,6 @@ def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, placement: P
             with lm.lock, torch.inference_mode(), _autocast(lm):
                 lm.reader.run(x)
     import decord  # noqa: F401  - first import costs seconds on a busy machine
-    import stores  # noqa: F401
 
     return str(device)
 
@@ -318,8 +318,6 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
     on_error="fail" a chunk holding an unreadable sample is not written and its result carries
     the failure; chunks after it are not started.
     """
-    from stores import open_writer
-
     _use_worker_threads()
     writer = open_writer(store_path)
     address = worker_address()

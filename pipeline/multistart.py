@@ -32,7 +32,10 @@ import yaml
 from extract.cluster import connect
 from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.errors import SearchError
+from fusion_search.data import open_split, resolve_device
 from fusion_search.genotype import Genotype
+from fusion_search.search import run_search, score_runs
+from stores import open_store
 from stores.lock import holds_lock
 
 MANIFEST = "multistart.yaml"
@@ -190,8 +193,6 @@ def _worker_threads() -> None:
 
 def _search_seed(shared: dict, seed: int, run_dir: str) -> dict:
     """One seed's search into its own run directory, resumed when it was started before."""
-    from fusion_search.search import run_search
-
     _worker_threads()
     run = Path(run_dir)
     if run.exists() and not (run / "config.yaml").is_file():
@@ -204,10 +205,6 @@ def _search_seed(shared: dict, seed: int, run_dir: str) -> dict:
 
 def _rescore(shared: dict, genotype_dict: dict, run_dir: str) -> list[float]:
     """Val scores of fresh scoring runs of one genotype (cached in the seed's run directory)."""
-    from fusion_search.data import open_split, resolve_device
-    from fusion_search.search import score_runs
-    from stores import open_store
-
     _worker_threads()
     cfg = SearchConfig(**shared)
     genotype = Genotype.from_dict(genotype_dict, run_dir)
