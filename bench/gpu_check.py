@@ -232,7 +232,7 @@ def _set_epochs(run: Path, epochs: int) -> None:
 
 @check
 def train_kill_resume(tmp: Path) -> str:
-    from pipeline.rundir import LAST
+    from fusion_search.rundir import LAST
     from pipeline.train import resume_training, train_on_cache
 
     store, g = _train_setup(tmp)
@@ -289,7 +289,7 @@ def finetune_amp_resume(tmp: Path) -> str:
 def pretrain_kill_resume(tmp: Path) -> str:
     import json
 
-    from pipeline.pretrain import pretrain
+    from pipeline.pretrain import pretrain, resume_pretrain
     from extract.sources.ntu import NTUSource
 
     src = NTUSource(_ntu(tmp), size=32)
@@ -304,7 +304,7 @@ def pretrain_kill_resume(tmp: Path) -> str:
         pretrain(src, "skeleton", "hcn", str(tmp / "p_cut"), on_epoch=kill, **kw)
     except Killed:
         pass
-    cut = pretrain(src, "skeleton", "hcn", str(tmp / "p_cut"), **kw)
+    cut = resume_pretrain(tmp / "p_cut", source=src, progress=False)
     rows = [[json.loads(x)["train_loss"] for x in (tmp / run / "metrics.jsonl").read_text().splitlines()]
             for run in ("p_whole", "p_cut")]
     gap = max(abs(a - b) for a, b in zip(*rows))

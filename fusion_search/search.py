@@ -41,8 +41,6 @@ Run directory:
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +60,12 @@ from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from fusion_search.rundir import CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs, run_log, start_run
 from fusion_search.schedule import weight_optimizer
+from stores import StoreError, open_store
 from stores.device import restore_rng, rng_state
 from stores.lock import holds_lock
 
-CHECKPOINT = "checkpoints/last.pt"
 BatchCallback = Callable[[int, int], None]
 
 
@@ -80,8 +79,6 @@ class SearchResult:
 
 
 def _open_store(path: str):
-    from stores import StoreError, open_store
-
     if not path:
         raise SearchError("--store: give the feature store to search on")
     try:
@@ -150,22 +147,17 @@ class _SearchEpochs:
 
 
 class _RunFiles:
-    """Paths of a run directory and its append-only JSON-lines files."""
+    """The search's files in its run directory (`fusion_search.rundir` owns the shared ones)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.config = root / "config.yaml"
-        self.log = root / "log.txt"
-        self.metrics = root / "metrics.jsonl"
+        self.config = root / CONFIG
+        self.metrics = root / METRICS
         self.history = root / "arch_history.jsonl"
         self.genotypes = root / "genotypes"
         self.genotype = root / "genotype.json"
-        self.checkpoint = root / CHECKPOINT
+        self.checkpoint = root / LAST
         self.plots = root / "plots"
-
-    def append(self, path: Path, record: dict) -> None:
-        with path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
 
     def clear_partial(self) -> None:
         """Remove what an epoch without checkpoint may have written (a kill before the first one)."""
@@ -174,27 +166,12 @@ class _RunFiles:
         for path in self.genotypes.glob("epoch_*.json") if self.genotypes.is_dir() else ():
             path.unlink()
 
-    def truncate_to(self, path: Path, epochs_done: int) -> None:
-        """Drop lines of epochs the checkpoint does not cover (a kill between the two writes)."""
-        keep = [r for r in read_jsonl(path) if r["epoch"] <= epochs_done]
-        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-
-
-def _logger(files: _RunFiles) -> tuple[logging.Logger, logging.Handler]:
-    log = logging.getLogger(f"bmnas.search.{files.root.resolve()}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    handler = logging.FileHandler(files.log)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(handler)
-    return log, handler
-
 
 def load_run_config(run_dir: str | os.PathLike) -> SearchConfig:
     """The resolved config of an existing run (for --resume)."""
     import yaml
 
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise SearchError(f"--resume {run_dir}: no config.yaml there; is it a run directory of `bmnas search`?")
     return config_from_mapping(yaml.safe_load(path.read_text()) or {}, str(path))
@@ -212,24 +189,18 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = Fals
             raise SearchError(f"--resume {out}: no config.yaml there; is it a run directory of `bmnas search`?")
         resume, restart = False, True  # killed before its first epoch ended: start over with its config
         files.clear_partial()
-    elif not resume and files.root.exists() and any(files.root.iterdir()):
-        raise SearchError(f"--out {out} exists and is not empty: choose a new run directory or continue it with --resume {out}")
+    elif not resume:
+        check_new_run(out, "search")
     store = _open_store(cfg.store)
     nodes = _check_store(store, cfg)
     device = resolve_device(cfg.device)
-    files.root.mkdir(parents=True, exist_ok=True)
-    files.genotypes.mkdir(exist_ok=True)
-    files.checkpoint.parent.mkdir(exist_ok=True)
     if not resume and not restart:
-        cfg.save(files.config)
-    log, handler = _logger(files)
-    if restart:
-        log.info("no checkpoint yet: restarting the search from its first epoch")
-    try:
+        start_run(files.root, cfg.to_dict())
+    files.genotypes.mkdir(parents=True, exist_ok=True)
+    with run_log(files.root, "search") as log:
+        if restart:
+            log.info("no checkpoint yet: restarting the search from its first epoch")
         return _search(cfg, store, nodes, device, files, log, resume, progress, on_batch)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
 
 
 def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -> SearchResult:
@@ -263,8 +234,8 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
         sched.load_state_dict(ckpt["scheduler"])
         restore_rng(ckpt, device)
         state = {"epoch": ckpt["epoch"], "best": ckpt["best"], "scores": ckpt["scores"]}
-        files.truncate_to(files.metrics, state["epoch"])
-        files.truncate_to(files.history, state["epoch"])
+        keep_epochs(files.metrics, state["epoch"])
+        keep_epochs(files.history, state["epoch"])
         log.info("resumed after epoch %d", state["epoch"])
     else:
         log.info("search on %s: %d train / %d val rows, nodes %s, device %s, %d weight parameters",
@@ -284,8 +255,8 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
         record.update({"arch_val_loss": None if best is None else loop.arch_loss_sum / max(totals.rows, 1),
                        "val": val_metrics, "genotype_score": score, "best_score": best and best["score"],
                        "best_epoch": best and best["epoch"]})
-        files.append(files.metrics, record)
-        files.append(files.history, {"epoch": epoch + 1, **arch_weights_to_lists(model.arch_weights())})
+        append_jsonl(files.metrics, record)
+        append_jsonl(files.history, {"epoch": epoch + 1, **arch_weights_to_lists(model.arch_weights())})
         state["epoch"] = epoch + 1
         _save_checkpoint(files.checkpoint, cfg, model, w_opt, a_opt, sched, state, device)
         scored = ("arch warm-up, genotype not scored" if best is None else

@@ -33,9 +33,10 @@ from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, inner_name
 from fusion_search.metrics import PRIMARY
 from pipeline.evaluate import evaluate_run
-from pipeline.rundir import LAST
+from fusion_search.rundir import LAST
 from pipeline.runs import DEFAULT_EPOCHS, open_store_checked
 from pipeline.train import resume_training, train_on_cache
+from stores.device import claim_gpu, gpu_slot
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,6 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
         worker = get_worker()
         torch.set_num_threads(max(1, worker.state.nthreads))
         if settings.get("device", "auto") != "cpu" and torch.cuda.is_available():
-            from stores.device import claim_gpu, gpu_slot
-
             index, sharing = gpu_slot(worker.address, workers, torch.cuda.device_count())
             claim_gpu(index, 1.0 / sharing)
     except (ImportError, ValueError):

@@ -6,12 +6,14 @@ tests call too; this module only parses options and prints the summary.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import click
 
 from extract.errors import ExtractError
+from pipeline.cli_resume import check_resume_options, given_device
 
 KINDS = ("ntu", "mmimdb", "egogesture", "manifest")
 
@@ -50,12 +52,12 @@ def _open(data: Path, kind: str | None, split: str | None, source_opt: tuple[str
         raise ExtractError(f"--source-opt: {exc}") from None
 
 
-def _source_args(f):
+def _source_args(f, data_required: bool = True):
     f = click.option("--source-opt", multiple=True, metavar="KEY=VALUE",
                      help="Option for the dataset adapter, e.g. size=32 or frames=8 (repeatable).")(f)
     f = click.option("--split", default=None, help="Split preset of the adapter (NTU: mfas, cross-subject, cross-view).")(f)
     f = click.option("--kind", type=click.Choice(KINDS), default=None, help="Dataset kind (detected when omitted).")(f)
-    return click.argument("data", type=click.Path(path_type=Path))(f)
+    return click.argument("data", type=click.Path(path_type=Path), required=data_required)(f)
 
 
 @click.command("backbones")
@@ -72,12 +74,11 @@ def backbones_cmd(setting: str) -> None:
 
 
 @click.command("pretrain")
-@_source_args
-@click.option("--modality", required=True, help="Modality of the source to train on (video, skeleton, ...).")
-@click.option("--backbone", required=True, help="Registered backbone name (see `bmnas backbones`).")
+@functools.partial(_source_args, data_required=False)
+@click.option("--modality", help="Modality of the source to train on (video, skeleton, ...).")
+@click.option("--backbone", help="Registered backbone name (see `bmnas backbones`).")
 @click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Run directory to write; rerunning the same command after a kill resumes it.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="New run directory to write.")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
@@ -91,18 +92,28 @@ def backbones_cmd(setting: str) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keep-in-memory", is_flag=True,
               help="Keep decoded inputs in RAM after the first epoch (small data sets only).")
+@click.option("--resume", type=click.Path(), help="Continue the killed pretraining run in this directory.")
 def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out_dir, epochs, batch_size, lr,
                  weight_decay, checkpoint, inflate_from, device, loader_workers, on_error, seed,
-                 keep_in_memory) -> None:
-    """Train one backbone + head on one modality of DATA; write best.pt, config.json, metrics.jsonl."""
-    from pipeline.pretrain import pretrain
+                 keep_in_memory, resume) -> None:
+    """Train one backbone + head on one modality of DATA; write best.pt and the run directory."""
+    from pipeline.pretrain import pretrain, resume_pretrain
 
-    src = _open(data, kind, split, source_opt)
-    res = pretrain(src, modality, backbone, str(out_dir), setting=setting, epochs=epochs, batch_size=batch_size,
-                   lr=lr, weight_decay=weight_decay, device=device,
-                   init_checkpoint=str(checkpoint) if checkpoint else None,
-                   inflate_from=str(inflate_from) if inflate_from else None, num_workers=loader_workers,
-                   on_error=on_error, seed=seed, keep_in_memory=keep_in_memory)
+    if resume:
+        check_resume_options(resume)
+        res = resume_pretrain(resume, device=given_device())
+    else:
+        for name, value in (("DATA", data), ("--modality", modality), ("--backbone", backbone), ("--out", out_dir)):
+            if not value:
+                raise ExtractError(f"{name}: required (or --resume RUN to continue a run)")
+        src = _open(data, kind, split, source_opt)
+        where = {"path": str(Path(data).resolve()), "kind": kind, "split": split,
+                 "options": _source_options(source_opt)}
+        res = pretrain(src, modality, backbone, str(out_dir), setting=setting, epochs=epochs, batch_size=batch_size,
+                       lr=lr, weight_decay=weight_decay, device=device,
+                       init_checkpoint=str(checkpoint) if checkpoint else None,
+                       inflate_from=str(inflate_from) if inflate_from else None, num_workers=loader_workers,
+                       on_error=on_error, seed=seed, keep_in_memory=keep_in_memory, source_location=where)
     click.echo(f"best {res.metric} {res.best_score:.4f} at epoch {res.best_epoch}; checkpoint {res.checkpoint} "
                f"(sha256 {res.checkpoint_sha256[:12]})")
 

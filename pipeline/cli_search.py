@@ -12,6 +12,7 @@ from click.core import ParameterSource
 from fusion_search.config import SearchConfig, config_from_mapping, load_config_file
 from fusion_search.errors import SearchError
 from fusion_search.search import load_run_config, run_search
+from pipeline.cli_resume import check_resume_options
 from pipeline.multistart import load_multistart, parse_seeds, run_multistart
 
 # CLI option name -> SearchConfig field
@@ -20,17 +21,6 @@ _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "c
             "unrolled": "unrolled", "step_inputs": "step_inputs", "nodes": "nodes", "device": "device",
             "arch_warmup_epochs": "arch_warmup_epochs", "candidates": "candidates", "score_seeds": "score_seeds",
             "cross_modal": "cross_modal", "op_variants": "op_variants"}
-
-
-def check_resume_options(resume: str) -> None:
-    """With --resume only --device may be given (search, train, finetune): a resumed run continues
-    with its own config.yaml, and an option that would be silently ignored is an error instead."""
-    ctx = click.get_current_context()
-    extra = [p.opts[0] for p in ctx.command.params if p.name not in ("resume", "device") and p.opts
-             and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
-    if extra:
-        raise SearchError(f"--resume {resume} continues with the run's own config.yaml (only --device may "
-                          f"change); drop {', '.join(extra)}")
 
 
 @click.command("search")

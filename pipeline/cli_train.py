@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import click
-from click.core import ParameterSource
 
 from fusion_search.errors import SearchError
-from pipeline.cli_search import check_resume_options
+from pipeline.cli_resume import check_resume_options, given_device
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
-
-
-def _given_device() -> str | None:
-    """--device when given on the command line (a resumed run may move), else None: the run's own."""
-    ctx = click.get_current_context()
-    return ctx.params["device"] if ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE else None
 
 
 def _echo_metrics(metrics: dict | None, prefix: str = "") -> None:
@@ -42,7 +35,7 @@ def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train
 
     if resume:
         check_resume_options(resume)
-        summary = resume_training(resume, progress=True, device=_given_device())
+        summary = resume_training(resume, progress=True, device=given_device())
     else:
         for name, value in (("--store", store), ("--genotype", genotype_path), ("--out", out)):
             if not value:
@@ -169,7 +162,7 @@ def finetune_cmd(genotype_path, source, kind, split_preset, source_opt, backbone
 
     if resume:
         check_resume_options(resume)
-        summary = resume_finetune(resume, progress=True, device=_given_device())
+        summary = resume_finetune(resume, progress=True, device=given_device())
     else:
         for name, value in (("--genotype", genotype_path), ("--source", source), ("--out", out)):
             if not value:

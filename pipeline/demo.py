@@ -13,6 +13,7 @@ rerun reuses what is done ("cache hit" lines) and a killed demo resumes where it
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,16 +154,21 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) -> None:
-    from pipeline.pretrain import pretrain
+    from fusion_search.rundir import LAST
+    from pipeline.pretrain import pretrain, resume_pretrain
 
     for modality, backbone in backbones.items():
         run = root / modality
         if (run / "summary.json").is_file():  # written when the run has finished (a killed one resumes)
             _say(f"  {modality}: cache hit, reusing {run / 'best.pt'}")
             continue
-        res = pretrain(source, modality, backbone, str(run), setting="tiny", epochs=cfg.pretrain_epochs[modality],
-                       batch_size=32, lr=cfg.pretrain_lr, seed=cfg.seed, device="cpu", progress=True,
-                       keep_in_memory=True)
+        if (run / LAST).is_file():
+            res = resume_pretrain(run, source=source, progress=True)
+        else:
+            shutil.rmtree(run, ignore_errors=True)  # killed before its first epoch ended: nothing to keep
+            res = pretrain(source, modality, backbone, str(run), setting="tiny", epochs=cfg.pretrain_epochs[modality],
+                           batch_size=32, lr=cfg.pretrain_lr, seed=cfg.seed, device="cpu", progress=True,
+                           keep_in_memory=True)
         _say(f"  {modality}: best val {res.metric} {res.best_score:.3f} (epoch {res.best_epoch})")
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
 
 from fusion_search.data import resolve_device
 from fusion_search.engine import EpochTotals, fit, predict
@@ -32,11 +31,11 @@ from fusion_search.found_network import count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.run_checkpoint import load_run_checkpoint
+from fusion_search.rundir import BEST, LAST, EpochBook, abs_path, check_new_run, run_log, start_run
 from fusion_search.schedule import weight_optimizer
 from pipeline.evaluate import evaluate_finetune_run, task_metrics
 from pipeline.joint_model import (Built, FinetuneConfig, JointModel, build_model, load_finetune_config, parse_backbone,
                                   raw_loader, to_device)
-from pipeline.rundir import BEST, LAST, EpochBook, abs_path, with_logger
 from pipeline.runs import TRAIN_ON, check_run_options, read_run_config
 from stores.lock import holds_lock
 
@@ -72,18 +71,14 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
         v = getattr(cfg, name)
         if not isinstance(v, int) or v < 1:
             raise SearchError(f"--{name.replace('_', '-')} {v!r}: use a positive integer")
-    run = Path(out_dir)
-    if run.exists() and any(run.iterdir()):
-        raise SearchError(f"--out {run} exists and is not empty: choose a new run directory or continue it "
-                          f"with `bmnas finetune --resume {run}`")
+    run = check_new_run(out_dir, "finetune")
     genotype = Genotype.load(genotype_path)
     torch.manual_seed(cfg.seed)  # the fusion network's initial weights
     built = build_model(cfg, genotype)  # all user errors (checkpoints, nodes, task) before the run dir exists
     if cfg.init_from:
         _init_fusion(built.model, genotype, cfg.init_from)
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    start_run(run, dataclasses.asdict(cfg))
     genotype.save(run / "genotype.json")
-    (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     return _run(cfg, genotype, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
 
 
@@ -128,7 +123,8 @@ def restore_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -
 
 def _run(cfg: FinetuneConfig, genotype: Genotype, built: Built, run: Path, *, resume: bool, progress: bool,
          evaluate_test: bool) -> dict[str, Any]:
-    return with_logger(run, "finetune", lambda log: _loop(cfg, built, run, log, resume, progress, evaluate_test))
+    with run_log(run, "finetune") as log:
+        return _loop(cfg, built, run, log, resume, progress, evaluate_test)
 
 
 def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, resume: bool, progress: bool,

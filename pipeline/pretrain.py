@@ -1,15 +1,17 @@
 """`bmnas pretrain`: one backbone + its head on one modality of a source, trained by `engine.fit`.
 
 BM-NAS assumes pretrained unimodal backbones; this stage makes them: train on the train split,
-keep the weights with the best validation score, and write a run directory with ``best.pt``
-(a plain state_dict that `bmnas extract --checkpoint` loads), ``config.json`` and
-``metrics.jsonl`` (one line per epoch).
+keep the weights with the best validation score, and write the one run directory
+(`fusion_search.rundir`: config.yaml, log.txt, metrics.jsonl, checkpoints/last.pt) plus its product
+``best.pt`` at the root (a plain state_dict that `bmnas extract --checkpoint` loads) and
+``summary.json`` when finished.
 
-Resume: ``last.pt`` (weights, optimiser, scheduler, torch RNG, best so far) is written atomically
-after every epoch, so rerunning the same command into the same directory after a kill continues
-after the last finished epoch and ends with the same ``best.pt`` as an uninterrupted run on the same
-device (the CUDA RNG is saved too when used); a finished run is returned as is. The device may change
-on rerun; other settings in that directory are an error, never a silent mix.
+Resume: ``checkpoints/last.pt`` (weights, optimiser, scheduler, torch RNG, best so far) is written
+atomically after every epoch; `resume_pretrain(RUN)` (`bmnas pretrain --resume RUN`, only --device
+may change) continues after the last finished epoch and ends with the same ``best.pt`` as an
+uninterrupted run on the same device (the CUDA RNG is saved too when used); a finished run is
+returned as is. A directory of the layout before the run directory (``last.pt`` and ``config.json``
+at its root) is refused in one line naming what to do.
 
 Training: Adam with one cosine cycle over the epochs down to 0 (`fusion_search.schedule`, stepped
 once per epoch), no gradient clipping; batches with fewer than two readable rows are skipped
@@ -19,6 +21,7 @@ once per epoch), no gradient clipping; batches with fewer than two readable rows
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,15 +29,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 from torch.utils.data import DataLoader
 
 from extract.backbones import get_backbone
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkpoint
 from extract.errors import DataError, ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
+from extract.sources.registry import open_source
 from fusion_search.engine import EpochTotals, fit, predict
 from fusion_search.metrics import PRIMARY, loss_fn, split_metrics
 from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from fusion_search.rundir import CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs, run_log, start_run
 from fusion_search.schedule import weight_optimizer
 from stores.device import resolve_device, restore_rng, rng_state
 from stores.lock import holds_lock
@@ -53,7 +59,7 @@ class PretrainResult:
     epochs: list[dict]
 
 
-LAST = "last.pt"
+OLD_LAYOUT = ("last.pt", "config.json")  # the root files of a pretrain run before the run directory
 
 
 def _save_state(path: Path, model: nn.Module, opt, sched, state: dict, device: torch.device) -> None:
@@ -62,26 +68,67 @@ def _save_state(path: Path, model: nn.Module, opt, sched, state: dict, device: t
                          **rng_state(device), **state}, path)
 
 
-def _resume_state(out: Path, config: dict, model: nn.Module, opt, sched, device: torch.device) -> dict | None:
-    """The state after the last finished epoch of a run with the same config in ``out`` (None: start).
-
-    The device may differ (a run moves to a GPU machine); every other setting must match."""
-    path = out / LAST
-    if not path.is_file():
-        return None
-    before = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
-    changed = sorted(k for k in set(before) | set(config) if k != "device" and before.get(k) != config.get(k))
-    if changed:
-        raise ExtractError(f"{out} holds a pretrain run with other settings ({', '.join(changed)}); "
-                           "rerun with the same settings to resume it, or choose a new --out")
-    ckpt = load_run_checkpoint(path, ("model", "optimizer", "scheduler", "epoch"))
+def _restore_state(out: Path, model: nn.Module, opt, sched, device: torch.device) -> dict:
+    """The state after the last finished epoch (model, optimiser and RNG restored; later metrics lines dropped)."""
+    ckpt = load_run_checkpoint(out / LAST, ("model", "optimizer", "scheduler", "epoch"))
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
     restore_rng(ckpt, device)
-    lines = (out / "metrics.jsonl").read_text().splitlines()[:ckpt["epoch"]]  # drop an unfinished epoch's line
-    (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    keep_epochs(out / METRICS, int(ckpt["epoch"]))
     return {k: ckpt[k] for k in ("epoch", "best", "best_epoch", "sha", "history")}
+
+
+@dataclass
+class _Parts:
+    """What one pretraining run trains and reads, built from its settings."""
+
+    model: nn.Module
+    loader: DataLoader
+    eval_loader: DataLoader
+    device: torch.device
+    input_dim: int | None
+    init_sha256: str | None
+
+
+def _build(source: Any, cfg: dict[str, Any], device: str, *, initialise: bool) -> _Parts:
+    """The model (initial weights from --checkpoint/--inflate-from when `initialise`) and the loaders."""
+    spec = get_backbone(cfg["backbone"])
+    modality, setting, batch_size = cfg["modality"], cfg["setting"], cfg["batch_size"]
+    spec.check_modality(modality)
+    if modality not in source.modalities:
+        raise ExtractError(f"source {source.name!r} has no modality {modality!r} (it has {', '.join(source.modalities)})")
+    if cfg["on_error"] not in ("fail", "skip"):
+        raise ExtractError(f"--on-error must be fail or skip, not {cfg['on_error']!r}")
+    resolve_device(device, ExtractError)  # a bad --device fails before any data is read
+    torch.manual_seed(cfg["seed"])
+    samples = source.samples()
+    train = [s for s in samples if s.split == "train"]
+    val = [s for s in samples if s.split == "val"]
+    if not train:
+        raise DataError(f"source {source.name!r} has no train samples")
+    skip, keep = cfg["on_error"] == "skip", cfg["keep_in_memory"]
+    train_ds = LabelledSamples(source, train, modality, spec, setting, skip, keep=keep)
+    first = next((train_ds[i] for i in range(min(len(train_ds), 32)) if train_ds[i] is not None), None)
+    if first is None:
+        raise DataError(f"no readable {modality} sample among the first train samples of {source.name!r}")
+    input_dim = int(first[0].shape[-1]) if modality == "text" else None
+    model = spec.build(setting, source.num_classes, modality, input_dim)
+    init_sha = None
+    if cfg["inflate_from"]:
+        if cfg["backbone"] != "inflated_resnet50":
+            raise ExtractError("--inflate-from takes 2D ResNet-50 weights for inflated_resnet50 only")
+        init_sha = inflate_checkpoint(model, cfg["inflate_from"], head=spec.head) if initialise else None
+    elif cfg["init_checkpoint"] and initialise:
+        init_sha = load_checkpoint(model, cfg["init_checkpoint"], head=spec.head)
+    dev = resolve_device(device, ExtractError)
+    model.to(dev)
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=cfg["num_workers"],
+                        collate_fn=collate_samples, drop_last=len(train) > batch_size)
+    eval_loader = DataLoader(LabelledSamples(source, val, modality, spec, setting, skip, keep=keep),
+                             batch_size=batch_size, num_workers=cfg["num_workers"],
+                             collate_fn=collate_samples) if val else loader
+    return _Parts(model, loader, eval_loader, dev, input_dim, init_sha)
 
 
 @holds_lock("out_dir", "run directory")
@@ -104,90 +151,106 @@ def pretrain(
     seed: int = 0,
     progress: bool = True,
     keep_in_memory: bool = False,
+    source_location: dict[str, Any] | None = None,
     on_epoch: Callable[[int], None] | None = None,
 ) -> PretrainResult:
-    """Train ``backbone`` + head on ``modality`` of ``source``; keep the best epoch on val.
+    """Train ``backbone`` + head on ``modality`` of ``source`` into the new run directory ``out_dir``;
+    keep the best epoch on val.
 
-    ``on_epoch(epoch)`` is called after each epoch's state is on disk (tests kill a run there)."""
-    spec = get_backbone(backbone)
-    spec.check_modality(modality)
-    if modality not in source.modalities:
-        raise ExtractError(f"source {source.name!r} has no modality {modality!r} (it has {', '.join(source.modalities)})")
-    if on_error not in ("fail", "skip"):
-        raise ExtractError(f"--on-error must be fail or skip, not {on_error!r}")
-    resolve_device(device, ExtractError)  # a bad --device fails before any data is read
-    torch.manual_seed(seed)
-    samples = source.samples()
-    train = [s for s in samples if s.split == "train"]
-    val = [s for s in samples if s.split == "val"]
-    if not train:
-        raise DataError(f"source {source.name!r} has no train samples")
-    skip = on_error == "skip"
-    train_ds = LabelledSamples(source, train, modality, spec, setting, skip, keep=keep_in_memory)
-    first = next((train_ds[i] for i in range(min(len(train_ds), 32)) if train_ds[i] is not None), None)
-    if first is None:
-        raise DataError(f"no readable {modality} sample among the first train samples of {source.name!r}")
-    input_dim = int(first[0].shape[-1]) if modality == "text" else None
-    model = spec.build(setting, source.num_classes, modality, input_dim)
-    init_sha = None
-    if inflate_from:
-        if backbone != "inflated_resnet50":
-            raise ExtractError("--inflate-from takes 2D ResNet-50 weights for inflated_resnet50 only")
-        init_sha = inflate_checkpoint(model, inflate_from, head=spec.head)
-    elif init_checkpoint:
-        init_sha = load_checkpoint(model, init_checkpoint, head=spec.head)
-    dev = resolve_device(device, ExtractError)
-    model.to(dev)
-    task = source.task
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                        collate_fn=collate_samples, drop_last=len(train) > batch_size)
-    val_loader = DataLoader(LabelledSamples(source, val, modality, spec, setting, skip, keep=keep_in_memory),
-                            batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=collate_samples) if val else None
-    opt, sched = weight_optimizer(model.parameters(), lr=lr, weight_decay=weight_decay, lr_min=0.0,
-                                  restart_period=max(1, epochs), restart_mult=1)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    metric = "val_f1_weighted" if task == "multilabel" else "val_accuracy"
-    if not val:
-        metric = metric.replace("val_", "train_")
-    config = {"backbone": backbone, "setting": setting, "modality": modality,
-              "source": getattr(source, "name", "source"), "task": task, "num_classes": source.num_classes,
-              "input_dim": input_dim, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-              "weight_decay": weight_decay, "seed": seed, "device": str(dev), "metric": metric,
-              "init_checkpoint": init_checkpoint, "inflate_from": inflate_from, "init_sha256": init_sha,
-              "taps": [asdict(t) for t in spec.tap_specs(setting)]}
-    state = _resume_state(out, config, model, opt, sched, dev)
-    if state is None:
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-        state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": []}
-    ev_loader = val_loader if val_loader is not None else loader
+    ``source_location`` ({"path", "kind", "split", "options"}, as `bmnas pretrain` opened the source)
+    is recorded so that `--resume` can reopen it. ``on_epoch(epoch)`` is called after each epoch's
+    state is on disk (tests kill a run there)."""
+    cfg = {"kind": "pretrain", "backbone": backbone, "setting": setting, "modality": modality,
+           "source": getattr(source, "name", "source"), "source_location": source_location,
+           "task": source.task, "num_classes": source.num_classes, "epochs": epochs, "batch_size": batch_size,
+           "lr": lr, "weight_decay": weight_decay, "seed": seed, "device": device, "num_workers": num_workers,
+           "on_error": on_error, "keep_in_memory": keep_in_memory,
+           "init_checkpoint": init_checkpoint, "inflate_from": inflate_from}
+    out = check_new_run(out_dir, "pretrain")
+    parts = _build(source, cfg, device, initialise=True)  # every user error before the run directory is written
+    metric = ("val_" if parts.eval_loader is not parts.loader else "train_") + \
+        ("f1_weighted" if source.task == "multilabel" else "accuracy")
+    cfg.update(device=str(parts.device), input_dim=parts.input_dim, metric=metric, init_sha256=parts.init_sha256,
+               taps=[asdict(t) for t in get_backbone(backbone).tap_specs(setting)])
+    start_run(out, cfg)
+    return _train(cfg, parts, out, None, progress, on_epoch)
+
+
+@holds_lock("run_dir", "run directory")
+def resume_pretrain(run_dir: str | os.PathLike, *, source: Any = None, device: str | None = None,
+                    progress: bool = True, on_epoch: Callable[[int], None] | None = None) -> PretrainResult:
+    """Continue a killed pretraining run after its last finished epoch (a finished one is returned as is).
+
+    The source is reopened from the recorded location unless given (a run started from Python with a
+    source object); `device` moves the rest of the run, the only setting a resume may change."""
+    run = Path(run_dir)
+    if all((run / name).is_file() for name in OLD_LAYOUT):
+        raise ExtractError(f"--resume {run}: a pretrain run of the earlier layout (last.pt and config.json at its "
+                           "root), which this version does not continue: its best.pt stays usable with "
+                           "--checkpoint, or start the run again into a new --out")
+    if not (run / CONFIG).is_file():
+        raise ExtractError(f"--resume {run}: no {CONFIG} there; is it a run directory of `bmnas pretrain`?")
+    cfg = yaml.safe_load((run / CONFIG).read_text()) or {}
+    if cfg.get("kind") != "pretrain":
+        raise ExtractError(f"--resume {run}: not a pretrain run (kind {cfg.get('kind')!r})")
+    if not (run / LAST).is_file():
+        raise ExtractError(f"--resume {run}: no {LAST}; the run stopped before its first epoch ended, start it again")
+    if source is None:
+        source = _reopen_source(run, cfg.get("source_location"))
+    parts = _build(source, cfg, device or cfg["device"], initialise=False)
+    return _train(cfg, parts, run, _restore_state, progress, on_epoch)
+
+
+def _reopen_source(run: Path, location: dict[str, Any] | None) -> Any:
+    if not location:
+        raise ExtractError(f"--resume {run}: the run was started from Python with a source object; resume it "
+                           "from Python with resume_pretrain(RUN, source=...)")
+    opts = dict(location.get("options") or {})
+    if location.get("split"):
+        opts["split"] = location["split"]
+    return open_source(location["path"], location.get("kind"), **opts)
+
+
+def _train(cfg: dict[str, Any], parts: _Parts, out: Path, restore: Callable | None, progress: bool,
+           on_epoch: Callable[[int], None] | None) -> PretrainResult:
+    """The epochs of `engine.fit`, with best-on-eval selection, metrics.jsonl and last.pt after each."""
+    model, dev, task, metric = parts.model, parts.device, cfg["task"], cfg["metric"]
+    opt, sched = weight_optimizer(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_min=0.0,
+                                  restart_period=max(1, cfg["epochs"]), restart_mult=1)
+    state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": []}
+    if restore is not None:
+        state = restore(out, model, opt, sched, dev)
     on_device = lambda x, y: (x.to(dev), y.to(dev))  # noqa: E731
-    if not state["epoch"]:
-        (out / "metrics.jsonl").write_text("")
 
     def end_epoch(epoch: int, totals: EpochTotals) -> None:
         sched.step(epoch + 1)
-        scores = split_metrics(task, *predict(model, (b for b in ev_loader if b is not None), to_device=on_device))
+        batches = (b for b in parts.eval_loader if b is not None)
+        scores = split_metrics(task, *predict(model, batches, to_device=on_device))
         score = scores.get(PRIMARY[task], float("nan"))
         row = {"epoch": epoch + 1, "train_loss": totals.loss, "eval_loss": scores["loss"], metric: score,
                "seconds": totals.seconds}
         state["history"].append(row)
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_jsonl(out / METRICS, row)
         if not np.isnan(score) and score > state["best"] or state["best_epoch"] < 0:
             state.update(best=score, best_epoch=epoch + 1, sha=save_checkpoint(model, out / "best.pt"))
         state["epoch"] = epoch + 1
         _save_state(out / LAST, model, opt, sched, state, dev)
+        log.info("epoch %d: train loss %.4f, %s %.4f, best epoch %d (%.1fs)", epoch + 1, totals.loss, metric, score,
+                 state["best_epoch"], row["seconds"])
         if on_epoch is not None:
             on_epoch(epoch + 1)
 
-    fit(model, lambda epoch: (b for b in loader if b is not None and len(b[1]) >= 2),  # BatchNorm needs two rows
-        lambda z, y: loss_fn(task, z, y), opt, None, epochs=epochs, start_epoch=state["epoch"],
-        steps_per_epoch=len(loader), to_device=on_device, on_epoch=end_epoch, progress=progress,
-        desc=f"pretrain {backbone}")
-    history: list[dict] = state["history"]
+    with run_log(out, "pretrain") as log:
+        if restore is not None:
+            log.info("resumed after epoch %d", state["epoch"])
+        else:
+            log.info("pretrain %s (%s) on %s of %s, device %s", cfg["backbone"], cfg["setting"], cfg["modality"],
+                     cfg["source"], dev)
+        fit(model, lambda epoch: (b for b in parts.loader if b is not None and len(b[1]) >= 2),  # BatchNorm: 2 rows
+            lambda z, y: loss_fn(task, z, y), opt, None, epochs=cfg["epochs"], start_epoch=state["epoch"],
+            steps_per_epoch=len(parts.loader), to_device=on_device, on_epoch=end_epoch, progress=progress,
+            desc=f"pretrain {cfg['backbone']}")
     best, best_epoch, sha = state["best"], state["best_epoch"], state["sha"]
     summary = {"best_epoch": best_epoch, metric: best, "checkpoint": str(out / "best.pt"), "checkpoint_sha256": sha}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return PretrainResult(str(out), str(out / "best.pt"), sha, best_epoch, float(best), metric, history)
+    return PretrainResult(str(out), str(out / "best.pt"), sha, best_epoch, float(best), metric, state["history"])

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from fusion_search.data import resolve_device
 from fusion_search.engine import EpochTotals, fit, steps_per_epoch
@@ -38,9 +37,9 @@ from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
+from fusion_search.rundir import LAST, EpochBook, abs_path, check_new_run, run_log, start_run
 from fusion_search.schedule import weight_optimizer
 from pipeline.evaluate import evaluate_run
-from pipeline.rundir import LAST, EpochBook, abs_path, with_logger
 from pipeline.runs import TRAIN_ON, Schedule, check_run_options, open_splits, open_store_checked, read_run_config
 from stores.lock import holds_lock
 
@@ -53,9 +52,6 @@ class TrainConfig(Schedule):
     batch_size: int = 96
     memory_budget_gb: float | None = None
     kind: str = "train"
-
-    def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -84,15 +80,11 @@ def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: s
     cfg = TrainConfig(store=abs_path(store_path), genotype=abs_path(genotype_path), epochs=epochs, batch_size=batch_size,
                       seed=seed, device=device, train_on=train_on, **settings)
     _validate(cfg)
-    run = Path(out_dir)
-    if run.exists() and any(run.iterdir()):
-        raise SearchError(f"--out {run} exists and is not empty: choose a new run directory or continue it "
-                          f"with `bmnas train --resume {run}`")
+    run = check_new_run(out_dir, "train")
     genotype = Genotype.load(genotype_path)
     open_store_checked(cfg.store, genotype, str(genotype_path))
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    start_run(run, dataclasses.asdict(cfg))
     genotype.save(run / "genotype.json")
-    cfg.save(run / "config.yaml")
     return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test)
 
 
@@ -117,7 +109,8 @@ def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evalu
 
 def _train(cfg: TrainConfig, genotype: Genotype, run: Path, *, resume: bool, progress: bool,
            evaluate_test: bool) -> dict[str, Any]:
-    return with_logger(run, "train", lambda log: _loop(cfg, genotype, run, log, resume, progress, evaluate_test))
+    with run_log(run, "train") as log:
+        return _loop(cfg, genotype, run, log, resume, progress, evaluate_test)
 
 
 def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, resume: bool, progress: bool,

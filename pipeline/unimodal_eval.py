@@ -1,7 +1,7 @@
 """Test metrics of a pretrained unimodal model (backbone + head), for comparisons with fusion.
 
 A pretraining run keeps its best-on-val weights; this rebuilds the model from the run's
-`config.json`, loads `best.pt` with the strict key check, and scores it on a split of the source.
+`config.yaml` (`config.json` in the layout before the run directory), loads `best.pt` with the strict key check, and scores it on a split of the source.
 It writes `RUN/metrics_<split>.json` in the flat format the fusion runs use (`accuracy` or
 `f1_weighted`, `num_samples`, `num_parameters`), so one table can hold both.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from extract.backbones import get_backbone
@@ -21,16 +22,18 @@ from extract.errors import ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
 from fusion_search.engine import predict
 from fusion_search.metrics import PRIMARY, split_metrics
+from fusion_search.rundir import CONFIG
 
 
 def evaluate_pretrained(source: Any, run_dir: str | Path, split: str = "test", *, device: str = "cpu",
                         batch_size: int = 32) -> dict[str, Any]:
     """Score the pretrained model in `run_dir` on `split` of `source`; write and return the metrics."""
     run = Path(run_dir)
-    cfg_path, ckpt = run / "config.json", run / "best.pt"
-    if not cfg_path.is_file() or not ckpt.is_file():
-        raise ExtractError(f"{run}: not a finished pretraining run (needs config.json and best.pt)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg_path = next((run / name for name in (CONFIG, "config.json") if (run / name).is_file()), None)
+    ckpt = run / "best.pt"
+    if cfg_path is None or not ckpt.is_file():
+        raise ExtractError(f"{run}: not a finished pretraining run (needs {CONFIG} and best.pt)")
+    cfg = yaml.safe_load(cfg_path.read_text())  # JSON is YAML
     spec = get_backbone(cfg["backbone"])
     model = spec.build(cfg["setting"], cfg["num_classes"], cfg["modality"], cfg.get("input_dim"))
     load_checkpoint(model, ckpt)

@@ -23,7 +23,7 @@ from pipeline.cli import cli
 from pipeline.evaluate import evaluate_run
 from pipeline.finetune import finetune
 from pipeline.joint_model import FinetuneConfig, build_model, parse_backbone
-from pipeline.rundir import BEST
+from fusion_search.rundir import BEST
 from pipeline.train import train_on_cache
 
 

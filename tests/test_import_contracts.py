@@ -41,9 +41,9 @@ def test_the_project_keeps_its_import_contracts():
 
 def test_a_backward_import_breaks_the_layers(tmp_path):
     """The contracts do catch a violation: stores importing pipeline."""
-    r = _break(tmp_path, "stores/device.py", "\nfrom pipeline import rundir  # noqa: E402,F401  (the violation)\n")
+    r = _break(tmp_path, "stores/device.py", "\nfrom pipeline import runs  # noqa: E402,F401  (the violation)\n")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "BROKEN" in r.stdout and "stores.device -> pipeline.rundir" in r.stdout, r.stdout
+    assert "BROKEN" in r.stdout and "stores.device -> pipeline.runs" in r.stdout, r.stdout
 
 
 def test_a_cycle_inside_a_package_breaks_the_contract(tmp_path):

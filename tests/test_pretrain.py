@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from extract.backbones import get_backbone
@@ -17,9 +18,11 @@ from extract.job import BackboneChoice, extract
 from extract.sources.mmimdb import MMIMDBSource
 from extract.sources.ntu import NTUSource
 from extract.synth import generate
+from fusion_search.errors import SearchError
 from fusion_search.metrics import f1_scores
+from fusion_search.rundir import LAST
 from pipeline.cli import cli
-from pipeline.pretrain import pretrain
+from pipeline.pretrain import pretrain, resume_pretrain
 from stores import open_store
 
 
@@ -35,13 +38,14 @@ def test_pretrain_writes_run_and_checkpoint_feeds_extract(ntu, tmp_path):
     res = pretrain(src, "skeleton", "hcn", str(tmp_path / "run"), setting="tiny", epochs=2, batch_size=4,
                    device="cpu", progress=False)
     run = Path(res.out_dir)
-    assert {p.name for p in run.iterdir()} >= {"best.pt", "config.json", "metrics.jsonl", "summary.json"}
+    assert {p.name for p in run.iterdir()} >= {"best.pt", "config.yaml", "log.txt", "metrics.jsonl", "summary.json"}
+    assert (run / LAST).is_file()
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_accuracy"] <= 1 for r in lines)
     assert res.best_score == max(r["val_accuracy"] for r in lines) and res.metric == "val_accuracy"
-    cfg = json.loads((run / "config.json").read_text())
-    assert cfg["backbone"] == "hcn" and cfg["num_classes"] == 4 and [t["name"] for t in cfg["taps"]][-1] == "fc7"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["kind"] == "pretrain" and cfg["backbone"] == "hcn" and cfg["num_classes"] == 4 and [t["name"] for t in cfg["taps"]][-1] == "fc7"
     model = get_backbone("hcn").build("tiny", 4).eval()
     assert load_checkpoint(model, res.checkpoint) == res.checkpoint_sha256
     # the pretrained weights are what extraction records and uses
@@ -74,9 +78,9 @@ def test_killed_pretrain_resumes_to_the_same_checkpoint(ntu, tmp_path):
     with pytest.raises(Killed):
         pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), on_epoch=kill, **kw)
     assert not (tmp_path / "cut" / "summary.json").exists()
-    config = json.loads((tmp_path / "cut" / "config.json").read_text())
-    (tmp_path / "cut" / "config.json").write_text(json.dumps({**config, "device": "cuda"}))  # begun on a GPU
-    cut = pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), **kw)
+    config = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())
+    (tmp_path / "cut" / "config.yaml").write_text(yaml.safe_dump({**config, "device": "cuda"}))  # begun on a GPU
+    cut = resume_pretrain(tmp_path / "cut", source=src, device="cpu", progress=False)
     assert cut.checkpoint_sha256 == whole.checkpoint_sha256 and cut.best_epoch == whole.best_epoch
 
     def strip(run):
@@ -84,10 +88,33 @@ def test_killed_pretrain_resumes_to_the_same_checkpoint(ntu, tmp_path):
                 for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
 
     assert strip("cut") == strip("whole") and len(strip("cut")) == 3
-    again = pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), **kw)  # finished: returned as is
+    again = resume_pretrain(tmp_path / "cut", source=src, device="cpu", progress=False)  # finished: as is
     assert again.checkpoint_sha256 == whole.checkpoint_sha256 and len(strip("cut")) == 3
-    with pytest.raises(ExtractError, match="other settings \\(lr\\)"):
+    with pytest.raises(SearchError, match="exists and is not empty.*bmnas pretrain --resume"):
         pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), lr=0.5, **kw)
+
+
+def test_pretrain_cli_resumes_with_only_device(ntu, tmp_path):
+    """`bmnas pretrain --resume RUN` reopens the recorded source; any option but --device is refused."""
+    args = ["pretrain", str(ntu), "--source-opt", "size=32", "--modality", "skeleton", "--backbone", "hcn",
+            "--setting", "tiny", "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "r")]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    r = CliRunner().invoke(cli, ["pretrain", "--resume", str(tmp_path / "r"), "--epochs", "3"])
+    assert r.exit_code == 2 and "drop --epochs" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    r = CliRunner().invoke(cli, ["pretrain", "--resume", str(tmp_path / "r"), "--device", "cpu"])
+    assert r.exit_code == 0 and "at epoch 1" in r.output, r.output  # finished: reported as it is
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and "exists and is not empty" in r.output, r.output
+
+
+def test_pretrain_run_of_the_earlier_layout_gets_one_line(ntu, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"backbone": "hcn"}))
+    torch.save({"epoch": 1}, old / "last.pt")
+    r = CliRunner().invoke(cli, ["pretrain", "--resume", str(old)])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "earlier layout" in r.output and "new --out" in r.output
 
 
 def test_pretrain_cli_inflates_2d_resnet(ntu, tmp_path):
@@ -102,7 +129,7 @@ def test_pretrain_cli_inflates_2d_resnet(ntu, tmp_path):
                                  "--out", str(tmp_path / "run"), "--device", "cpu"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "best val_accuracy" in r.output
-    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert cfg["inflate_from"].endswith("resnet50.pth") and len(cfg["init_sha256"]) == 64
     assert (tmp_path / "run" / "best.pt").is_file()
 

@@ -15,7 +15,7 @@ from fusion_search.genotype import Genotype
 from pipeline.cli import cli
 from stores import open_store
 from pipeline.evaluate import evaluate_run
-from pipeline.rundir import BEST, LAST
+from fusion_search.rundir import BEST, LAST
 from pipeline.train import resume_training, train_on_cache
 from _train_data import NODES, searched_genotype, small_store
 

@@ -1,0 +1,135 @@
+"""The one run directory of the training stages (search, train, finetune, pretrain), written and resumed alike.
+
+  config.yaml            the resolved settings (what `--resume RUN` reads back; only --device may change)
+  log.txt                human-readable log, appended on resume
+  metrics.jsonl          one JSON line per finished epoch
+  checkpoints/last.pt    everything to continue after the last finished epoch (atomic writes)
+  checkpoints/best.pt    the kept weights (train/finetune: best on val, or the last on train+val;
+                         pretraining keeps its product, a plain state_dict, as RUN/best.pt)
+
+A new run refuses an existing, non-empty `--out` (`check_new_run`); a resumed one drops the metrics
+lines of an epoch its checkpoint does not cover (`keep_epochs`), so a killed run resumed ends with the
+same files as an uninterrupted one. Two processes never write one directory: the stages hold
+`stores.lock` on it. `EpochBook` is the per-epoch bookkeeping of train and finetune (best-on-val
+selection); the search keeps its own per-epoch files beside these (`fusion_search.search`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import yaml
+from torch import nn
+
+from fusion_search.errors import SearchError
+from fusion_search.history import read_jsonl
+from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from stores.device import restore_rng, rng_state
+
+CONFIG = "config.yaml"
+LOG = "log.txt"
+METRICS = "metrics.jsonl"
+LAST = "checkpoints/last.pt"
+BEST = "checkpoints/best.pt"
+
+
+def abs_path(path: str | os.PathLike) -> str:
+    """Absolute form of a path a run config records, so evaluate/report/resume work from any directory."""
+    return str(Path(path).resolve()) if str(path) else ""
+
+
+def check_new_run(out: str | os.PathLike, command: str) -> Path:
+    """`out` as a Path, refused when it exists and holds anything (a new run never mixes with an old one)."""
+    run = Path(out)
+    if run.exists() and any(run.iterdir()):
+        raise SearchError(f"--out {run} exists and is not empty: choose a new run directory or continue it "
+                          f"with `bmnas {command} --resume {run}`")
+    return run
+
+
+def start_run(run: Path, config: dict[str, Any]) -> None:
+    """Create the directory of a new run and write its config.yaml (what resume reads back)."""
+    (run / LAST).parent.mkdir(parents=True, exist_ok=True)
+    (run / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def keep_epochs(path: Path, epochs_done: int) -> None:
+    """Drop the lines of epochs a checkpoint does not cover (a kill between the metrics and checkpoint writes)."""
+    if path.exists():
+        path.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r["epoch"] <= epochs_done))
+
+
+@contextmanager
+def run_log(run: Path, kind: str) -> Iterator[logging.Logger]:
+    """A logger appending to RUN/log.txt while the block runs."""
+    log = logging.getLogger(f"bmnas.{kind}.{run.resolve()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = logging.FileHandler(run / LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield log
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+class EpochBook:
+    """Best-on-val selection and the per-epoch files of a train or finetune run.
+
+    After each epoch, in this order: best.pt (when the val score improved, or always when there is no
+    val split), one line of metrics.jsonl, then last.pt holding everything to continue."""
+
+    def __init__(self, run: Path, key: str) -> None:
+        self.run, self.key = run, key
+        self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": 0}
+
+    def restore(self, device: torch.device) -> dict[str, Any]:
+        """Load last.pt; returns it (model/optimiser states for the caller), restores RNG and bookkeeping."""
+        ckpt = load_run_checkpoint(self.run / LAST, ("model", "rng", *self.state))
+        restore_rng(ckpt, device)
+        self.state = {k: ckpt[k] for k in self.state}
+        keep_epochs(self.run / METRICS, self.epoch)
+        return ckpt
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+    def end_epoch(self, record: dict[str, Any], model: nn.Module, resume_state: dict[str, Any],
+                  device: torch.device) -> str:
+        """Select, write best.pt / metrics.jsonl / last.pt for the epoch in `record`; returns a log line."""
+        epoch = int(record["epoch"])
+        improved = True
+        if "val" in record:
+            score = float(record["val"].get(self.key, float("nan")))
+            improved = self.state["best_score"] is None or score > self.state["best_score"]
+            if improved:
+                self.state["best_score"] = score
+        if improved:
+            self.state["best_epoch"] = epoch
+            save_run_checkpoint({"model": model.state_dict(), "epoch": epoch, "score": self.state["best_score"]},
+                                self.run / BEST)
+        self.state["epoch"] = epoch
+        append_jsonl(self.run / METRICS, record)
+        save_run_checkpoint({"model": model.state_dict(), **resume_state, **rng_state(device), **self.state},
+                            self.run / LAST)
+        val = f", val {self.key} {record['val'].get(self.key, float('nan')):.4f}" if "val" in record else ""
+        return (f"epoch {epoch}: train loss {record['train_loss']:.4f}{val}, best epoch {self.state['best_epoch']} "
+                f"({record.get('seconds', 0.0):.1f}s)")
+
+    def summary(self, run_kind_fields: dict[str, Any]) -> dict[str, Any]:
+        return {"run_dir": str(self.run), "best_epoch": self.state["best_epoch"],
+                "best_val": self.state["best_score"], **run_kind_fields}
