@@ -91,7 +91,8 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], loss: LossF
     `scheduler` is stepped with fractional epochs (`epoch + done / steps_per_epoch`) after every
     optimiser step, as the paper's cosine warm restarts want (`fusion_search.schedule`); None: no
     schedule. `params` (default: every parameter needing grad) are the ones stepped and clipped.
-    `steps_per_epoch` defaults to `len(batches(epoch))`."""
+    `steps_per_epoch` defaults to `len(batches(epoch))`; with `accumulate` k, batch i steps when
+    (i + 1) is a multiple of k or i is the epoch's last (index steps_per_epoch - 1)."""
     from tqdm import tqdm
 
     params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)

@@ -86,6 +86,25 @@ def run_log(run: Path, kind: str) -> Iterator[logging.Logger]:
         handler.close()
 
 
+def save_training_state(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, device: torch.device,
+                        **extra: Any) -> None:
+    """last.pt: weights, optimiser, schedule, RNG (the GPU's too, when used) and `extra`, written atomically."""
+    save_run_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), **rng_state(device), **extra}, path)
+
+
+def load_training_state(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, device: torch.device,
+                        keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a last.pt into model, optimiser and schedule and restore the RNG; returns the checkpoint
+    (holding at least `keys`) for the stage's own state."""
+    ckpt = load_run_checkpoint(path, ("model", "optimizer", "scheduler", "rng", *keys))
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    restore_rng(ckpt, device)
+    return ckpt
+
+
 class EpochBook:
     """Best-on-val selection and the per-epoch files of a train or finetune run.
 
@@ -96,10 +115,9 @@ class EpochBook:
         self.run, self.key = run, key
         self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": 0}
 
-    def restore(self, device: torch.device) -> dict[str, Any]:
-        """Load last.pt; returns it (model/optimiser states for the caller), restores RNG and bookkeeping."""
-        ckpt = load_run_checkpoint(self.run / LAST, ("model", "rng", *self.state))
-        restore_rng(ckpt, device)
+    def restore(self, model: nn.Module, optimizer: Any, scheduler: Any, device: torch.device) -> dict[str, Any]:
+        """Continue from last.pt (training state, RNG, bookkeeping); returns it for the stage's own extras."""
+        ckpt = load_training_state(self.run / LAST, model, optimizer, scheduler, device, tuple(self.state))
         self.state = {k: ckpt[k] for k in self.state}
         keep_epochs(self.run / METRICS, self.epoch)
         return ckpt
@@ -108,9 +126,10 @@ class EpochBook:
     def epoch(self) -> int:
         return int(self.state["epoch"])
 
-    def end_epoch(self, record: dict[str, Any], model: nn.Module, resume_state: dict[str, Any],
-                  device: torch.device) -> str:
-        """Select, write best.pt / metrics.jsonl / last.pt for the epoch in `record`; returns a log line."""
+    def end_epoch(self, record: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: Any,
+                  device: torch.device, **extra: Any) -> str:
+        """Select, write best.pt / metrics.jsonl / last.pt (with `extra`) for the epoch in `record`;
+        returns a log line."""
         epoch = int(record["epoch"])
         improved = True
         if "val" in record:
@@ -124,8 +143,7 @@ class EpochBook:
                                 self.run / BEST)
         self.state["epoch"] = epoch
         append_jsonl(self.run / METRICS, record)
-        save_run_checkpoint({"model": model.state_dict(), **resume_state, **rng_state(device), **self.state},
-                            self.run / LAST)
+        save_training_state(self.run / LAST, model, optimizer, scheduler, device, **extra, **self.state)
         val = f", val {self.key} {record['val'].get(self.key, float('nan')):.4f}" if "val" in record else ""
         return (f"epoch {epoch}: train loss {record['train_loss']:.4f}{val}, best epoch {self.state['best_epoch']} "
                 f"({record.get('seconds', 0.0):.1f}s)")

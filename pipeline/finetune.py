@@ -32,7 +32,6 @@ from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.run_checkpoint import load_run_checkpoint
 from fusion_search.rundir import BEST, LAST, EpochBook, abs_path, check_new_run, run_log, start_run
-from fusion_search.schedule import weight_optimizer
 from pipeline.evaluate import evaluate_finetune_run, task_metrics
 from pipeline.joint_model import (Built, FinetuneConfig, JointModel, build_model, load_finetune_config, parse_backbone,
                                   raw_loader, to_device)
@@ -135,18 +134,12 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
     model = built.model.to(device)
     torch.manual_seed(cfg.seed)
     bb_params, fusion_params = model.parameter_groups()
-    opt, sched = weight_optimizer([{"params": fusion_params, "lr": cfg.lr},
-                                   {"params": bb_params, "lr": cfg.lr * cfg.backbone_lr_scale}],
-                                  lr=cfg.lr, weight_decay=cfg.weight_decay, lr_min=cfg.lr_min,
-                                  restart_period=cfg.restart_period, restart_mult=cfg.restart_mult)
+    opt, sched = cfg.optimizer([{"params": fusion_params, "lr": cfg.lr},
+                                {"params": bb_params, "lr": cfg.lr * cfg.backbone_lr_scale}])
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     book = EpochBook(run, key)
     if resume:
-        ckpt = book.restore(device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        restore_scaler(scaler, ckpt.get("scaler"))
+        restore_scaler(scaler, book.restore(model, opt, sched, device).get("scaler"))
         log.info("resumed after epoch %d", book.epoch)
     else:
         log.info("finetune %s on %s: backbones %s, %d backbone + %d fusion parameters, device %s, amp %s",
@@ -162,8 +155,7 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
             record["val"] = task_metrics(task, built.source.num_classes,
                                          *predict(model, val_loader, amp=amp, to_device=on_device))
         record["seconds"] = totals.seconds
-        log.info(book.end_epoch(record, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                                "scaler": scaler.state_dict()}, device))
+        log.info(book.end_epoch(record, model, opt, sched, device, scaler=scaler.state_dict()))
 
     fit(model, lambda epoch: raw_loader(built, splits, cfg, device, shuffle=True, epoch=epoch),
         lambda z, y: loss_fn(task, z, y), opt, sched, epochs=cfg.epochs, start_epoch=book.epoch,

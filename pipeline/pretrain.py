@@ -39,10 +39,10 @@ from extract.labelled_samples import LabelledSamples, collate_samples
 from extract.sources.registry import open_source
 from fusion_search.engine import EpochTotals, fit, predict
 from fusion_search.metrics import PRIMARY, loss_fn, split_metrics
-from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
-from fusion_search.rundir import CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs, run_log, start_run
+from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs, load_training_state,
+                                  run_log, save_training_state, start_run)
 from fusion_search.schedule import weight_optimizer
-from stores.device import resolve_device, restore_rng, rng_state
+from stores.device import resolve_device
 from stores.lock import holds_lock
 
 
@@ -60,23 +60,6 @@ class PretrainResult:
 
 
 OLD_LAYOUT = ("last.pt", "config.json")  # the root files of a pretrain run before the run directory
-
-
-def _save_state(path: Path, model: nn.Module, opt, sched, state: dict, device: torch.device) -> None:
-    """Everything needed to continue after this epoch (the GPU's RNG too, when used), written atomically."""
-    save_run_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         **rng_state(device), **state}, path)
-
-
-def _restore_state(out: Path, model: nn.Module, opt, sched, device: torch.device) -> dict:
-    """The state after the last finished epoch (model, optimiser and RNG restored; later metrics lines dropped)."""
-    ckpt = load_run_checkpoint(out / LAST, ("model", "optimizer", "scheduler", "epoch"))
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    sched.load_state_dict(ckpt["scheduler"])
-    restore_rng(ckpt, device)
-    keep_epochs(out / METRICS, int(ckpt["epoch"]))
-    return {k: ckpt[k] for k in ("epoch", "best", "best_epoch", "sha", "history")}
 
 
 @dataclass
@@ -173,7 +156,7 @@ def pretrain(
     cfg.update(device=str(parts.device), input_dim=parts.input_dim, metric=metric, init_sha256=parts.init_sha256,
                taps=[asdict(t) for t in get_backbone(backbone).tap_specs(setting)])
     start_run(out, cfg)
-    return _train(cfg, parts, out, None, progress, on_epoch)
+    return _train(cfg, parts, out, False, progress, on_epoch)
 
 
 @holds_lock("run_dir", "run directory")
@@ -198,7 +181,7 @@ def resume_pretrain(run_dir: str | os.PathLike, *, source: Any = None, device: s
     if source is None:
         source = _reopen_source(run, cfg.get("source_location"))
     parts = _build(source, cfg, device or cfg["device"], initialise=False)
-    return _train(cfg, parts, run, _restore_state, progress, on_epoch)
+    return _train(cfg, parts, run, True, progress, on_epoch)
 
 
 def _reopen_source(run: Path, location: dict[str, Any] | None) -> Any:
@@ -211,15 +194,17 @@ def _reopen_source(run: Path, location: dict[str, Any] | None) -> Any:
     return open_source(location["path"], location.get("kind"), **opts)
 
 
-def _train(cfg: dict[str, Any], parts: _Parts, out: Path, restore: Callable | None, progress: bool,
+def _train(cfg: dict[str, Any], parts: _Parts, out: Path, resume: bool, progress: bool,
            on_epoch: Callable[[int], None] | None) -> PretrainResult:
     """The epochs of `engine.fit`, with best-on-eval selection, metrics.jsonl and last.pt after each."""
     model, dev, task, metric = parts.model, parts.device, cfg["task"], cfg["metric"]
     opt, sched = weight_optimizer(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_min=0.0,
                                   restart_period=max(1, cfg["epochs"]), restart_mult=1)
     state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": []}
-    if restore is not None:
-        state = restore(out, model, opt, sched, dev)
+    if resume:
+        ckpt = load_training_state(out / LAST, model, opt, sched, dev, tuple(state))
+        state = {k: ckpt[k] for k in state}
+        keep_epochs(out / METRICS, state["epoch"])
     on_device = lambda x, y: (x.to(dev), y.to(dev))  # noqa: E731
 
     def end_epoch(epoch: int, totals: EpochTotals) -> None:
@@ -234,14 +219,14 @@ def _train(cfg: dict[str, Any], parts: _Parts, out: Path, restore: Callable | No
         if not np.isnan(score) and score > state["best"] or state["best_epoch"] < 0:
             state.update(best=score, best_epoch=epoch + 1, sha=save_checkpoint(model, out / "best.pt"))
         state["epoch"] = epoch + 1
-        _save_state(out / LAST, model, opt, sched, state, dev)
+        save_training_state(out / LAST, model, opt, sched, dev, **state)
         log.info("epoch %d: train loss %.4f, %s %.4f, best epoch %d (%.1fs)", epoch + 1, totals.loss, metric, score,
                  state["best_epoch"], row["seconds"])
         if on_epoch is not None:
             on_epoch(epoch + 1)
 
     with run_log(out, "pretrain") as log:
-        if restore is not None:
+        if resume:
             log.info("resumed after epoch %d", state["epoch"])
         else:
             log.info("pretrain %s (%s) on %s of %s, device %s", cfg["backbone"], cfg["setting"], cfg["modality"],

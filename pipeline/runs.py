@@ -20,6 +20,7 @@ import yaml
 from fusion_search.data import SplitData, default_memory_budget
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, check_against_store
+from fusion_search.schedule import weight_optimizer
 from stores import FeatureBank, FeatureStore, StoreError, open_store
 
 TRAIN_ON = ("train", "train+val")
@@ -41,6 +42,11 @@ class Schedule:
     weight_decay: float = 3e-4
     dropout: float = 0.2
     grad_clip: float = 5.0
+
+    def optimizer(self, params: Any) -> tuple[torch.optim.Adam, Any]:
+        """The paper's Adam and cosine warm restarts over `params` (tensors or param-group dicts)."""
+        return weight_optimizer(params, lr=self.lr, weight_decay=self.weight_decay, lr_min=self.lr_min,
+                                restart_period=self.restart_period, restart_mult=self.restart_mult)
 
     def __post_init__(self) -> None:
         """Refuse rates a run cannot use (a negative or NaN --lr trains into NaN) before anything is written."""

@@ -38,7 +38,6 @@ from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.rundir import LAST, EpochBook, abs_path, check_new_run, run_log, start_run
-from fusion_search.schedule import weight_optimizer
 from pipeline.evaluate import evaluate_run
 from pipeline.runs import TRAIN_ON, Schedule, check_run_options, open_splits, open_store_checked, read_run_config
 from stores.lock import holds_lock
@@ -127,14 +126,10 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, 
     torch.manual_seed(cfg.seed)
     model = FoundNetwork(genotype, store.node_shapes, cfg.dropout).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = weight_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_min=cfg.lr_min,
-                                  restart_period=cfg.restart_period, restart_mult=cfg.restart_mult)
+    opt, sched = cfg.optimizer(params)
     book = EpochBook(run, key)
     if resume:
-        ckpt = book.restore(device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        book.restore(model, opt, sched, device)
         log.info("resumed after epoch %d", book.epoch)
     else:
         log.info("train %s on %s (%s): %d rows, nodes %s, device %s, %d parameters", run / "genotype.json",
@@ -145,7 +140,7 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, 
         if val is not None:
             record["val"] = evaluate(model, val, task, cfg.batch_size)
         record["seconds"] = totals.seconds
-        msg = book.end_epoch(record, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, device)
+        msg = book.end_epoch(record, model, opt, sched, device)
         log.info(msg)
         if progress:
             tqdm.write(msg)
