@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from extract.backbones import get_backbone
 from extract.backbones.taps import TapReader
@@ -27,7 +28,7 @@ from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_file
 from extract.cluster import connect
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
-from extract.worker import INIT_SEED, PRECISIONS, Entry, Placement, run_chunks, warm_up
+from extract.worker import INIT_SEED, PRECISIONS, ChunkResult, Entry, Placement, run_chunks, warm_up
 from stores import NodeSpec, StoreError, create_store, open_writer
 from stores.device import DEVICES, gpu_slot
 from stores.lock import holds_lock
@@ -336,8 +337,7 @@ class _Runner:
                 results = fut.result()
             except Exception as exc:  # a worker died or a bug: keep what is written, report
                 stop = True
-                on_result([{"chunk": -1, "rows": 0, "skipped": [], "seconds": 0.0,
-                            "failed": {"id": "?", "path": "?", "reason": f"task failed: {exc!r}"}}])
+                on_result([ChunkResult(-1, 0, 0.0, task_error=f"task failed: {exc!r}")])
                 continue
             if on_result(results) is False:
                 stop = True
@@ -373,19 +373,10 @@ def extract(
     ``device`` is checked on the workers (a head node needs no GPU); ``precision`` is the forward's
     compute precision (auto: float16 autocast on CUDA for a float16 store); both go into the store's
     provenance, and a resume with other values is refused."""
-    for option, value in (("--rows-per-chunk", rows_per_chunk), ("--chunks-per-task", chunks_per_task),
-                          ("--batch-size", batch_size), ("--workers", workers),
-                          ("--threads-per-worker", threads_per_worker)):
-        if not isinstance(value, int) or value < 1:  # checked before the store is touched
-            raise ExtractError(f"{option} {value!r}: use a positive integer")
-    if on_error not in ON_ERROR:
-        raise ExtractError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
+    _check_options({"--rows-per-chunk": rows_per_chunk, "--chunks-per-task": chunks_per_task,
+                    "--batch-size": batch_size, "--workers": workers, "--threads-per-worker": threads_per_worker},
+                   on_error, backbones)
     place(device, precision, dtype, {})  # bad option values fail before any work
-    if not backbones:
-        raise BackboneError("give at least one backbone (--backbone MODALITY=NAME)")
-    mods = [b.modality for b in backbones]
-    if len(set(mods)) != len(mods):
-        raise BackboneError(f"one backbone per modality (node names are <modality>_<k>); got {mods}")
     samples = source.samples()
     if not samples:
         raise DataError(f"source {getattr(source, 'name', '?')!r} lists no samples")
@@ -397,27 +388,7 @@ def extract(
     resumed = Path(out).exists() and not overwrite
     if not resumed:
         _check_writable(out)
-    skipped: list[dict] = []
-    failures: list[dict] = []
-    rows_run = 0
-    built: dict[int, int] = {}
-    used: dict[str, str] = {}
-    bar = None
-
-    def on_result(results: list[dict]) -> bool:
-        nonlocal rows_run
-        for r in results:
-            if r["failed"]:
-                failures.append(r["failed"])
-                continue
-            rows_run += r["rows"]
-            skipped.extend(r["skipped"])
-            built[r["pid"]] = max(built.get(r["pid"], 0), r["models_built"])
-            used[r["worker"]] = r["device"]
-            if bar is not None:
-                bar.update(1)
-        return not failures
-
+    tally = _Tally()
     t_start = time.perf_counter()
     # connect or start the cluster first: a scheduler that does not answer leaves no files behind
     runner = _Runner(use_dask, scheduler, workers, threads_per_worker, timeout)
@@ -433,35 +404,81 @@ def extract(
         if tasks:
             runner.warm_up(tuple(entries), reduction, placement, batch_size, source, ids)
         if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=writer.num_chunks, initial=writer.num_chunks - len(todo), unit="chunk",
-                       desc="extract", leave=False)
+            tally.bar = tqdm(total=writer.num_chunks, initial=writer.num_chunks - len(todo), unit="chunk",
+                             desc="extract", leave=False)
         cpu0, t0 = runner.cpu_seconds(), time.perf_counter()
         runner.run(tasks, (source, str(writer.path), ids, tuple(entries), reduction, placement, batch_size,
-                           on_error), on_result)
+                           on_error), tally.add)
         seconds = time.perf_counter() - t0
         cpu = runner.cpu_seconds() - cpu0
     finally:
         runner.close()
-        if bar is not None:
-            bar.close()
-    if failures:
-        f = failures[0]
-        done = writer.num_chunks - len(writer.missing_chunks())
-        if f["id"] == "?":
-            raise ExtractError(f"an extraction task failed: {f['reason']}. {done}/{writer.num_chunks} chunks "
-                               "are complete and kept; rerun the same command to resume")
-        raise DataError(f"sample {f['id']} ({f['path']}) could not be read: {f['reason']}. "
-                        f"{done}/{writer.num_chunks} chunks are complete and kept; fix or remove the file "
-                        "and rerun to resume, or pass --on-error skip")
+        if tally.bar is not None:
+            tally.bar.close()
+    tally.raise_first_failure(writer)
+    skipped, rows_run = tally.skipped, tally.rows_run
     _finalize(writer, source, samples, skipped)
     raw = sum(n * c * t * np.dtype(dtype).itemsize for e in entries for c, t in e.shapes().values())
     disk = _dir_bytes(Path(writer.path) / "features")
     return ExtractResult(str(writer.path), {k: v for e in entries for k, v in e.shapes().items()},
                          writer.num_chunks, sum(len(t) for t in tasks), rows_run, seconds,
-                         rows_run / seconds if seconds > 0 else 0.0, disk, raw, skipped, built, t0 - t_start,
-                         cpu, used)
+                         rows_run / seconds if seconds > 0 else 0.0, disk, raw, skipped, tally.built,
+                         t0 - t_start, cpu, tally.devices)
+
+
+def _check_options(counts: dict[str, Any], on_error: str, backbones: Sequence[BackboneChoice]) -> None:
+    """Refuse option values a run cannot use, before the store is touched."""
+    for option, value in counts.items():
+        if not isinstance(value, int) or value < 1:
+            raise ExtractError(f"{option} {value!r}: use a positive integer")
+    if on_error not in ON_ERROR:
+        raise ExtractError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
+    if not backbones:
+        raise BackboneError("give at least one backbone (--backbone MODALITY=NAME)")
+    mods = [b.modality for b in backbones]
+    if len(set(mods)) != len(mods):
+        raise BackboneError(f"one backbone per modality (node names are <modality>_<k>); got {mods}")
+
+
+class _Tally:
+    """The chunk results of one run as they arrive: rows, skips, models built and devices per worker,
+    and the failures that stop it (the progress bar moves one chunk per result)."""
+
+    def __init__(self) -> None:
+        self.rows_run = 0
+        self.skipped: list[dict] = []
+        self.failures: list[ChunkResult] = []
+        self.built: dict[int, int] = {}
+        self.devices: dict[str, str] = {}
+        self.bar: Any = None
+
+    def add(self, results: list[ChunkResult]) -> bool:
+        """Count a task's results; False (stop starting tasks) once one has failed."""
+        for r in results:
+            if not r.ok:
+                self.failures.append(r)
+                continue
+            self.rows_run += r.rows
+            self.skipped.extend(r.skipped)
+            self.built[r.pid] = max(self.built.get(r.pid, 0), r.models_built)
+            self.devices[r.worker] = r.device
+            if self.bar is not None:
+                self.bar.update(1)
+        return not self.failures
+
+    def raise_first_failure(self, writer: Any) -> None:
+        """The first failure as one error saying what is kept and how to go on."""
+        if not self.failures:
+            return
+        first = self.failures[0]
+        done = writer.num_chunks - len(writer.missing_chunks())
+        kept = f"{done}/{writer.num_chunks} chunks are complete and kept"
+        if first.task_error is not None:
+            raise ExtractError(f"an extraction task failed: {first.task_error}. {kept}; rerun the same command "
+                               "to resume")
+        f = first.failed
+        raise DataError(f"sample {f['id']} ({f['path']}) could not be read: {f['reason']}. {kept}; fix or "
+                        "remove the file and rerun to resume, or pass --on-error skip")
 
 
 def _finalize(writer: Any, source: Any, samples: list, skipped: list[dict]) -> None:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -193,6 +193,30 @@ def _forward(entries, loaded_by_entry, inputs: dict[str, torch.Tensor]) -> dict[
     return feats
 
 
+@dataclass
+class ChunkResult:
+    """What one chunk's extraction reports to the job (plain fields: it crosses dask).
+
+    `failed` is the unreadable sample that stopped the chunk under --on-error fail (a record like
+    `skipped`'s: id, path, modality, reason, row); `task_error` says why a whole dask task failed
+    (a worker died or a bug) when no chunk could report for itself."""
+
+    chunk: int
+    rows: int
+    seconds: float
+    skipped: list[dict] = field(default_factory=list)
+    failed: dict | None = None
+    task_error: str | None = None
+    pid: int = 0
+    models_built: int = 0
+    worker: str = ""
+    device: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None and self.task_error is None
+
+
 class _Chunk:
     """One row chunk filling up batch by batch; rows of unreadable samples stay NaN, never zero."""
 
@@ -217,22 +241,23 @@ class _Chunk:
         for n, arr in self.data.items():
             arr[local] = feats[n]
 
-    def result(self, where: tuple[str, str] = ("", "")) -> dict:
+    def result(self, where: tuple[str, str] = ("", "")) -> "ChunkResult":
         """The chunk's record; `where` is (worker address, device) for the extraction summary."""
-        res = {"chunk": self.k, "rows": self.rows.stop - self.rows.start, "failed": self.failed,
-               "skipped": [] if self.failed else self.skipped, "seconds": time.perf_counter() - self.t0}
+        res = ChunkResult(self.k, self.rows.stop - self.rows.start, time.perf_counter() - self.t0,
+                          skipped=[] if self.failed else self.skipped, failed=self.failed)
         if not self.failed:
-            res.update(pid=os.getpid(), models_built=LOADS["count"], worker=where[0] or "local", device=where[1])
+            res.pid, res.models_built = os.getpid(), LOADS["count"]
+            res.worker, res.device = where[0] or "local", where[1]
         return res
 
 
 class _Results:
     """Chunk results, handed to ``on_chunk`` as they complete (``--no-dask``) or kept for the task."""
 
-    def __init__(self, on_chunk: Callable[[dict], bool | None] | None) -> None:
+    def __init__(self, on_chunk: Callable[[ChunkResult], bool | None] | None) -> None:
         self.on_chunk, self.kept, self.stopped = on_chunk, [], False
 
-    def add(self, res: dict) -> None:
+    def add(self, res: ChunkResult) -> None:
         if self.on_chunk is None:
             self.kept.append(res)
         elif self.on_chunk(res) is False:
@@ -246,7 +271,7 @@ class _Writes:
     def __init__(self, writer: Any, results: _Results, depth: int = 2) -> None:
         self.writer, self.results, self.depth = writer, results, depth
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmnas-write")
-        self.pending: list[tuple[Future, dict]] = []
+        self.pending: list[tuple[Future, ChunkResult]] = []
         self.error: Exception | None = None
 
     def submit(self, chunk: _Chunk, where: tuple[str, str]) -> None:
@@ -310,10 +335,10 @@ def _batch_plans(writer: Any, chunks: list[int], batch_size: int) -> list[tuple[
 
 def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list[int],
                entries: tuple[Entry, ...], reduction: ReductionConfig, placement: Placement, batch_size: int,
-               on_error: str, on_chunk: Callable[[dict], bool | None] | None = None) -> list[dict]:
+               on_error: str, on_chunk: Callable[[ChunkResult], bool | None] | None = None) -> list[ChunkResult]:
     """Extract and write some row chunks through one pipeline (decode ahead, write behind).
 
-    One result dict per chunk (skips, failure, seconds): passed to ``on_chunk`` as each chunk
+    One `ChunkResult` per chunk (skips, failure, seconds): passed to ``on_chunk`` as each chunk
     lands when given (returning False stops the pipeline), else returned at the end. With
     on_error="fail" a chunk holding an unreadable sample is not written and its result carries
     the failure; chunks after it are not started.

@@ -116,7 +116,7 @@ def test_in_process_pipeline_reports_each_chunk_once_it_is_on_disk(ntu, tmp_path
     seen = []
 
     def on_chunk(res):
-        seen.append((res["chunk"], res["chunk"] not in open_writer(out).missing_chunks()))
+        seen.append((res.chunk, res.chunk not in open_writer(out).missing_chunks()))
         return len(seen) < 3
 
     assert run_chunks(src, str(out), ids, list(range(8)), (entry,), ReductionConfig(), Placement((("", "cpu"),)), 2, "fail",
