@@ -132,3 +132,17 @@ def test_cli_baseline_takes_the_settings_of_the_genotype_it_is_compared_with(tmp
     res = runner.invoke(cli, ["genotype", "baseline", "late", *store, "-o", str(tmp_path / "alone.json")])
     assert res.exit_code == 0 and "note: no --like genotype, so C=128, L=8, 2 Cells" in res.output
     assert Genotype.load(tmp_path / "alone.json").C == 128
+
+
+def test_unimodal_genotype_feeds_the_found_cells_from_one_modality():
+    from fusion_search.baselines import unimodal_genotype
+
+    found = searched_genotype(C=8, L=4)  # Cells on (a_2, b_3) and (cell_1, a_3)
+    for modality, deep in (("a", ("a_2", "a_3")), ("b", ("b_2", "b_3"))):
+        g = unimodal_genotype(modality, found)
+        assert g.cells[0].inputs == deep and g.cells[1].inputs == ("cell_1", deep[1])
+        assert [c.steps for c in g.cells] == [c.steps for c in found.cells] and (g.C, g.L) == (8, 4)
+        assert {n.split("_")[0] for n in g.used_nodes()} == {modality}
+        _net(g)  # a valid network
+    with pytest.raises(SearchError, match="no audio taps"):
+        unimodal_genotype("audio", found)
