@@ -131,3 +131,17 @@ def baseline_for_store(name: str, store, *, seed: int = 0, C: int = 128, L: int 
     """`baseline_genotype` on an opened FeatureStore (its nodes, task and class count)."""
     return baseline_genotype(name, store.nodes, store.task, store.num_classes, seed=seed, C=C, L=L,
                              cells=cells, template=template)
+
+
+def unimodal_genotype(modality: str, template: Genotype) -> Genotype:
+    """The template's network on one modality's taps: what fusion adds is measured against the same
+    Cells, C and L fed by one modality (Cell 1 reads its two deepest taps, later Cells the previous
+    Cell and the next deeper tap in turn)."""
+    taps = sorted((int(m["k"]), n) for n in template.nodes if (m := _NODE.match(n)) and m["modality"] == modality)
+    if not taps:
+        raise SearchError(f"no {modality} taps among the nodes {', '.join(template.nodes)} (names are <modality>_<k>)")
+    deep = [n for _, n in taps][-2:]
+    pairs = [(deep[0], deep[-1])] + [(cell_name(k - 1), deep[k % len(deep)]) for k in range(1, len(template.cells))]
+    g = Genotype(template.task, template.num_classes, template.nodes, template.C, template.L, template.multiplier,
+                 _with_inputs(template.cells, pairs), template.output)
+    return Genotype.from_dict(g.to_dict(), f"unimodal {modality}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from fusion_search.errors import SearchError
@@ -100,28 +102,42 @@ def report_cmd(runs, out) -> None:
 @click.option("--store", required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Genotype JSON to write.")
 @click.option("--like", type=click.Path(), default=None,
-              help="Searched genotype: fusion baselines keep its inputs, late/random keep its Cells.")
+              help="Searched genotype (or its search run directory): the baseline takes its C, L and Cells; "
+                   "fusion baselines keep its inputs, late/random keep its Cell structure.")
 @click.option("--seed", type=int, default=0, show_default=True, help="random: which random selection.")
-@click.option("--channels", "C", type=int, default=128, show_default=True)
-@click.option("--length", "L", type=int, default=8, show_default=True)
-@click.option("--cells", type=int, default=2, show_default=True)
+@click.option("--channels", "C", type=int, default=None, help="C without --like.  [default: 128]")
+@click.option("--length", "L", type=int, default=None, help="L without --like.  [default: 8]")
+@click.option("--cells", type=int, default=None, help="Cells without --like.  [default: 2]")
 def baseline_cmd(name, store, output, like, seed, C, L, cells) -> None:
     """Write a named baseline (sum, concatfc, mha, aoa, late, random) as a genotype for STORE."""
     from fusion_search.baselines import baseline_for_store
     from fusion_search.genotype import Genotype, show
     from pipeline.runs import open_store_checked
 
-    template = Genotype.load(like) if like else None
-    if template is not None:
-        opened = open_store_checked(store, template, like)
+    given = {"--channels": C, "--length": L, "--cells": cells}
+    if like is not None:
+        like = Path(like) / "genotype.json" if Path(like).is_dir() else Path(like)
+        template = Genotype.load(like)
+        theirs = {"--channels": template.C, "--length": template.L, "--cells": len(template.cells)}
+        clash = [f"{k} {v} (the genotype has {theirs[k]})" for k, v in given.items() if v is not None and v != theirs[k]]
+        if clash:
+            raise SearchError(f"--like {like}: {', '.join(clash)}; a baseline is compared at its genotype's "
+                              "settings, so drop those options or the --like")
+        opened = open_store_checked(store, template, str(like))
     else:
+        template = None
         from stores import StoreError, open_store
 
         try:
             opened = open_store(store)
         except StoreError as exc:
             raise SearchError(f"--store {store}: {exc}") from None
-    g = baseline_for_store(name, opened, seed=seed, C=C, L=L, cells=cells, template=template)
+        if any(v is None for v in given.values()):
+            C, L, cells = C or 128, L or 8, cells or 2
+            click.echo(f"note: no --like genotype, so C={C}, L={L}, {cells} Cells (the paper's sizes); to compare "
+                       "with a search, pass --like RUN/genotype.json and the baseline takes its settings", err=True)
+    sizes = {} if template is not None else {"C": C, "L": L, "cells": cells}  # a template gives its own
+    g = baseline_for_store(name, opened, seed=seed, template=template, **sizes)
     g.save(output)
     click.echo(show(g))
     click.echo(f"wrote {output}")

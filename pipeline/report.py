@@ -5,7 +5,8 @@ A run is a `train`, `finetune` or `search` run directory. Its page (`RUN/report.
 `metrics.jsonl`, the genotype as a tree and a drawing, the architecture-weight heatmaps (α, β, γ over
 epochs) when the run, or the search run its genotype came from, has `arch_history.jsonl`, and the
 confusion matrix when `evaluate` drew one. With several runs a comparison page puts their metrics in
-one table and their validation curves in one plot.
+one table and their validation curves in one plot. A multilabel run's page also plots F1 per class
+(`per_class_f1_<split>.json`), so classes that need both modalities show apart from the easy ones.
 """
 
 from __future__ import annotations
@@ -87,6 +88,31 @@ def _curves(history: list[dict], key: str, path: Path, title: str) -> Path | Non
     return path
 
 
+def _per_class_f1_plot(f1: dict[str, float], path: Path, title: str) -> Path:
+    """One bar per class, in class order: a multilabel run's easy classes and hard ones apart
+    (mmimdb-like: genres 12-22 need both modalities), which the weighted mean hides."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, values = list(f1), list(f1.values())
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.22 * len(names)))
+    ax.barh(range(len(names)), values, color="tab:blue")
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels([f"{i}: {n}" for i, n in enumerate(names)], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1")
+    for i, v in enumerate(values):
+        ax.text(min(v + 0.01, 0.9), i, f"{v:.2f}", va="center", fontsize=6)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _metrics_table(metrics: dict[str, dict]) -> list[str]:
     if not metrics:
         return ["No `metrics_<split>.json` yet: run `bmnas evaluate RUN --split test`."]
@@ -123,9 +149,14 @@ def run_report(run_dir: str | os.PathLike) -> Path:
     curve = _curves(info["history"], key, img / "curves.png", f"{run.name}: {key}")
     if curve:
         lines += ["## Learning curves", "", "![curves](report/curves.png)", ""]
-    for split in info["metrics"]:
+    for split, metrics in info["metrics"].items():
         if (run / f"confusion_{split}.png").is_file():
             lines += [f"## Confusion matrix ({split})", "", f"![confusion](confusion_{split}.png)", ""]
+        per_class = run / f"per_class_f1_{split}.json"
+        if metrics.get("task") == "multilabel" and per_class.is_file():
+            plot = _per_class_f1_plot(json.loads(per_class.read_text()), img / f"per_class_f1_{split}.png",
+                                      f"{run.name}: F1 per class on {split} (weighted {metrics.get('f1_weighted', 0):.4f})")
+            lines += [f"## F1 per class ({split})", "", f"![per-class F1](report/{plot.name})", ""]
     if info["genotype"].is_file():
         g = Genotype.load(info["genotype"])
         render(g, img / "genotype.png", "matplotlib")

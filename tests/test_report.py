@@ -40,3 +40,18 @@ def test_report_on_search_and_train_runs(tmp_path):
     assert (tmp_path / "cmp.png").is_file()
     bad = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert bad.exit_code == 2 and "config.yaml" in bad.output
+
+
+def test_report_plots_f1_per_class_of_a_multilabel_run(tmp_path):
+    from _train_data import searched_genotype
+
+    small_store(tmp_path / "m.zarr", task="multilabel", n=96, C=4)
+    searched_genotype("multilabel", k=3).save(tmp_path / "g.json")
+    train_on_cache(str(tmp_path / "m.zarr"), tmp_path / "g.json", tmp_path / "run", epochs=2, batch_size=24,
+                   device="cpu")
+    out = CliRunner().invoke(cli, ["report", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "run" / "report.md").read_text()
+    assert "## F1 per class (test)" in page and "![per-class F1](report/per_class_f1_test.png)" in page
+    assert (tmp_path / "run" / "report" / "per_class_f1_test.png").stat().st_size > 1000
+    assert "confusion_test.png" not in page  # multilabel: no confusion matrix

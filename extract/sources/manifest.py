@@ -4,7 +4,7 @@ A CSV (header row) or JSONL (one object per line) file with columns:
 
 - ``id`` (unique), ``split`` (``train``/``val``/``test``);
 - ``label`` (multiclass: a class index or a class name) **or** ``labels`` (multilabel: a list in
-  JSONL, or indices/names separated by ``;`` in CSV);
+  JSONL, ``[]`` for a sample of no class, or indices/names separated by ``;`` in CSV);
 - one path column per modality, named by its kind (``video``, ``depth``, ``skeleton``, ``image``,
   ``text``, ``array``), optionally with a suffix to have several of one kind (``array_audio``,
   ``video_side``). Paths are relative to the manifest's folder.
@@ -25,6 +25,7 @@ import numpy as np
 
 from extract.errors import DataError
 from extract.sources.base import ListedSource, Sample
+from extract.sources.ntu import SYNTH_META
 from extract.sources.skeleton_file import skeleton_array
 from extract.sources.video import read_image, read_video
 
@@ -115,6 +116,8 @@ class ManifestSource(ListedSource):
             raise DataError(f"{self.path}: manifest has no rows; add one line per sample")
         self.task = "multilabel" if "labels" in columns else "multiclass"
         self.modalities = tuple(c for c in columns if modality_kind(c))
+        meta = self.root / SYNTH_META  # a synthetic dataset's factors and ceilings (`bmnas data info`)
+        self.metadata = json.loads(meta.read_text()) if meta.is_file() else None
         classes_file = self.root / "classes.txt"
         if class_names is None and classes_file.is_file():
             class_names = [ln.strip() for ln in classes_file.read_text().splitlines() if ln.strip()]
@@ -170,8 +173,8 @@ class ManifestSource(ListedSource):
                 problem = f"duplicate id {sid!r}"
             elif row.get("split") not in SPLITS:
                 problem = f"split {row.get('split')!r} is not one of {', '.join(SPLITS)}"
-            elif not labels:
-                problem = "no label"
+            elif not labels and not (self.task == "multilabel" and row.get("labels") == []):
+                problem = "no label"  # an explicit JSON [] is a sample of no class (a movie of no listed genre)
             if problem is None:
                 parsed = [int(v) if v not in index and _is_int(v) else index.get(v) for v in labels]
                 bad = [v for v, p in zip(labels, parsed) if p is None or not 0 <= p < self.num_classes]

@@ -145,7 +145,7 @@ def read_image(path: str | Path, size: int | tuple[int, int] | None = None, gray
         raise DataError(f"{path}: image file not found; check the dataset root or remove the sample")
     try:
         with Image.open(path) as img:
-            arr = np.asarray(img.convert("L" if gray else "RGB"))
+            arr = np.array(img.convert("L" if gray else "RGB"))  # a writable copy: torch warns on read-only arrays
     except Exception as exc:
         raise DataError(f"{path}: cannot decode image ({exc}); the file is corrupt — replace it") from exc
     if gray:

@@ -1,9 +1,15 @@
-"""``mmimdb-like``: an HDF5 file in MM-IMDB's layout whose 23 genres need both modalities.
+"""``mmimdb-like``: movies whose 23 genres need both modalities, in two forms.
 
-Each movie has 6 image bits (coloured panels in a 3x2 grid of the poster) and 6 text bits
-(directions in the 300-d text feature, under noise and distractor directions). Genres 0-5 copy
-the image bits, 6-11 the text bits, 12-22 are XOR/AND of an image bit and a text bit. The
+Each movie has 6 image bits (coloured panels in a 3x2 grid of the poster) and 6 text bits. Genres
+0-5 copy the image bits, 6-11 the text bits, 12-22 are XOR/AND of an image bit and a text bit. The
 metadata states the weighted-F1 ceilings of oracles that see only one modality's bits.
+
+Written twice, for the two ways data reaches a user:
+- the raw files a real user has: ``posters/<id>.jpg`` and ``plots/<id>.txt`` (UTF-8; each set text
+  bit is a sentence about its theme, in words a sentence encoder reads, among neutral sentences),
+  listed in ``manifest.jsonl`` with ``classes.txt`` (the folder opens as a manifest source);
+- ``multimodal_imdb.hdf5`` in the paper's layout: the same posters, and the text bits as directions
+  in a 300-d feature vector (under noise and distractor directions) standing in for word2vec.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from extract.sources.mmimdb import CAFFE_BGR_MEAN, GENRES
+from extract.sources.mmimdb import CAFFE_BGR_MEAN, GENRES, split_names
 from extract.sources.ntu import SYNTH_META
+from extract.synth.plots import write_plot
 
 N_BITS = 6
 BIT_P = 0.35
@@ -37,8 +44,8 @@ def genres_of(image_bits: np.ndarray, text_bits: np.ndarray) -> np.ndarray:
 def generate_mmimdb_like(
     out: str | Path, samples: int = 1000, seed: int = 0, height: int = 64, width: int = 40
 ) -> dict[str, Any]:
-    """Write ``out/multimodal_imdb.hdf5`` (images float32 Caffe BGR mean-subtracted, as the original)
-    and ``out/bmnas_synth.json``; return the metadata."""
+    """Write the raw posters and plots with ``out/manifest.jsonl``, ``out/multimodal_imdb.hdf5`` (images
+    float32 Caffe BGR mean-subtracted, as the original) and ``out/bmnas_synth.json``; return the metadata."""
     import h5py
 
     from extract.errors import DataError
@@ -57,18 +64,26 @@ def generate_mmimdb_like(
     distract = (rng.random((samples, 4)) < 0.5).astype(np.float32)
     features = (np.hstack([text_bits.astype(np.float32), distract]) * rng.uniform(0.6, 1.0, (samples, N_BITS + 4))) @ directions
     features += rng.normal(0, 0.25 / np.sqrt(TEXT_DIM) * 4, features.shape)
+    ids = [f"{i:07d}" for i in range(samples)]
+    for folder in ("posters", "plots"):
+        (out / folder).mkdir(exist_ok=True)
+    text_rng = np.random.default_rng([seed, 1])  # its own stream: the HDF5 stays as it was before plots existed
     with h5py.File(out / "multimodal_imdb.hdf5", "w") as f:
         images = f.create_dataset("images", (samples, 3, height, width), np.float32,
                                   chunks=(1, 3, height, width), compression="gzip", compression_opts=1)
         for i in range(samples):
             rgb = render_poster(rng, image_bits[i], height, width)
             images[i] = np.moveaxis(rgb[..., ::-1] - CAFFE_BGR_MEAN, -1, 0)
+            write_poster(out / "posters" / f"{ids[i]}.jpg", rgb)
+            write_plot(out / "plots" / f"{ids[i]}.txt", text_rng, text_bits[i])
         f["features"] = features.astype(np.float32)
         f["genres"] = genres
-        f["imdb_ids"] = np.array([f"{i:07d}".encode() for i in range(samples)])
+        f["imdb_ids"] = np.array([i.encode() for i in ids])
+    write_manifest(out, ids, genres)
     meta = {
         "kind": "mmimdb-like",
-        "format": "MM-IMDB multimodal_imdb.hdf5 (images float32 Caffe BGR - mean, features, genres, imdb_ids)",
+        "format": "raw posters/<id>.jpg + plots/<id>.txt listed in manifest.jsonl; and MM-IMDB "
+                  "multimodal_imdb.hdf5 (images float32 Caffe BGR - mean, features, genres, imdb_ids)",
         "samples": samples,
         "num_classes": len(GENRES),
         "class_names": GENRES,
@@ -77,7 +92,8 @@ def generate_mmimdb_like(
         "text": {"dim": TEXT_DIM},
         "factors": {
             "image_bits": f"{N_BITS} coloured panels (3x2 grid), each present with p={BIT_P}",
-            "text_bits": f"{N_BITS} unit directions in the text features (+4 distractor directions, noise)",
+            "text_bits": f"{N_BITS} plot themes, each a sentence in plots/<id>.txt when set (among neutral "
+                         f"sentences); in the HDF5, unit directions in the text features (+4 distractors, noise)",
             "genres": "0-5 = image bits, 6-11 = text bits, 12-22 = XOR/AND of an image bit and a text bit",
             "cross": [list(c) for c in CROSS],
         },
@@ -86,6 +102,23 @@ def generate_mmimdb_like(
     }
     (out / SYNTH_META).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def write_poster(path: Path, rgb: np.ndarray) -> None:
+    """The poster as a JPEG file, as a scraped poster would be (quality 90)."""
+    from PIL import Image
+
+    Image.fromarray(rgb.round().astype(np.uint8)).save(path, quality=90)
+
+
+def write_manifest(out: Path, ids: list[str], genres: np.ndarray) -> None:
+    """``manifest.jsonl`` (genre names; ``[]`` for a movie of no genre) and ``classes.txt`` in the
+    HDF5's splits, so the raw files and the paper's file give the same train/val/test rows."""
+    lines = [json.dumps({"id": sid, "split": split, "labels": [GENRES[g] for g in np.flatnonzero(row)],
+                         "image": f"posters/{sid}.jpg", "text": f"plots/{sid}.txt"})
+             for sid, split, row in zip(ids, split_names(len(ids)), genres)]
+    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    (out / "classes.txt").write_text("\n".join(GENRES) + "\n")
 
 
 def render_poster(rng: np.random.Generator, bits: np.ndarray, height: int, width: int) -> np.ndarray:
