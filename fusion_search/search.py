@@ -122,9 +122,8 @@ class _SearchEpochs:
     """The search's side of each epoch of `engine.fit`: after every weight step, an architecture step on
     the next batch of this epoch's own val stream (from `arch_warmup_epochs` on), and its loss."""
 
-    def __init__(self, cfg: SearchConfig, model: Hypernet, architect: Architect, val: SplitData,
-                 on_batch: BatchCallback | None) -> None:
-        self.cfg, self.model, self.architect, self.val, self.on_batch = cfg, model, architect, val, on_batch
+    def __init__(self, cfg: SearchConfig, architect: Architect, val: SplitData, on_batch: BatchCallback | None) -> None:
+        self.cfg, self.architect, self.val, self.on_batch = cfg, architect, val, on_batch
         self.arch_loss_sum = 0.0
         self._vals: Iterator[TensorBatch] = iter(())
 
@@ -240,7 +239,7 @@ def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -
     else:
         log.info("search on %s: %d train / %d val rows, nodes %s, device %s, %d weight parameters",
                  store.path, train.num_rows, val.num_rows, ",".join(nodes), device, sum(p.numel() for p in weights))
-    loop = _SearchEpochs(cfg, model, architect, val, on_batch)
+    loop = _SearchEpochs(cfg, architect, val, on_batch)
 
     def end_epoch(epoch: int, totals: EpochTotals) -> None:
         val_metrics = evaluate(model, val, task, cfg.batch_size)
