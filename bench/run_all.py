@@ -30,6 +30,7 @@ BENCHES = [
     ("search_planted.py", [], ["--seeds", "0,1", "--kinds", "joint"]),
     ("score_noise.py", [], ["--runs", "3"]),
     ("demo_spread.py", ["--seeds", "0-4"], ["--seeds", "0-1"]),
+    ("demo_spread.py", ["--dataset", "mmimdb-like", "--seeds", "0-4"], ["--dataset", "mmimdb-like", "--seeds", "0-1"]),
 ]
 
 
