@@ -158,10 +158,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from extract.synth import generate
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_out(cfg, out)
     raw, store = out / "raw", out / "features.zarr"
     data = DEMO_DATA[cfg.dataset]
-    stages = _Stages(7)
+    stages = _Stages(6 if data.unimodal_on_cache else 7)
     t_start = time.perf_counter()
 
     classes = f", {cfg.classes} classes" if cfg.dataset == "ntu-like" else ""
@@ -188,14 +188,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                f"reusing {search_dir / 'genotype.json'}")
     runs = _genotypes(cfg, store, search_dir, out / "genotypes")
     train_root = out / "train"
-    stages.run("train the found network and the baselines on the cache",
+    what = ("the found network, the baselines and the unimodal rows (the found Cells on one modality's taps)"
+            if data.unimodal_on_cache else "the found network and the baselines")
+    stages.run(f"train {what} on the cache",
                lambda: all((t[3] / "metrics_test.json").is_file() for t in _train_tasks(cfg, runs, train_root)),
                lambda: _train_all(cfg, store, runs, train_root),
                f"reusing {train_root}")
-    if data.unimodal_on_cache:
-        stages.run("unimodal rows: trained with the fusion networks above (Cells on one modality's taps)",
-                   lambda: True, lambda: None, "nothing else to evaluate")
-    else:
+    if not data.unimodal_on_cache:
         stages.run("evaluate the unimodal models on test",
                    lambda: all((out / "pretrain" / m / "metrics_test.json").is_file() for m in backbones),
                    lambda: _unimodal(cfg, source, backbones, out / "pretrain"),
@@ -209,6 +208,35 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _say(f"report: {report}")
     _say(f"demo finished in {time.perf_counter() - t_start:.0f}s")
     return {"rows": rows, "report": str(report)}
+
+
+DEMO_RECORD = "demo.json"
+
+
+def _claim_out(cfg: DemoConfig, out: Path) -> None:
+    """Reuse `out` only for the same demo: its stages are cache hits by file, so a rerun with another
+    seed, dataset or size into it would report the old run's results as the new one's."""
+    from dataclasses import asdict
+
+    record = out / DEMO_RECORD
+    mine = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != "out"}))
+    if record.is_file():
+        theirs = json.loads(record.read_text())
+        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if changed:
+            from extract.errors import DataError
+
+            was = ", ".join(f"{k}={theirs.get(k)}" for k in changed[:3])
+            raise DataError(f"--out {out}: holds a demo run with {was}; give another --out, or delete "
+                            f"{out} to start over")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        from extract.errors import DataError
+
+        raise DataError(f"--out {out}: not empty and holds no {DEMO_RECORD} (not a demo directory, or one "
+                        "from an older bmnas); give a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(mine, indent=2) + "\n")
 
 
 def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) -> None:

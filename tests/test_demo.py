@@ -50,6 +50,7 @@ def test_mmimdb_like_demo_on_raw_posters_and_plots(tmp_path, capsys):
     ceilings = json.loads((tmp_path / "mm" / "raw" / "bmnas_synth.json").read_text())["ceilings"]
     assert rows["ceiling (bmnas_synth.json): an oracle knowing the image bits"]["f1_weighted"] == ceilings["image_only"]
     assert "| method | test F1-W | mean F1, cross-modal genres | seeds | parameters |" in out
+    assert "[6/6] report" in out and "cache hit" not in out  # unimodal rows train with the fused ones
     assert 0.0 <= rows["BM-NAS found network"]["cross_f1"] <= 1.0
     store = tmp_path / "mm" / "features.zarr"
     from stores import open_store
@@ -59,3 +60,27 @@ def test_mmimdb_like_demo_on_raw_posters_and_plots(tmp_path, capsys):
     assert opened.node_attrs("image_1")["checkpoint_sha256"] and opened.node_attrs("text_3")["layer"] == "layer6"
     g = json.loads((tmp_path / "mm" / "genotypes" / "unimodal_text.json").read_text())
     assert all(n.startswith(("text_", "cell_")) for c in g["cells"] for n in c["inputs"])
+
+
+def test_demo_out_holding_another_demo_is_refused(tmp_path):
+    """Stages are reused by file, so another seed into the same --out would report the old results."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.demo import DEMO_RECORD, _claim_out
+
+    out = tmp_path / "demo"
+    _claim_out(DemoConfig.quick(out=str(out), seed=0), out)
+    record = (out / DEMO_RECORD).read_text()
+    _claim_out(DemoConfig.quick(out=str(out), seed=0), out)  # the same demo resumes
+    r = CliRunner().invoke(cli, ["demo", "--quick", "--seed", "1", "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1].startswith(f"error: --out {out}: holds a demo run with seed=0")
+    assert (out / DEMO_RECORD).read_text() == record and sorted(p.name for p in out.iterdir()) == [DEMO_RECORD]
+
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(other)])
+    assert r.exit_code == 2 and f"--out {other}: not empty" in r.output and "Traceback" not in r.output
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
