@@ -107,6 +107,26 @@ def test_corrupt_truncated_and_missing_videos_name_the_file(tmp_path: Path) -> N
             read_video(path, frames=4, size=None)
 
 
+def test_cut_mp4_with_its_index_first_is_refused_not_read_short(tmp_path: Path) -> None:
+    """A faststart MP4 cut where a frame starts still opens, and decord gives the frames left as the
+    clip, with no error (a cut inside a frame fails to open, tested above)."""
+    import av
+    import decord
+
+    good = tmp_path / "web.mp4"
+    write_video(good, _bars(frames=64, w=128), faststart=True)
+    data = good.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat")  # the index comes first
+    assert read_video(good, frames=4, size=None).shape == (4, 32, 128, 3)
+    with av.open(str(good)) as container:
+        starts = sorted(p.pos for p in container.demux(video=0) if p.size)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: starts[40]])
+    assert len(decord.VideoReader(str(cut), num_threads=1)) == 40  # what the check is for: 40 of 64, silently
+    with pytest.raises(DataError, match=r"cut\.mp4: its 'mdat' box declares .* past the end; the file is truncated"):
+        read_video(cut, frames=4, size=None)
+
+
 def test_read_image_png_and_gray(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -74,6 +74,9 @@ def read_video(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: video file not found; check the dataset root or remove the sample")
+    overrun = iso_box_overrun(path)
+    if overrun:
+        raise DataError(f"{path}: {overrun}; the file is truncated — re-encode or re-download it")
     try:
         reader = decord.VideoReader(str(path), num_threads=1)
         length = len(reader)
@@ -112,8 +115,7 @@ def declared_frames(path: str | Path) -> int | None:
 
     Why: an AVI cut short loses its index at the end of the file, and the demuxer then counts only
     the frames still present (3 of 32 at half the bytes), so the decoder alone cannot tell a short
-    clip from a truncated one. The header at the start survives the cut. (A cut MP4 with its index
-    at the end does not decode at all and fails in `read_video` already.)
+    clip from a truncated one. The header at the start survives the cut. (MP4: `iso_box_overrun`.)
     """
     with open(path, "rb") as fh:
         head = fh.read(4096)
@@ -124,6 +126,39 @@ def declared_frames(path: str | Path) -> int | None:
         return None
     total = struct.unpack_from("<I", head, at + 24)[0]  # after the tag, size and four 32-bit fields
     return int(total) or None
+
+
+ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
+
+
+def iso_box_overrun(path: str | Path) -> str | None:
+    """For an MP4/MOV file: which top-level box runs past the end of the file, else None.
+
+    Why: an MP4 written with its index first ("faststart", as web video is) and then cut short still
+    opens; decord counts only the frames whose bytes are left (31 of 64 at 80 % of the bytes) and
+    nothing fails. Every top-level box states its size at its start, so a cut shows as a box that
+    ends beyond the file. Files of other containers give None.
+    """
+    size = Path(path).stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8 or head[4:8] not in ISO_BOXES:
+            return None
+        at = 0
+        while at + 8 <= size:
+            fh.seek(at)
+            box_size, kind = struct.unpack(">I4s", fh.read(8))
+            if box_size == 1:  # a 64-bit size follows the type
+                box_size = struct.unpack(">Q", fh.read(8))[0]
+            elif box_size == 0:  # the box runs to the end of the file by definition
+                return None
+            if box_size < 8:
+                return f"top-level box at byte {at} declares {box_size} bytes (not an MP4 box)"
+            if at + box_size > size:
+                name = kind.decode("latin-1")
+                return f"its {name!r} box declares {box_size:,} bytes from byte {at:,}, {at + box_size - size:,} past the end"
+            at += box_size
+    return None
 
 
 def _aligned_reader(path: Path, reader):
@@ -158,16 +193,17 @@ def read_frames(paths: list[Path], size: int | tuple[int, int] | None = None, gr
     return resize_crop(np.stack([read_image(p, None, gray) for p in paths]), size)
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, crf: int = 18) -> None:
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, crf: int = 18, faststart: bool = False) -> None:
     """Encode uint8 ``(T, H, W, 3)`` RGB frames as H.264 (``.avi`` or ``.mp4`` by suffix) with PyAV.
 
     Used by the synthetic generators and tests so the real decord path reads real files.
-    Height and width must be even (yuv420p).
+    Height and width must be even (yuv420p). ``faststart``: an MP4 with its index before the frames,
+    as web video is written.
     """
     import av  # optional dependency: only writing videos needs it
 
     t, h, w, _ = frames.shape
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"preset": "ultrafast", "crf": str(crf), "tune": "zerolatency"}
