@@ -80,6 +80,35 @@ def test_joint_model_computes_the_cached_features(chain):
     assert "backbones.skeleton.fc7.0.weight" in keys
 
 
+def test_init_from_starts_the_fusion_network_at_the_train_runs_weights(chain):
+    """--init-from: fine-tuning starts from the very network `bmnas train` fitted on the cache (the
+    features match, above; here the weights), and a run of another genotype is refused."""
+    from fusion_search.run_checkpoint import load_run_checkpoint
+    from pipeline.finetune import _init_fusion
+
+    d, store, g, backbones = chain
+    cfg = FinetuneConfig(genotype=str(d / "g.json"), source=str(d / "ntu"), setting="tiny",
+                         backbones=[parse_backbone(b) for b in backbones])
+    built = build_model(cfg, g)
+    trained = load_run_checkpoint(d / "cache_run" / BEST)["model"]
+    fresh = built.model.fusion.state_dict()
+    assert set(fresh) == set(trained) and any(not torch.equal(fresh[k], trained[k]) for k in trained)
+    _init_fusion(built.model, g, str(d / "cache_run"))
+    loaded = built.model.fusion.state_dict()
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+
+    other = Genotype.from_dict({**g.to_dict(), "cells": [{**g.to_dict()["cells"][0],
+                                                          "steps": [{"op": "Sum", "inputs": [0, 1]}]},
+                                                         g.to_dict()["cells"][1]]})
+    other.save(d / "other.json")
+    r = CliRunner().invoke(cli, ["finetune", "--genotype", str(d / "other.json"), "--source", str(d / "ntu"),
+                                 "--setting", "tiny", "--out", str(d / "other_ft"), "--epochs", "1", "--device", "cpu",
+                                 "--backbone", backbones[0], "--backbone", backbones[1],
+                                 "--init-from", str(d / "cache_run")])
+    assert r.exit_code == 2 and "trained another genotype than --genotype" in r.output, r.output
+    assert "Traceback" not in r.output and not (d / "other_ft").exists()  # refused before a run directory
+
+
 def test_finetune_one_epoch_from_raw_data(chain):
     d, store, g, backbones = chain
     s = finetune(d / "g.json", str(d / "ntu"), backbones, d / "ft", setting="tiny", init_from=str(d / "cache_run"),
