@@ -255,6 +255,33 @@ def test_on_error_fail_names_sample_keeps_chunks_and_resumes(ntu, tmp_path):
     assert np.isfinite(open_store(out).array("video_2")[...]).all()
 
 
+def test_failed_dask_task_keeps_the_written_chunks_and_resumes(ntu, tmp_path):
+    """A task that raises on a worker (here: the store cannot take chunk 2's file, its directory is a
+    file) ends the run in one line that says what is kept; the fixed rerun writes only that chunk."""
+    import zarr
+
+    out = tmp_path / "s.zarr"
+    args = ["extract", ntu, "--out", out, "--backbone", "skeleton=hcn", "--setting", "tiny", "--rows-per-chunk", 4,
+            "--workers", 1, "--quiet"]
+    assert _cli(*args).exit_code == 0
+    before = _features(out)
+    zarr.open_group(out, mode="r+")["completion"][2] = 0  # as if the run had stopped before chunk 2
+    blocker = out / "features" / "skeleton_1" / "c" / "2"
+    shutil.rmtree(blocker)
+    blocker.write_text("not a directory")
+    r = _cli(*args)
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("error: an extraction task failed: task failed: ") and "Traceback" not in r.output
+    assert line.endswith("3/4 chunks are complete and kept; rerun the same command to resume")
+    assert open_writer(out).missing_chunks() == [2]
+    blocker.unlink()
+    r = _cli(*args)
+    assert r.exit_code == 0 and "1/4 chunks extracted" in r.output, r.output
+    for node, arr in _features(out).items():
+        np.testing.assert_array_equal(arr, before[node])
+
+
 def test_bad_input_is_one_line_and_exit_2(ntu, tmp_path):
     base = ["extract", ntu, "--source-opt", "size=32", "--setting", "tiny", "--no-dask", "--quiet"]
     cases = {
