@@ -11,6 +11,7 @@ completion record are skipped, except chunks holding skipped samples, which are 
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from contextlib import ExitStack
@@ -335,14 +336,22 @@ class _Runner:
         for fut in running:
             try:
                 results = fut.result()
-            except Exception as exc:  # a worker died or a bug: keep what is written, report
+            except Exception as exc:  # a worker died, a full disk or a bug: keep what is written, report
                 stop = True
-                on_result([ChunkResult(-1, 0, 0.0, task_error=f"task failed: {exc!r}")])
+                on_result([ChunkResult(-1, 0, 0.0, task_error=_task_error(exc))])
                 continue
             if on_result(results) is False:
                 stop = True
             if todo and not stop:
                 running.add(submit(todo.pop(0)))
+
+
+def _task_error(exc: BaseException) -> str:
+    """Why a dask task failed, in words: a full disk is the machine's state (free space, rerun), not
+    a bug to report with its repr."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing {exc.filename or 'the store'}; free space first"
+    return f"task failed: {exc!r}"
 
 
 @holds_lock("out", "store")

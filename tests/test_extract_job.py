@@ -282,6 +282,39 @@ def test_failed_dask_task_keeps_the_written_chunks_and_resumes(ntu, tmp_path):
         np.testing.assert_array_equal(arr, before[node])
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KiB tmpfs: a real full disk (ENOSPC) for the store; grown to 8 MiB by calling it."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
+    try:
+        yield mnt, lambda: subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_full_disk_keeps_the_written_chunks_and_resumes(ntu, small_disk):
+    """The store's file system fills up in a dask task: one line, the chunks on disk kept; once
+    there is space, the same command finishes the store."""
+    mnt, grow = small_disk
+    args = ["extract", ntu, "--out", mnt / "s.zarr", "--backbone", "video=inflated_resnet50", "--backbone", "skeleton=hcn",
+            "--setting", "tiny", "--source-opt", "size=32", "--rows-per-chunk", 4, "--dtype", "float32", "--workers", 1,
+            "--quiet"]
+    r = _cli(*args)
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("error: an extraction task failed: no space left on the device") and "Traceback" not in r.output
+    kept = int(line.split(" chunks are complete and kept")[0].split()[-1].split("/")[0])
+    assert 0 < kept < 4 and len(open_writer(mnt / "s.zarr").missing_chunks()) == 4 - kept
+    grow()
+    r = _cli(*args)
+    assert r.exit_code == 0 and f"{4 - kept}/4 chunks extracted" in r.output, r.output
+    assert _cli("store", "verify", mnt / "s.zarr").exit_code == 0
+    assert sum(len(v) for v in open_store(mnt / "s.zarr").splits.values()) == 16
+
+
 def test_bad_input_is_one_line_and_exit_2(ntu, tmp_path):
     base = ["extract", ntu, "--source-opt", "size=32", "--setting", "tiny", "--no-dask", "--quiet"]
     cases = {
