@@ -154,7 +154,17 @@ def _source(cfg: DemoConfig, raw: Path):
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run (or resume) every stage; return the comparison rows and the report path."""
+    """Run (or resume) every stage; return the comparison rows and the report path.
+
+    One demo at a time per `--out`: a second one is told who runs it (its stages would otherwise
+    see each other's half-written folders as work to redo or to reuse)."""
+    from stores.lock import exclusive
+
+    with exclusive(cfg.out, "demo directory"):
+        return _run_stages(cfg)
+
+
+def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
     from extract.synth import generate
 
     out = Path(cfg.out)

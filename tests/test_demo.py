@@ -84,3 +84,29 @@ def test_demo_out_holding_another_demo_is_refused(tmp_path):
     r = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(other)])
     assert r.exit_code == 2 and f"--out {other}: not empty" in r.output and "Traceback" not in r.output
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_second_demo_on_one_out_is_refused(tmp_path):
+    """Two demos into one --out: the second is told who runs it and writes nothing."""
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from stores.lock import lock_path
+
+    out = tmp_path / "demo"
+    hold = ("import sys, time\nfrom stores.lock import exclusive\n"
+            f"with exclusive({str(out)!r}, 'demo directory'):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        r = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(out)])
+        assert r.exit_code == 2, r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: the demo directory {out} is in use by pid {proc.pid} on ")
+        assert not out.exists() and lock_path(out).is_file()
+    finally:
+        proc.kill()
+        proc.wait()
