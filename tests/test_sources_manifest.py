@@ -146,3 +146,18 @@ def test_byte_order_mark_reads_and_non_utf8_is_one_error(files: Path) -> None:
     path.write_bytes(path.read_bytes()[3:].replace(b"s2,", b"s\xe92,"))
     with pytest.raises(DataError, match=r"m.csv:4: not UTF-8 text \(byte 0xe9\)"):
         ManifestSource(path)
+
+
+def test_blank_or_non_utf8_text_sample_is_refused_naming_the_file(files: Path) -> None:
+    """An empty plot is missing data, not a sentence: refused before an encoder makes it features."""
+    (files / "blank.txt").write_text(" \n\t\n")
+    (files / "latin1.txt").write_bytes("caf\xe9 noir".encode("latin-1"))
+    (files / "bom.txt").write_bytes("\ufeffa plot".encode("utf-8"))
+    (files / "m.csv").write_text("id,split,label,text\na,train,0,blank.txt\nb,train,1,latin1.txt\n"
+                                 "c,test,0,bom.txt\n")
+    src = ManifestSource(files / "m.csv")
+    with pytest.raises(DataError, match=r"blank.txt: text file is empty"):
+        src.load("a", "text")
+    with pytest.raises(DataError, match=r"latin1.txt: not UTF-8 text \(byte 0xe9 at offset 3\)"):
+        src.load("b", "text")
+    assert src.load("c", "text") == "a plot"

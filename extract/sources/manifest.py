@@ -223,8 +223,21 @@ class ManifestSource(ListedSource):
         if kind == "skeleton":
             return skeleton_array(path, self.skeleton_frames)
         if kind == "text":
-            return path.read_text()
+            return _read_text(path)
         raise DataError(f"{path}: {modality} files must be .npy arrays")
+
+
+def _read_text(path: Path) -> str:
+    """A text sample: UTF-8 (a byte-order mark is read), and not blank: an empty plot is missing
+    data, and a sentence encoder would turn it into features all the same."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#x} at offset {exc.start}); "
+                        "save it as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path}: text file is empty; write the sample's text or remove the sample")
+    return text
 
 
 def _refuse_mixed_labels(path: Path, rows: list[tuple[int, dict]], raw: list[list[str]]) -> None:
