@@ -282,6 +282,18 @@ def test_failed_dask_task_keeps_the_written_chunks_and_resumes(ntu, tmp_path):
         np.testing.assert_array_equal(arr, before[node])
 
 
+def test_task_error_says_full_disk_in_words():
+    """What a failed dask task reports: a full disk as the machine's state, anything else as is."""
+    import errno
+
+    from extract.job import _task_error
+
+    assert _task_error(OSError(errno.ENOSPC, "No space left on device", "/data/s.zarr/c/1")) == \
+        "no space left on the device writing /data/s.zarr/c/1; free space first"
+    assert _task_error(OSError(errno.ENOSPC, "No space left on device")).startswith("no space left on the device writing the store")
+    assert _task_error(KeyError("x")) == "task failed: KeyError('x')"
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 300 KiB tmpfs: a real full disk (ENOSPC) for the store; grown to 8 MiB by calling it."""

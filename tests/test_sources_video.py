@@ -127,6 +127,33 @@ def test_cut_mp4_with_its_index_first_is_refused_not_read_short(tmp_path: Path) 
         read_video(cut, frames=4, size=None)
 
 
+def _box(kind: bytes, payload: int, large: bool = False) -> bytes:
+    import struct
+
+    if large:
+        return struct.pack(">I4sQ", 1, kind, 16 + payload) + bytes(payload)
+    return struct.pack(">I4s", 8 + payload, kind) + bytes(payload)
+
+
+@pytest.mark.parametrize("name, data, problem", [
+    ("plain", _box(b"ftyp", 16) + _box(b"moov", 40) + _box(b"mdat", 100), None),
+    ("64-bit size", _box(b"ftyp", 16) + _box(b"mdat", 100, large=True), None),
+    ("size 0: to the end", _box(b"ftyp", 16) + b"\0\0\0\0mdat" + bytes(50), None),
+    ("bytes appended after the boxes", _box(b"ftyp", 16) + _box(b"mdat", 20) + b"garbage trailer\xff", None),
+    ("not an MP4", b"RIFF\x10\0\0\0AVI LIST" + bytes(40), None),
+    ("cut inside mdat", (_box(b"ftyp", 16) + _box(b"mdat", 100))[:-30], "'mdat' box declares 108 bytes from byte 24, 30 past"),
+    ("cut inside a 64-bit header", (_box(b"ftyp", 16) + _box(b"mdat", 100, large=True))[:24 + 12],
+     "'mdat' box header at byte 24 is cut short"),
+])
+def test_iso_box_overrun_on_hand_built_files(tmp_path: Path, name: str, data: bytes, problem: str | None) -> None:
+    from extract.sources.video import iso_box_overrun
+
+    path = tmp_path / "v.mp4"
+    path.write_bytes(data)
+    found = iso_box_overrun(path)
+    assert (found is None) if problem is None else (problem in found), (name, found)
+
+
 def test_read_image_png_and_gray(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -128,36 +128,48 @@ def declared_frames(path: str | Path) -> int | None:
     return int(total) or None
 
 
-ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
+# top-level box types of ISO base media files (MP4, MOV, fragmented MP4): a cut is judged only
+# on these, so bytes a tool appended after the last box are not taken for a box
+ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"moof", b"mfra", b"meta",
+             b"udta", b"sidx", b"styp", b"emsg", b"prft", b"pdin", b"ssix"}
 
 
 def iso_box_overrun(path: str | Path) -> str | None:
     """For an MP4/MOV file: which top-level box runs past the end of the file, else None.
 
     Why: an MP4 written with its index first ("faststart", as web video is) and then cut short still
-    opens; decord counts only the frames whose bytes are left (31 of 64 at 80 % of the bytes) and
-    nothing fails. Every top-level box states its size at its start, so a cut shows as a box that
-    ends beyond the file. Files of other containers give None.
+    opens; decord counts only the frames whose bytes are left (40 of 64 when cut where a frame
+    starts) and nothing fails. Every top-level box states its size at its start, so a cut shows as a
+    box that ends beyond the file. Files of other containers give None.
     """
-    size = Path(path).stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8 or head[4:8] not in ISO_BOXES:
-            return None
-        at = 0
-        while at + 8 <= size:
-            fh.seek(at)
-            box_size, kind = struct.unpack(">I4s", fh.read(8))
-            if box_size == 1:  # a 64-bit size follows the type
-                box_size = struct.unpack(">Q", fh.read(8))[0]
-            elif box_size == 0:  # the box runs to the end of the file by definition
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8 or head[4:8] not in ISO_BOXES:
                 return None
-            if box_size < 8:
-                return f"top-level box at byte {at} declares {box_size} bytes (not an MP4 box)"
-            if at + box_size > size:
-                name = kind.decode("latin-1")
-                return f"its {name!r} box declares {box_size:,} bytes from byte {at:,}, {at + box_size - size:,} past the end"
-            at += box_size
+            at = 0
+            while at + 8 <= size:
+                fh.seek(at)
+                box_size, kind = struct.unpack(">I4s", fh.read(8))
+                if kind not in ISO_BOXES:  # not a box: trailing bytes, judged by the decoder
+                    return None
+                header = 8
+                if box_size == 1:  # a 64-bit size follows the type
+                    large = fh.read(8)
+                    if len(large) < 8:
+                        return f"its {kind.decode()!r} box header at byte {at:,} is cut short"
+                    box_size, header = struct.unpack(">Q", large)[0], 16
+                elif box_size == 0:  # the box runs to the end of the file by definition
+                    return None
+                if box_size < header:  # not a valid size: leave it to the decoder
+                    return None
+                if at + box_size > size:
+                    return (f"its {kind.decode()!r} box declares {box_size:,} bytes from byte {at:,}, "
+                            f"{at + box_size - size:,} past the end")
+                at += box_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror}); check its permissions") from None
     return None
 
 
