@@ -86,9 +86,10 @@ class DemoConfig:
 
 
 # Per dataset: what differs from the defaults above. mmimdb-like: the tiny vgg19 needs 60 epochs to
-# learn all six panels on every seed (at 30, one panel colour was lost on 4 of 5 seeds: test F1
-# 0.0-0.65, and every fused row lost its genres; 60 epochs: mean panel F1 0.99, each >= 0.94); minilm is not pretrained (its shipped weights read the plot themes at
-# F1-W 1.0 from any of its layers). The search is shorter: with the NTU settings the hypernet
+# learn all six panels on every seed (at 30, its worst panel's test F1 was 0.0-0.65 on each of 5
+# seeds, and the fused rows lost that panel's genres; at 60: mean panel F1 0.99, each >= 0.94);
+# minilm is not pretrained (its shipped weights read the plot themes at F1-W 1.0 from any of its
+# layers). The search is shorter: with the NTU settings the hypernet
 # reached val F1-W 0.87 by epoch 12 and the first scored genotype 0.93, while scoring each candidate's
 # one-primitive variants (op_variants) made a scored epoch cost up to 12 trainings of 300 steps on the
 # 384 x 64 text taps; training stops after 31 epochs (1+2+4+8+16, the end of a warm-restart cycle).
@@ -223,30 +224,39 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
 DEMO_RECORD = "demo.json"
 
 
+# the settings a user chooses on the command line, named first when a record differs
+CHOSEN = ("dataset", "seed", "samples")
+
+
 def _claim_out(cfg: DemoConfig, out: Path) -> None:
     """Reuse `out` only for the same demo: its stages are cache hits by file, so a rerun with another
     seed, dataset or size into it would report the old run's results as the new one's."""
     from dataclasses import asdict
 
+    from extract.errors import DataError
+    from fusion_search.rundir import write_text_atomic
+
     record = out / DEMO_RECORD
     mine = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != "out"}))
     if record.is_file():
-        theirs = json.loads(record.read_text())
-        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        try:
+            theirs = json.loads(record.read_text())
+            changed = [k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)]
+        except (ValueError, AttributeError):  # not JSON, or not an object
+            raise DataError(f"{record}: not a demo record (damaged?); delete {out} to start over, or give "
+                            "another --out") from None
         if changed:
-            from extract.errors import DataError
-
+            changed.sort(key=lambda k: (k not in CHOSEN, CHOSEN.index(k) if k in CHOSEN else 0, k))
             was = ", ".join(f"{k}={theirs.get(k)}" for k in changed[:3])
-            raise DataError(f"--out {out}: holds a demo run with {was}; give another --out, or delete "
-                            f"{out} to start over")
+            more = f" and {len(changed) - 3} other settings" if len(changed) > 3 else ""
+            raise DataError(f"--out {out}: holds a demo run with {was}{more} (--quick changes the sizes); give "
+                            f"another --out, or delete {out} to start over")
         return
-    if out.is_dir() and any(out.iterdir()):
-        from extract.errors import DataError
-
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise DataError(f"--out {out}: not empty and holds no {DEMO_RECORD} (not a demo directory, or one "
                         "from an older bmnas); give a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(mine, indent=2) + "\n")
+    write_text_atomic(record, json.dumps(mine, indent=2) + "\n")
 
 
 def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) -> None:

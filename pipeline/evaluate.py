@@ -34,7 +34,7 @@ from fusion_search.genotype import Genotype
 from fusion_search.metrics import confusion_matrix, multiclass_f1_macro, per_class_f1, split_metrics
 from fusion_search.run_checkpoint import load_run_checkpoint
 from pipeline.joint_model import Built, RawSamples, build_model, load_finetune_config, raw_loader, to_device
-from fusion_search.rundir import BEST
+from fusion_search.rundir import BEST, write_text_atomic
 from pipeline.runs import open_splits, open_store_checked, read_run_config
 
 @torch.no_grad()
@@ -106,10 +106,7 @@ def write_evaluation(run_dir: str | os.PathLike, split: str, *, task: str, num_c
             per_class = per_class_f1(pred, labels > 0.5)
     (run / f"per_class_f1_{split}.json").write_text(
         json.dumps({nm: float(f) for nm, f in zip(names, per_class)}, indent=1) + "\n")
-    path = run / f"metrics_{split}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(run / f"metrics_{split}.json", json.dumps(metrics, indent=1) + "\n")
     return metrics
 
 def _plot_confusion(cm: np.ndarray, names: list[str], path: Path, acc: float, split: str) -> None:

@@ -35,6 +35,7 @@ from fusion_search.errors import SearchError
 from fusion_search.data import open_split, resolve_device
 from fusion_search.genotype import Genotype
 from fusion_search.search import run_search, score_runs
+from fusion_search.rundir import write_text_atomic
 from stores import open_store
 from stores.lock import holds_lock
 
@@ -221,9 +222,7 @@ def _rescore(shared: dict, genotype_dict: dict, run_dir: str) -> list[float]:
     train, val = (open_split(store, s, nodes, device) for s in ("train", "val"))
     scores = score_runs(cfg, genotype, train, val, store.node_shapes, store.task, runs=_final_runs(cfg),
                         first=FINAL_RUNS_FROM)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "scores": scores}) + "\n")
-    os.replace(tmp, cache)
+    write_text_atomic(cache, json.dumps({"key": key, "scores": scores}) + "\n")
     return scores
 
 

@@ -85,6 +85,21 @@ def test_demo_out_holding_another_demo_is_refused(tmp_path):
     assert r.exit_code == 2 and f"--out {other}: not empty" in r.output and "Traceback" not in r.output
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
+    full = DemoConfig.for_dataset("mmimdb-like", out=str(tmp_path / "mm"), seed=3)
+    _claim_out(full, tmp_path / "mm")
+    r = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(tmp_path / "mm")])  # the chosen settings first
+    assert r.exit_code == 2 and "holds a demo run with dataset=mmimdb-like, seed=3, samples=1000 and " in r.output
+
+    (out / DEMO_RECORD).write_text('{"seed": 0, "datas')  # damaged: one line, not a traceback
+    r = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(out)])
+    assert r.exit_code == 2 and f"{out / DEMO_RECORD}: not a demo record" in r.output and "Traceback" not in r.output
+
+    hidden = tmp_path / "fresh"
+    hidden.mkdir()
+    (hidden / ".DS_Store").write_bytes(b"")
+    _claim_out(DemoConfig.quick(out=str(hidden)), hidden)  # a hidden file does not make a folder "not empty"
+    assert (hidden / DEMO_RECORD).is_file()
+
 
 def test_second_demo_on_one_out_is_refused(tmp_path):
     """Two demos into one --out: the second is told who runs it and writes nothing."""

@@ -156,7 +156,7 @@ def test_blank_or_non_utf8_text_sample_is_refused_naming_the_file(files: Path) -
     (files / "m.csv").write_text("id,split,label,text\na,train,0,blank.txt\nb,train,1,latin1.txt\n"
                                  "c,test,0,bom.txt\n")
     src = ManifestSource(files / "m.csv")
-    with pytest.raises(DataError, match=r"blank.txt: text file is empty"):
+    with pytest.raises(DataError, match=r"blank.txt: text file is empty or blank"):
         src.load("a", "text")
     with pytest.raises(DataError, match=r"latin1.txt: not UTF-8 text \(byte 0xe9 at offset 3\)"):
         src.load("b", "text")

@@ -236,7 +236,7 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#x} at offset {exc.start}); "
                         "save it as UTF-8") from None
     if not text.strip():
-        raise DataError(f"{path}: text file is empty; write the sample's text or remove the sample")
+        raise DataError(f"{path}: text file is empty or blank; write the sample's text or remove the sample")
     return text
 
 
