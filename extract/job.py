@@ -11,7 +11,6 @@ completion record are skipped, except chunks holding skipped samples, which are 
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from contextlib import ExitStack
@@ -32,6 +31,7 @@ from extract.reduction import ReductionConfig
 from extract.worker import INIT_SEED, PRECISIONS, ChunkResult, Entry, Placement, run_chunks, warm_up
 from stores import NodeSpec, StoreError, create_store, open_writer
 from stores.device import DEVICES, gpu_slot
+from stores.files import disk_full
 from stores.lock import holds_lock
 
 ON_ERROR = ("fail", "skip")
@@ -349,7 +349,7 @@ class _Runner:
 def _task_error(exc: BaseException) -> str:
     """Why a dask task failed, in words: a full disk is the machine's state (free space, rerun), not
     a bug to report with its repr."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if disk_full(exc):
         return f"no space left on the device writing {exc.filename or 'the store'}; free space first"
     return f"task failed: {exc!r}"
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from fusion_search.errors import SearchError
 from fusion_search.primitives import PRIMITIVES
+from stores.files import write_text_atomic
 
 FORMAT = "bmnas-genotype"
 VERSION = 1
@@ -84,10 +85,7 @@ class Genotype:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (a killed run never leaves half a genotype file)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "genotype") -> "Genotype":

@@ -59,17 +59,6 @@ def start_run(run: Path, config: dict[str, Any]) -> None:
     (run / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` whole: a kill or full disk mid-write leaves the old file (or none), never a
-    half-written one that a later read would take for a record."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as fh:
         fh.write(json.dumps(record) + "\n")

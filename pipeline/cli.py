@@ -8,7 +8,6 @@ keeps its traceback.
 
 from __future__ import annotations
 
-import errno
 import importlib
 import os
 import sys
@@ -17,6 +16,7 @@ import click
 
 from pipeline import __version__
 from pipeline.errors import user_errors
+from stores.files import disk_full
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads made
 # torch steps several times slower (measured by bench/search_step.py under load).
@@ -63,7 +63,7 @@ class BmnasGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
         except OSError as exc:  # a full disk is the machine's state, not a bug: every stage keeps what is complete
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if not disk_full(exc):
                 raise
             click.echo(f"error: no space left on the device writing {exc.filename or 'a file'}; free space, then "
                        "rerun the same command (extract resumes; search/train/finetune take --resume)", err=True)

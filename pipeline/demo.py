@@ -92,10 +92,10 @@ class DemoConfig:
 # learn all six panels on every seed (at 30, its worst panel's test F1 was 0.0-0.65 on each of 5
 # seeds, and the fused rows lost that panel's genres; at 60: mean panel F1 0.99, each >= 0.94);
 # minilm is not pretrained (its shipped weights read the plot themes at F1-W 1.0 from any of its
-# layers). The search is shorter: with the NTU settings the hypernet
-# reached val F1-W 0.87 by epoch 12 and the first scored genotype 0.93, while scoring each candidate's
-# one-primitive variants (op_variants) made a scored epoch cost up to 12 trainings of 300 steps on the
-# 384 x 64 text taps; training stops after 31 epochs (1+2+4+8+16, the end of a warm-restart cycle).
+# layers). The search is shorter: with the NTU settings the hypernet reached val F1-W 0.87 by epoch
+# 12 and the first scored genotype 0.93, while scoring each candidate's one-primitive variants
+# (op_variants) made a scored epoch cost up to 12 trainings of 300 steps on the 384 x 64 text taps;
+# training stops after 31 epochs (1+2+4+8+16, the end of a warm-restart cycle).
 DATASETS = ("ntu-like", "mmimdb-like")
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {
     "ntu-like": {},
@@ -237,7 +237,7 @@ def _claim_out(cfg: DemoConfig, out: Path) -> None:
     from dataclasses import asdict
 
     from extract.errors import DataError
-    from fusion_search.rundir import write_text_atomic
+    from stores.files import write_text_atomic
 
     record = out / DEMO_RECORD
     mine = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != "out"}))
@@ -406,8 +406,8 @@ def _rows(cfg: DemoConfig, out: Path, runs: dict[str, Path], data: DemoData) -> 
                      "parameters": ms[0].get("num_parameters")})
         if cfg.dataset == "mmimdb-like":
             rows[-1]["cross_f1"] = mean_std([_cross_genre_f1(d) for d in seed_dirs])[0]
-    meta = json.loads((out / "raw" / "bmnas_synth.json").read_text())
     if metric == "f1_weighted":  # the metadata's ceilings are weighted F1 of oracles that know the bits
+        meta = json.loads((out / "raw" / "bmnas_synth.json").read_text())
         for name, value in meta.get("ceilings", {}).items():
             rows.append({"method": f"ceiling (bmnas_synth.json): {CEILINGS.get(name, name)}",
                          metric: value, "std": None, "seeds": None, "parameters": None})

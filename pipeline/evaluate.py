@@ -34,7 +34,8 @@ from fusion_search.genotype import Genotype
 from fusion_search.metrics import confusion_matrix, multiclass_f1_macro, per_class_f1, split_metrics
 from fusion_search.run_checkpoint import load_run_checkpoint
 from pipeline.joint_model import Built, RawSamples, build_model, load_finetune_config, raw_loader, to_device
-from fusion_search.rundir import BEST, write_text_atomic
+from fusion_search.rundir import BEST
+from stores.files import write_text_atomic
 from pipeline.runs import open_splits, open_store_checked, read_run_config
 
 @torch.no_grad()

@@ -35,8 +35,8 @@ from fusion_search.errors import SearchError
 from fusion_search.data import open_split, resolve_device
 from fusion_search.genotype import Genotype
 from fusion_search.search import run_search, score_runs
-from fusion_search.rundir import write_text_atomic
 from stores import open_store
+from stores.files import write_text_atomic
 from stores.lock import holds_lock
 
 MANIFEST = "multistart.yaml"
