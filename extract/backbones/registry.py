@@ -27,7 +27,8 @@ class Setting:
 
     config: dict[str, Any]
     input: InputSpec
-    channels: tuple[int, ...]
+    channels: tuple[int, ...]  # per tap of the declaration, in its order
+    modules: dict[str, str] = field(default_factory=dict)  # tap name -> module path, where it differs
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ class TapSpec:
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registry entry. ``taps`` is ``((name, module path, kind), ...)`` shallow to deep."""
+    """A registry entry. ``taps`` is ``((name, module path, kind), ...)`` shallow to deep: every layer
+    a user may name with ``--taps``; ``default_taps`` the ones extracted when none are named (all of
+    them when empty). A setting may place a tap elsewhere (``Setting.modules``: tap name -> module)."""
 
     name: str
     modalities: tuple[str, ...]
@@ -54,6 +57,7 @@ class BackboneSpec:
     in_channels: dict[str, int] = field(default_factory=dict)  # per modality override (depth: 1)
     prepare: Callable[[Any, InputSpec], Any] | None = None  # own input preparation (tokenizers)
     weights: Callable[[], str] | None = None  # file of weights the factory loads itself (shipped)
+    default_taps: tuple[str, ...] = ()
 
     def prepare_input(self, item: Any, modality: str, setting: str) -> Any:
         """One sample's raw array (or text) as this backbone's input tensor, without batch axis."""
@@ -69,11 +73,13 @@ class BackboneSpec:
         return self.settings[setting]
 
     def tap_specs(self, setting: str = "full", names: list[str] | None = None) -> list[TapSpec]:
-        """The taps of a setting, all of them or the named ones, always shallow to deep."""
+        """The taps of a setting, the named ones or the defaults, always shallow to deep."""
         st = self.setting(setting)
-        all_taps = [TapSpec(n, m, k, c) for (n, m, k), c in zip(self.taps, st.channels)]
+        all_taps = [TapSpec(n, st.modules.get(n, m), k, c) for (n, m, k), c in zip(self.taps, st.channels)]
         if not names:
-            return all_taps
+            names = list(self.default_taps)
+            if not names:
+                return all_taps
         known = {t.name for t in all_taps}
         unknown = [n for n in names if n not in known]
         if unknown:
