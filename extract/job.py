@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from extract.backbones import get_backbone
+from extract.backbones import resolve_backbone
+from extract.backbones import get_module
 from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_file
 from extract.cluster import connect
@@ -39,7 +40,8 @@ ON_ERROR = ("fail", "skip")
 
 @dataclass(frozen=True)
 class BackboneChoice:
-    """A backbone to run on one modality: setting, optional local checkpoint, optional tap subset."""
+    """A backbone to run on one modality: its spec (a registry name, ``hf:DIR`` or
+    ``package.module:callable``), setting, optional local checkpoint, optional taps and input fields."""
 
     modality: str
     backbone: str
@@ -47,6 +49,12 @@ class BackboneChoice:
     checkpoint: str | None = None
     taps: tuple[str, ...] | None = None
     inflate: bool = False  # checkpoint holds 2D ResNet-50 weights to inflate (inflated_resnet50 only)
+    input: tuple[tuple[str, Any], ...] = ()  # --input fields replacing the backbone's default preparation
+
+    def resolve(self):
+        """The backbone declaration this choice names, and the input its samples are prepared to."""
+        spec = resolve_backbone(self.backbone, self.modality, self.taps)
+        return spec, spec.input_for(self.setting, dict(self.input))
 
 
 @dataclass
@@ -88,9 +96,8 @@ class ExtractResult:
 
 def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: ReductionConfig,
            num_classes: int) -> tuple[Entry, str | None]:
-    """Resolve a choice: check names, load the checkpoint once, forward one sample for lengths."""
-    spec = get_backbone(choice.backbone)
-    spec.check_modality(choice.modality)
+    """Resolve a choice: check names, load the checkpoint once, forward one sample for channels and lengths."""
+    spec, inp = choice.resolve()
     if choice.modality not in getattr(source, "modalities", (choice.modality,)):
         raise ExtractError(f"source {source.name!r} has no modality {choice.modality!r} "
                            f"(it has {', '.join(source.modalities)})")
@@ -98,7 +105,7 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
     item, last_err = None, None
     for sid in ids[:32]:  # the first readable sample decides data-dependent sizes
         try:
-            item = spec.prepare_input(source.read(sid, choice.modality), choice.modality, choice.setting)
+            item = spec.prepare_input(source.read(sid, choice.modality), choice.modality, inp)
             break
         except Exception as exc:  # noqa: BLE001
             last_err = f"{sid}: {exc}"
@@ -115,25 +122,35 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
         sha = load(model, choice.checkpoint, head=spec.head)
     elif spec.weights is not None:  # weights shipped with the backbone's package
         sha = sha256_file(spec.weights())
+    for tap in taps:
+        get_module(model, tap.module)  # a tap that names no module: one line naming the backbone
     reader = TapReader(model.eval(), taps, reduction)
-    with torch.inference_mode():
-        out = reader.run(item[None])
-    reader.close()
+    try:
+        with torch.inference_mode():
+            out = reader.run(item[None])
+    except (BackboneError, DataError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user's module that cannot run the prepared input
+        raise BackboneError(f"backbone {spec.name!r} failed on one prepared {choice.modality} input of shape "
+                            f"{tuple(item.shape)} ({type(exc).__name__}: {exc}); adjust --input {choice.modality}=...") from None
+    finally:
+        reader.close()
+    taps = [replace(t, channels=int(out[t.name].shape[1])) for t in taps]  # probed, never asked of the user
     nodes = tuple(f"{choice.modality}_{i + 1}" for i in range(len(taps)))
     lengths = tuple(int(out[t.name].shape[-1]) for t in taps)
     ckpt = str(Path(choice.checkpoint).resolve()) if choice.checkpoint else None
-    return Entry(choice.modality, choice.backbone, choice.setting, ckpt, tuple(taps), nodes,
+    return Entry(choice.modality, spec.name, choice.setting, ckpt, tuple(taps), nodes,
                  num_classes, input_dim, lengths, tuple(item.shape), str(item.dtype).replace("torch.", ""),
-                 choice.inflate), sha
+                 choice.inflate, inp), sha
 
 
 def _init(e: Entry) -> str:
     """Where a backbone's weights came from, for the store's provenance."""
-    spec = get_backbone(e.backbone)
+    spec = e.spec()
     if e.checkpoint:
         return "2D ResNet-50 checkpoint, centre-inflated" if e.inflate else "checkpoint"
     if spec.weights is not None:
-        return f"shipped weights {spec.weights()}"
+        return f"pretrained weights {spec.weights()}"
     return f"random (seed {INIT_SEED})"
 
 
@@ -144,7 +161,7 @@ def _provenance(entries: list[Entry], shas: list[str | None], reduction: Reducti
         "backbones": [{"modality": e.modality, "backbone": e.backbone, "setting": e.setting,
                        "checkpoint": e.checkpoint, "checkpoint_sha256": sha,
                        "init": _init(e),
-                       "taps": [t.name for t in e.taps], "nodes": list(e.nodes)}
+                       "taps": [t.name for t in e.taps], "nodes": list(e.nodes), "input": e.input.as_dict()}
                       for e, sha in zip(entries, shas)],
         "reduction": reduction.as_dict(), "dtype": dtype, "num_samples": n,
         "rows_per_chunk": rows_per_chunk, "source": getattr(source, "name", "source"),

@@ -20,10 +20,10 @@ class LabelledSamples(Dataset):
     data set does not fit in RAM).
     """
 
-    def __init__(self, source: Any, samples: list, modality: str, spec: Any, setting: str, skip: bool,
+    def __init__(self, source: Any, samples: list, modality: str, spec: Any, inp: Any, skip: bool,
                  keep: bool = False):
         self.source, self.samples, self.modality, self.spec, self.skip = source, samples, modality, spec, skip
-        self.setting = setting
+        self.inp = inp  # the InputSpec samples are prepared to
         self.labels = source.label_array(samples)
         self.kept: dict[int, Any] | None = {} if keep else None
 
@@ -41,7 +41,7 @@ class LabelledSamples(Dataset):
     def _read(self, i: int):
         sid = self.samples[i].id
         try:
-            x = self.spec.prepare_input(self.source.read(sid, self.modality), self.modality, self.setting)
+            x = self.spec.prepare_input(self.source.read(sid, self.modality), self.modality, self.inp)
         except Exception as exc:  # noqa: BLE001
             if self.skip:
                 return None

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from extract.backbones import TapSpec, get_backbone
+from extract.backbones import InputSpec, TapSpec, resolve_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint
 from extract.reduction import ReductionConfig
@@ -44,6 +44,11 @@ class Entry:
     input_shape: tuple[int, ...] = ()  # one prepared sample's shape (warm-up forward)
     input_dtype: str = "float32"
     inflate: bool = False  # checkpoint is a 2D ResNet-50 state_dict to centre-inflate
+    input: InputSpec = InputSpec()  # what each sample is prepared to (the setting's, with --input fields)
+
+    def spec(self):
+        """The backbone declaration, resolved in this process (a dask worker resolves it once)."""
+        return resolve_backbone(self.backbone, self.modality, tuple(t.name for t in self.taps))
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         return {n: (t.channels, ln) for n, t, ln in zip(self.nodes, self.taps, self.lengths)}
@@ -108,7 +113,7 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: torch.device, pr
     key = (entry, reduction, str(device), precision)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            spec = get_backbone(entry.backbone)
+            spec = entry.spec()
             model = spec.build(entry.setting, entry.num_classes, entry.modality, entry.input_dim, seed=INIT_SEED)
             if entry.checkpoint:
                 load = inflate_checkpoint if entry.inflate else load_checkpoint
@@ -156,14 +161,14 @@ def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple
     and frees in one thread (and arena): handed across threads one by one, they page-faulted
     the forward pass's memory afresh.
     """
-    specs = {e.modality: (get_backbone(e.backbone), e.setting) for e in entries}
+    specs = {e.modality: (e.spec(), e.input) for e in entries}
     good: dict[int, dict[str, torch.Tensor]] = {}
     errors: list[dict] = []
     for row, sid in enumerate(ids):
         got: dict[str, torch.Tensor] = {}
-        for modality, (spec, setting) in specs.items():
+        for modality, (spec, inp) in specs.items():
             try:
-                got[modality] = spec.prepare_input(source.read(sid, modality), modality, setting)
+                got[modality] = spec.prepare_input(source.read(sid, modality), modality, inp)
             except Exception as exc:  # noqa: BLE001 - any read/decode failure is this sample's
                 try:
                     path = source.path_of(sid, modality)

@@ -13,26 +13,16 @@ from pathlib import Path
 import click
 
 from extract.errors import ExtractError
+from pipeline.cli_backbones import backbone_options, input_fields, pairs, tap_list
 from pipeline.cli_resume import check_resume_options, given_device
 
 KINDS = ("ntu", "mmimdb", "egogesture", "manifest")
 
 
-def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
-    """``("video=a", "skeleton=b")`` -> {"video": "a", ...}, with an error naming the option."""
-    out: dict[str, str] = {}
-    for v in values:
-        key, sep, val = v.partition("=")
-        if not sep or not key or not val:
-            raise ExtractError(f"{option} {v!r}: expected MODALITY=VALUE (e.g. video=inflated_resnet50)")
-        out[key.strip()] = val.strip()
-    return out
-
-
 def _source_options(values: tuple[str, ...]) -> dict:
     """``--source-opt size=32`` -> {"size": 32}: numbers become ints/floats, the rest stay text."""
     opts: dict = {}
-    for key, val in _pairs(values, "--source-opt").items():
+    for key, val in pairs(values, "--source-opt").items():
         try:
             opts[key] = json.loads(val)
         except json.JSONDecodeError:
@@ -60,23 +50,15 @@ def _source_args(f, data_required: bool = True):
     return click.argument("data", type=click.Path(path_type=Path), required=data_required)(f)
 
 
-@click.command("backbones")
-@click.option("--setting", default="full", show_default=True, help="Setting whose tap channels to show.")
-def backbones_cmd(setting: str) -> None:
-    """List the registered backbones and their taps (shallow to deep)."""
-    from extract.backbones import get_backbone, list_backbones
-
-    for name in list_backbones():
-        spec = get_backbone(name)
-        taps = ", ".join(f"{t.name}[{t.kind} C={t.channels}]" for t in spec.tap_specs(setting)) \
-            if setting in spec.settings else "(no such setting)"
-        click.echo(f"{name:<18} {'/'.join(spec.modalities):<14} {taps}")
-
-
 @click.command("pretrain")
 @functools.partial(_source_args, data_required=False)
 @click.option("--modality", help="Modality of the source to train on (video, skeleton, ...).")
-@click.option("--backbone", help="Registered backbone name (see `bmnas backbones`).")
+@click.option("--backbone", metavar="SPEC",
+              help="Backbone spec: a registered name (see `bmnas backbones`), hf:DIR or package.module:callable.")
+@click.option("--taps", "taps_text", default=None, metavar="A,B",
+              help="Layers to tap (required for a torch module: its head reads the deepest).")
+@click.option("--input", "input_text", default=None, metavar="KEY=VALUE,...",
+              help="Fields of the prepared input replacing the backbone's default (e.g. size=64,frames=16).")
 @click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="New run directory to write.")
 @click.option("--epochs", default=10, show_default=True)
@@ -93,8 +75,8 @@ def backbones_cmd(setting: str) -> None:
 @click.option("--keep-in-memory", is_flag=True,
               help="Keep decoded inputs in RAM after the first epoch (small data sets only).")
 @click.option("--resume", type=click.Path(), help="Continue the killed pretraining run in this directory.")
-def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out_dir, epochs, batch_size, lr,
-                 weight_decay, checkpoint, inflate_from, device, loader_workers, on_error, seed,
+def pretrain_cmd(data, kind, split, source_opt, modality, backbone, taps_text, input_text, setting, out_dir, epochs,
+                 batch_size, lr, weight_decay, checkpoint, inflate_from, device, loader_workers, on_error, seed,
                  keep_in_memory, resume) -> None:
     """Train one backbone + head on one modality of DATA; write best.pt and the run directory."""
     from pipeline.pretrain import pretrain, resume_pretrain
@@ -113,7 +95,9 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
                        lr=lr, weight_decay=weight_decay, device=device,
                        init_checkpoint=str(checkpoint) if checkpoint else None,
                        inflate_from=str(inflate_from) if inflate_from else None, num_workers=loader_workers,
-                       on_error=on_error, seed=seed, keep_in_memory=keep_in_memory, source_location=where)
+                       on_error=on_error, seed=seed, keep_in_memory=keep_in_memory, source_location=where,
+                       taps=tap_list(taps_text or "") or None,
+                       input_fields=input_fields(input_text) if input_text else None)
     click.echo(f"best {res.metric} {res.best_score:.4f} at epoch {res.best_epoch}; checkpoint {res.checkpoint} "
                f"(sha256 {res.checkpoint_sha256[:12]})")
 
@@ -121,15 +105,19 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
 @click.command("extract")
 @_source_args
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Feature store to write (NAME.zarr).")
-@click.option("--backbone", "backbone_opts", multiple=True, required=True, metavar="MODALITY=NAME",
-              help="Backbone per modality, e.g. video=inflated_resnet50 (repeatable; one store).")
+@click.option("--backbone", "backbone_opts", multiple=True, required=True, metavar="MODALITY=SPEC",
+              help="Backbone per modality: a registered name (video=inflated_resnet50), hf:DIR (a Hugging Face "
+                   "save_pretrained directory) or package.module:callable (a torch module); repeatable, one store.")
 @click.option("--checkpoint", "checkpoint_opts", multiple=True, metavar="MODALITY=PATH",
               help="Local state_dict per modality (.pt/.pth/.safetensors); sha256 goes into the store.")
 @click.option("--inflate-from", default=None, type=click.Path(path_type=Path),
               help="Local 2D ResNet-50 weights (e.g. ImageNet resnet50.pth) to centre-inflate into the "
                    "inflated_resnet50 backbone of this run.")
 @click.option("--taps", "tap_opts", multiple=True, metavar="MODALITY=A,B",
-              help="Subset of taps per modality (default: all, shallow to deep).")
+              help="Taps per modality, shallow to deep (default: the backbone's default taps; hf: hidden-state "
+                   "indices; required for a torch module).")
+@click.option("--input", "input_opts", multiple=True, metavar="MODALITY=KEY=VALUE,...",
+              help="Fields of a modality's prepared input (frames, size, channels, tokens, mean=A:B:C, std=A:B:C).")
 @click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
 @click.option("--rows-per-chunk", default=64, show_default=True)
 @click.option("--chunks-per-task", default=1, show_default=True, help="Row chunks per dask task.")
@@ -153,7 +141,8 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
 @click.option("--overwrite", is_flag=True, help="Replace a store made with other settings.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for --scheduler.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_opts, inflate_from, tap_opts, setting,
+def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_opts, inflate_from, tap_opts, input_opts,
+                setting,
                 rows_per_chunk, chunks_per_task, batch_size, dtype, codec, t_max, grid, workers,
                 threads_per_worker, scheduler, no_dask, device, precision, on_error, overwrite, timeout,
                 quiet) -> None:
@@ -161,23 +150,17 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
     from extract.job import BackboneChoice, extract
     from extract.reduction import ReductionConfig
 
-    bbs = _pairs(backbone_opts, "--backbone")
-    ckpts = _pairs(checkpoint_opts, "--checkpoint")
-    taps = _pairs(tap_opts, "--taps")
-    for option, d in (("--checkpoint", ckpts), ("--taps", taps)):
-        extra = set(d) - set(bbs)
-        if extra:
-            raise ExtractError(f"{option} names modality {sorted(extra)[0]!r} that has no --backbone")
+    chosen = backbone_options(backbone_opts, checkpoint_opts, tap_opts, input_opts)
     if inflate_from:
-        targets = [m for m, name in bbs.items() if name == "inflated_resnet50"]
-        if len(targets) != 1 or targets[0] in ckpts:
+        targets = [m for m, b in chosen.items() if b["backbone"] == "inflated_resnet50"]
+        if len(targets) != 1 or chosen[targets[0]]["checkpoint"]:
             raise ExtractError("--inflate-from needs exactly one --backbone MODALITY=inflated_resnet50 "
                                "without its own --checkpoint")
-        ckpts[targets[0]] = str(inflate_from)
-    choices = [BackboneChoice(m, name, setting, ckpts.get(m),
-                              tuple(t for t in taps[m].split(",") if t) if m in taps else None,
-                              inflate=bool(inflate_from) and name == "inflated_resnet50")
-               for m, name in bbs.items()]
+        chosen[targets[0]]["checkpoint"] = str(inflate_from)
+    choices = [BackboneChoice(m, b["backbone"], setting, b["checkpoint"], b["taps"],
+                              inflate=bool(inflate_from) and b["backbone"] == "inflated_resnet50",
+                              input=tuple(sorted((b["input"] or {}).items(), key=lambda kv: kv[0])))
+               for m, b in chosen.items()]
     src = _open(data, kind, split, source_opt)
     res = extract(src, str(out), choices, reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype,
                   rows_per_chunk=rows_per_chunk, chunks_per_task=chunks_per_task, codec=codec,

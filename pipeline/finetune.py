@@ -33,27 +33,35 @@ from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.run_checkpoint import load_run_checkpoint
 from fusion_search.rundir import BEST, LAST, EpochBook, abs_path, check_new_run, run_log, start_run
 from pipeline.evaluate import evaluate_finetune_run, task_metrics
-from pipeline.joint_model import (Built, FinetuneConfig, JointModel, build_model, load_finetune_config, parse_backbone,
-                                  raw_loader, to_device)
+from pipeline.joint_model import (Built, FinetuneConfig, JointModel, backbones_from_store, build_model,
+                                  load_finetune_config, raw_loader, to_device)
 from pipeline.runs import TRAIN_ON, check_run_options, read_run_config
 from stores.lock import holds_lock
 
 
 @holds_lock("out_dir", "run directory")
-def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequence[str | dict[str, Any]],
-             out_dir: str | os.PathLike, *, source_kind: str | None = None, source_split: str | None = None,
+def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequence[dict[str, Any]],
+             out_dir: str | os.PathLike, *, store: str | None = None, source_kind: str | None = None,
+             source_split: str | None = None,
              source_opts: dict[str, Any] | None = None, setting: str = "full", init_from: str | None = None,
              epochs: int | None = None, batch_size: int = 16, accumulate: int = 1, device: str = "auto",
              train_on: str = "train", seed: int = 0, progress: bool = False, evaluate_test: bool = True,
              **settings: Any) -> dict[str, Any]:
     """Fine-tune backbones and fusion jointly from raw data into the new run directory `out_dir`.
 
-    `backbones`: `MODALITY=NAME[:CHECKPOINT]` strings (or their parsed dicts). Extra `settings` are
-    FinetuneConfig fields (lr, backbone_lr_scale, amp, loader_workers, freeze_bn, t_max, grid, ...).
+    `backbones`: per modality {modality, backbone (a spec), checkpoint, taps, setting, input}, as
+    extraction takes them. With `store`, the store's record gives every backbone, its checkpoint (and
+    sha256, checked), taps, input, setting and the reduction; `backbones` then override fields of it.
+    Extra `settings` are FinetuneConfig fields (lr, backbone_lr_scale, amp, loader_workers, freeze_bn,
+    t_max, grid, ...).
     """
+    bbs = [dict(b) for b in backbones]
+    if store is not None:
+        bbs, source_opts = _from_store(store, bbs, settings, source_opts)
     epochs = check_run_options(epochs, train_on, settings, FinetuneConfig, "finetune")
-    bbs = [parse_backbone(b) if isinstance(b, str) else dict(b) for b in backbones]
     for b in bbs:  # absolute paths: evaluate and resume work from any directory
+        if b.get("taps"):
+            b["taps"] = list(b["taps"])
         if b.get("checkpoint"):
             b["checkpoint"] = abs_path(b["checkpoint"])
     mods = [b["modality"] for b in bbs]
@@ -62,6 +70,7 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     cfg = FinetuneConfig(genotype=abs_path(genotype_path), source=abs_path(source_path), source_kind=source_kind,
                          source_split=source_split, source_opts=dict(source_opts or {}), backbones=bbs,
                          setting=setting, init_from=abs_path(init_from) if init_from else None, epochs=epochs,
+                         store=abs_path(store) if store else None,
                          batch_size=batch_size, accumulate=accumulate, device=device, train_on=train_on, seed=seed,
                          **settings)
     if cfg.train_on not in TRAIN_ON:
@@ -79,6 +88,34 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     start_run(run, dataclasses.asdict(cfg))
     genotype.save(run / "genotype.json")
     return _run(cfg, genotype, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
+
+
+def _from_store(store: str, given: list[dict[str, Any]], settings: dict[str, Any],
+                source_opts: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The store's backbones with the given fields laid over them; its reduction and source options
+    where the call names none. Another backbone spec than recorded drops the recorded sha256."""
+    from stores import StoreError, open_store
+
+    try:
+        opened = open_store(store)
+    except StoreError as exc:
+        raise SearchError(f"--store {store}: {exc}") from None
+    recorded, reduction = backbones_from_store(opened)
+    by_mod = {b["modality"]: b for b in recorded}
+    for g in given:
+        mod = g["modality"]
+        if mod not in by_mod:
+            raise SearchError(f"--backbone {mod}=...: the store {store} has no {mod} backbone "
+                              f"(it has {', '.join(by_mod)})")
+        b = by_mod[mod]
+        if g.get("backbone") and g["backbone"] != b["backbone"]:
+            b.update(checkpoint=None, checkpoint_sha256=None)
+        b.update({k: v for k, v in g.items() if v is not None})
+    for key in ("t_max", "grid"):
+        if settings.get(key) is None and key in reduction:
+            settings[key] = reduction[key]
+    prov = opened.attrs.get("extraction") or {}
+    return list(by_mod.values()), source_opts if source_opts else dict(prov.get("source_options") or {})
 
 
 @holds_lock("run_dir", "run directory")

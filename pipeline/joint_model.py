@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from extract.backbones import get_backbone, get_module, prepare_one
-from extract.checkpoints import load_checkpoint
+from extract.backbones import get_module, resolve_backbone
+from extract.backbones.module_backbone import size_lazy_head
+from extract.checkpoints import load_checkpoint, sha256_file
 from extract.errors import ExtractError
 from extract.reduction import ReductionConfig, reduce_tap
 from extract.sources.registry import open_source
@@ -42,7 +43,9 @@ class FinetuneConfig(Schedule):
     source_kind: str | None = None
     source_split: str | None = None          # the adapter's split preset (NTU: mfas, cross-subject, ...)
     source_opts: dict[str, Any] = field(default_factory=dict)
-    backbones: list[dict[str, Any]] = field(default_factory=list)  # {modality, backbone, checkpoint, taps}
+    # {modality, backbone, setting, checkpoint, checkpoint_sha256, taps, input}: extraction's choices
+    backbones: list[dict[str, Any]] = field(default_factory=list)
+    store: str | None = None  # the store whose record gave the backbones, taps and reduction
     setting: str = "full"
     t_max: int = 32
     grid: int = 4
@@ -56,13 +59,31 @@ class FinetuneConfig(Schedule):
     kind: str = "finetune"
 
 
-def parse_backbone(text: str) -> dict[str, Any]:
-    """`MODALITY=NAME[:CHECKPOINT]` -> {"modality", "backbone", "checkpoint"} (the --backbone option)."""
-    mod, sep, rest = text.partition("=")
-    name, _, ckpt = rest.partition(":")
-    if not sep or not mod.strip() or not name.strip():
-        raise SearchError(f"--backbone {text!r}: expected MODALITY=NAME:CHECKPOINT (e.g. video=inflated_resnet50:rgb.pt)")
-    return {"modality": mod.strip(), "backbone": name.strip(), "checkpoint": ckpt.strip() or None, "taps": None}
+def backbones_from_store(store: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The backbones (spec, setting, checkpoint path and sha256, taps, input) and the reduction a store
+    was extracted with, from its provenance record."""
+    prov = store.attrs.get("extraction") or {}
+    if not prov.get("backbones"):
+        raise SearchError(f"--store {store.path}: it records no extraction (written by hand?); give "
+                          "--backbone MODALITY=SPEC --checkpoint MODALITY=PATH, --taps and --setting instead")
+    keep = ("modality", "backbone", "setting", "checkpoint", "checkpoint_sha256", "taps", "input")
+    return [{k: b.get(k) for k in keep} for b in prov["backbones"]], dict(prov.get("reduction") or {})
+
+
+def check_checkpoint_hash(b: dict[str, Any], spec: Any) -> None:
+    """Weights whose bytes differ from the ones the store was extracted with are refused: the
+    checkpoint file, or the weights an hf: directory (or a shipped backbone) holds."""
+    want, path = b.get("checkpoint_sha256"), b.get("checkpoint")
+    if not path and spec.weights is not None:
+        path = spec.weights()
+    if want and path:
+        if not Path(path).is_file():
+            raise SearchError(f"checkpoint {path} of {b['modality']} (recorded in the store) does not exist; "
+                              f"give --checkpoint {b['modality']}=PATH")
+        got = sha256_file(path)
+        if got != want:
+            raise SearchError(f"checkpoint {path} of {b['modality']} has sha256 {got[:12]}, the store was "
+                              f"extracted with {want[:12]}: give the file the store was made from")
 
 
 def _node_taps(genotype: Genotype) -> dict[str, list[tuple[str, int]]]:
@@ -143,8 +164,8 @@ class JointModel(nn.Module):
 class RawSamples(Dataset):
     """(prepared inputs per modality, label) of listed samples; read in DataLoader workers."""
 
-    def __init__(self, source: Any, samples: list, specs: dict[str, Any]) -> None:
-        self.source, self.samples, self.specs = source, samples, specs
+    def __init__(self, source: Any, samples: list, specs: dict[str, tuple[Any, Any]]) -> None:
+        self.source, self.samples, self.specs = source, samples, specs  # modality -> (backbone spec, input)
         self.labels = source.label_array(samples)
         self.multilabel = source.task == "multilabel"
 
@@ -153,7 +174,7 @@ class RawSamples(Dataset):
 
     def __getitem__(self, i: int):
         sid = self.samples[i].id
-        x = {m: prepare_one(self.source.read(sid, m), m, spec) for m, spec in self.specs.items()}
+        x = {m: spec.prepare_input(self.source.read(sid, m), m, inp) for m, (spec, inp) in self.specs.items()}
         y = torch.as_tensor(self.labels[i])
         return x, (y.float() if self.multilabel else y.long())
 
@@ -189,7 +210,7 @@ def build_model(cfg: FinetuneConfig, genotype: Genotype, *, load_checkpoints: bo
     missing = sorted(set(wanted) - set(chosen))
     if missing:
         raise SearchError(f"the genotype reads {', '.join(n for m in missing for n, _ in wanted[m])}: "
-                          f"give --backbone {missing[0]}=NAME:CHECKPOINT")
+                          f"give --backbone {missing[0]}=SPEC --checkpoint {missing[0]}=PATH")
     samples = source.samples()
     if not samples:
         raise SearchError(f"source {cfg.source} lists no samples")
@@ -198,24 +219,27 @@ def build_model(cfg: FinetuneConfig, genotype: Genotype, *, load_checkpoints: bo
     probe_ids = [s.id for s in samples[:1]]
     for mod in wanted:  # only the modalities the genotype reads
         b = chosen[mod]
-        spec = get_backbone(b["backbone"])
-        spec.check_modality(mod)
-        tap_specs = spec.tap_specs(cfg.setting, b.get("taps"))
+        setting = b.get("setting") or cfg.setting
+        spec = resolve_backbone(b["backbone"], mod, b.get("taps"))
+        tap_specs = spec.tap_specs(setting, b.get("taps"))
         for node, k in wanted[mod]:
             if k > len(tap_specs):
                 raise SearchError(f"genotype node {node} is tap {k} of {mod}, but {b['backbone']} "
-                                  f"({cfg.setting}) has {len(tap_specs)} taps: "
+                                  f"({setting}) has {len(tap_specs)} taps: "
                                   f"{', '.join(t.name for t in tap_specs)}")
-        inp = spec.setting(cfg.setting).input
-        item = prepare_one(source.read(probe_ids[0], mod), mod, inp)
-        model = spec.build(cfg.setting, source.num_classes, mod, int(item.shape[-1]) if mod == "text" else None)
-        if b.get("checkpoint") and load_checkpoints:
-            load_checkpoint(model, b["checkpoint"], head=spec.head)
+        inp = spec.input_for(setting, b.get("input"))
+        item = spec.prepare_input(source.read(probe_ids[0], mod), mod, inp)
+        model = spec.build(setting, source.num_classes, mod, int(item.shape[-1]) if mod == "text" else None)
+        size_lazy_head(model, item)
+        if load_checkpoints:
+            check_checkpoint_hash(b, spec)
+            if b.get("checkpoint"):
+                load_checkpoint(model, b["checkpoint"], head=spec.head)
         parent, _, leaf = spec.head.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
         backbones[mod] = model
         taps[mod] = [(node, tap_specs[k - 1]) for node, k in wanted[mod]]
-        specs[mod] = inp
+        specs[mod] = (spec, inp)
     joint = JointModel(backbones, taps, reduction, cfg.freeze_bn)
     probe = RawSamples(source, samples[:1], specs)[0][0]
     joint.eval()

@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader
 
-from extract.backbones import get_backbone
+from extract.backbones import resolve_backbone
+from extract.backbones.module_backbone import size_lazy_head
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkpoint
 from extract.errors import DataError, ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
@@ -76,9 +77,9 @@ class _Parts:
 
 def _build(source: Any, cfg: dict[str, Any], device: str, *, initialise: bool) -> _Parts:
     """The model (initial weights from --checkpoint/--inflate-from when `initialise`) and the loaders."""
-    spec = get_backbone(cfg["backbone"])
     modality, setting, batch_size = cfg["modality"], cfg["setting"], cfg["batch_size"]
-    spec.check_modality(modality)
+    spec = resolve_backbone(cfg["backbone"], modality, cfg.get("tap_choice"))
+    inp = spec.input_for(setting, cfg.get("input"))
     if modality not in source.modalities:
         raise ExtractError(f"source {source.name!r} has no modality {modality!r} (it has {', '.join(source.modalities)})")
     if cfg["on_error"] not in ("fail", "skip"):
@@ -91,12 +92,13 @@ def _build(source: Any, cfg: dict[str, Any], device: str, *, initialise: bool) -
     if not train:
         raise DataError(f"source {source.name!r} has no train samples")
     skip, keep = cfg["on_error"] == "skip", cfg["keep_in_memory"]
-    train_ds = LabelledSamples(source, train, modality, spec, setting, skip, keep=keep)
+    train_ds = LabelledSamples(source, train, modality, spec, inp, skip, keep=keep)
     first = next((train_ds[i] for i in range(min(len(train_ds), 32)) if train_ds[i] is not None), None)
     if first is None:
         raise DataError(f"no readable {modality} sample among the first train samples of {source.name!r}")
     input_dim = int(first[0].shape[-1]) if modality == "text" else None
     model = spec.build(setting, source.num_classes, modality, input_dim)
+    size_lazy_head(model, first[0])
     init_sha = None
     if cfg["inflate_from"]:
         if cfg["backbone"] != "inflated_resnet50":
@@ -108,7 +110,7 @@ def _build(source: Any, cfg: dict[str, Any], device: str, *, initialise: bool) -
     model.to(dev)
     loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=cfg["num_workers"],
                         collate_fn=collate_samples, drop_last=len(train) > batch_size)
-    eval_loader = DataLoader(LabelledSamples(source, val, modality, spec, setting, skip, keep=keep),
+    eval_loader = DataLoader(LabelledSamples(source, val, modality, spec, inp, skip, keep=keep),
                              batch_size=batch_size, num_workers=cfg["num_workers"],
                              collate_fn=collate_samples) if val else loader
     return _Parts(model, loader, eval_loader, dev, input_dim, init_sha)
@@ -136,9 +138,14 @@ def pretrain(
     keep_in_memory: bool = False,
     source_location: dict[str, Any] | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    taps: Sequence[str] | None = None,
+    input_fields: dict[str, Any] | None = None,
 ) -> PretrainResult:
     """Train ``backbone`` + head on ``modality`` of ``source`` into the new run directory ``out_dir``;
     keep the best epoch on val.
+
+    ``backbone`` is any backbone spec (`extract.backbones.specs`); a torch module needs ``taps``, its
+    head reads the deepest. ``input_fields`` replace fields of the backbone's input (``--input``).
 
     ``source_location`` ({"path", "kind", "split", "options"}, as `bmnas pretrain` opened the source)
     is recorded so that `--resume` can reopen it. ``on_epoch(epoch)`` is called after each epoch's
@@ -148,13 +155,16 @@ def pretrain(
            "task": source.task, "num_classes": source.num_classes, "epochs": epochs, "batch_size": batch_size,
            "lr": lr, "weight_decay": weight_decay, "seed": seed, "device": device, "num_workers": num_workers,
            "on_error": on_error, "keep_in_memory": keep_in_memory,
-           "init_checkpoint": init_checkpoint, "inflate_from": inflate_from}
+           "init_checkpoint": init_checkpoint, "inflate_from": inflate_from,
+           "tap_choice": list(taps) if taps else None, "input": dict(input_fields or {})}
+    spec = resolve_backbone(backbone, modality, taps)
+    cfg["backbone"] = spec.name  # an hf: path made absolute, so a resume finds it from anywhere
     out = check_new_run(out_dir, "pretrain")
     parts = _build(source, cfg, device, initialise=True)  # every user error before the run directory is written
     metric = ("val_" if parts.eval_loader is not parts.loader else "train_") + \
         ("f1_weighted" if source.task == "multilabel" else "accuracy")
     cfg.update(device=str(parts.device), input_dim=parts.input_dim, metric=metric, init_sha256=parts.init_sha256,
-               taps=[asdict(t) for t in get_backbone(backbone).tap_specs(setting)])
+               taps=[asdict(t) for t in spec.tap_specs(setting, list(taps) if taps else None)])
     start_run(out, cfg)
     return _train(cfg, parts, out, False, progress, on_epoch)
 

@@ -16,7 +16,8 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from extract.backbones import get_backbone
+from extract.backbones import resolve_backbone
+from extract.backbones.module_backbone import size_lazy_head
 from extract.checkpoints import load_checkpoint
 from extract.errors import ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
@@ -34,16 +35,18 @@ def evaluate_pretrained(source: Any, run_dir: str | Path, split: str = "test", *
     if cfg_path is None or not ckpt.is_file():
         raise ExtractError(f"{run}: not a finished pretraining run (needs {CONFIG} and best.pt)")
     cfg = yaml.safe_load(cfg_path.read_text())  # JSON is YAML
-    spec = get_backbone(cfg["backbone"])
+    spec = resolve_backbone(cfg["backbone"], cfg["modality"], cfg.get("tap_choice"))
+    inp = spec.input_for(cfg["setting"], cfg.get("input"))
     model = spec.build(cfg["setting"], cfg["num_classes"], cfg["modality"], cfg.get("input_dim"))
-    load_checkpoint(model, ckpt)
-    dev = torch.device(device)
-    model.to(dev)
     samples = [s for s in source.samples() if s.split == split]
     if not samples:
         raise ExtractError(f"source {getattr(source, 'name', '?')!r} has no {split!r} samples")
-    loader = DataLoader(LabelledSamples(source, samples, cfg["modality"], spec, cfg["setting"], False),
-                        batch_size=batch_size, collate_fn=collate_samples)
+    data = LabelledSamples(source, samples, cfg["modality"], spec, inp, False)
+    size_lazy_head(model, data[0][0])
+    load_checkpoint(model, ckpt)
+    dev = torch.device(device)
+    model.to(dev)
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=collate_samples)
     task = cfg["task"]
     scores = split_metrics(task, *predict(model, (b for b in loader if b is not None),
                                           to_device=lambda x, y: (x.to(dev), y.to(dev))))

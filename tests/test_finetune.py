@@ -22,7 +22,7 @@ from fusion_search.genotype import Genotype
 from pipeline.cli import cli
 from pipeline.evaluate import evaluate_run
 from pipeline.finetune import finetune
-from pipeline.joint_model import FinetuneConfig, build_model, parse_backbone
+from pipeline.joint_model import FinetuneConfig, build_model
 from fusion_search.rundir import BEST
 from pipeline.train import train_on_cache
 
@@ -52,14 +52,23 @@ def chain(tmp_path_factory):
         {"inputs": ["cell_1", "video_4"], "steps": [{"op": "Attention", "inputs": [0, 1]}], "concat": [2]}]})
     g.save(d / "g.json")
     train_on_cache(str(d / "s.zarr"), d / "g.json", d / "cache_run", epochs=1, batch_size=8, device="cpu")
-    backbones = [f"video=inflated_resnet50:{d / 'rgb.pt'}", f"skeleton=hcn:{d / 'hcn.pt'}"]
+    backbones = [{"modality": "video", "backbone": "inflated_resnet50", "checkpoint": str(d / "rgb.pt")},
+                 {"modality": "skeleton", "backbone": "hcn", "checkpoint": str(d / "hcn.pt")}]
     return d, store, g, backbones
+
+
+def _cli_args(backbones) -> list[str]:
+    """The --backbone/--checkpoint options that name the given backbones."""
+    out = []
+    for b in backbones:
+        out += ["--backbone", f"{b['modality']}={b['backbone']}", "--checkpoint", f"{b['modality']}={b['checkpoint']}"]
+    return out
 
 
 def test_joint_model_computes_the_cached_features(chain):
     d, store, g, backbones = chain
     cfg = FinetuneConfig(genotype=str(d / "g.json"), source=str(d / "ntu"), setting="tiny",
-                         backbones=[parse_backbone(b) for b in backbones])
+                         backbones=backbones)
     built = build_model(cfg, g)
     assert set(built.node_shapes) == set(g.used_nodes()) == {"video_2", "video_4", "skeleton_4"}
     assert all(built.node_shapes[n] == store.node_shapes[n] for n in built.node_shapes)
@@ -88,7 +97,7 @@ def test_init_from_starts_the_fusion_network_at_the_train_runs_weights(chain):
 
     d, store, g, backbones = chain
     cfg = FinetuneConfig(genotype=str(d / "g.json"), source=str(d / "ntu"), setting="tiny",
-                         backbones=[parse_backbone(b) for b in backbones])
+                         backbones=backbones)
     built = build_model(cfg, g)
     trained = load_run_checkpoint(d / "cache_run" / BEST)["model"]
     fresh = built.model.fusion.state_dict()
@@ -103,8 +112,7 @@ def test_init_from_starts_the_fusion_network_at_the_train_runs_weights(chain):
     other.save(d / "other.json")
     r = CliRunner().invoke(cli, ["finetune", "--genotype", str(d / "other.json"), "--source", str(d / "ntu"),
                                  "--setting", "tiny", "--out", str(d / "other_ft"), "--epochs", "1", "--device", "cpu",
-                                 "--backbone", backbones[0], "--backbone", backbones[1],
-                                 "--init-from", str(d / "cache_run")])
+                                 *_cli_args(backbones), "--init-from", str(d / "cache_run")])
     assert r.exit_code == 2 and "trained another genotype than --genotype" in r.output, r.output
     assert "Traceback" not in r.output and not (d / "other_ft").exists()  # refused before a run directory
 
@@ -143,20 +151,19 @@ def test_finetune_bad_input(chain):
         assert needle in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
 
     # the skeleton checkpoint given for the video backbone
-    fails(base + ["--backbone", f"video=inflated_resnet50:{d / 'hcn.pt'}", "--backbone", backbones[1]],
+    fails(base + _cli_args([{**backbones[0], "checkpoint": str(d / "hcn.pt")}, backbones[1]]),
           "does not fit the architecture")
-    fails(base + ["--backbone", backbones[0]], "--backbone skeleton=")
-    fails(base + ["--backbone", "video", "--backbone", backbones[1]], "MODALITY=NAME")
+    fails(base + _cli_args(backbones[:1]), "--backbone skeleton=")
+    fails(base + ["--backbone", "video"] + _cli_args(backbones[1:]), "MODALITY=")
+    fails(base + ["--checkpoint", f"depth={d / 'hcn.pt'}"] + _cli_args(backbones), "no --backbone")
+    fails(base, "--store")
     deep = g.to_dict()
     deep["nodes"] = list(g.nodes) + ["video_7"]
     deep["cells"][1]["inputs"] = ["cell_1", "video_7"]
     Genotype.from_dict(deep).save(d / "deep.json")
-    fails(["finetune", "--genotype", str(d / "deep.json")] + base[3:] + ["--backbone", backbones[0], "--backbone",
-                                                                         backbones[1]], "has 4 taps")
-    fails(base[:-4] + ["--train-on", "train+val", "--backbone", backbones[0], "--backbone", backbones[1]],
-          "give --epochs")
-    fails(base + ["--backbone", backbones[0], "--backbone", backbones[1], "--init-from", str(d / "ntu")],
-          "config.yaml")
+    fails(["finetune", "--genotype", str(d / "deep.json")] + base[3:] + _cli_args(backbones), "has 4 taps")
+    fails(base[:-4] + ["--train-on", "train+val"] + _cli_args(backbones), "give --epochs")
+    fails(base + _cli_args(backbones) + ["--init-from", str(d / "ntu")], "config.yaml")
     assert not (d / "bad").exists()  # nothing written for bad input
 
 
@@ -183,3 +190,26 @@ def test_finetune_resume_is_exact(chain):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert not any(k.startswith("backbones.video") for k in a)  # only the modality the genotype reads
     assert "test: " in res.output and (d / "sk_cut" / "metrics_test.json").is_file()
+
+
+def test_finetune_from_the_stores_record(chain, tmp_path):
+    """`--store`: backbones, checkpoints, taps, setting and reduction come from the store; a checkpoint
+    whose bytes differ from the recorded sha256 is refused in one line before a run directory."""
+    d, store, g, backbones = chain
+    r = CliRunner().invoke(cli, ["finetune", "--store", str(d / "s.zarr"), "--genotype", str(d / "g.json"),
+                                 "--source", str(d / "ntu"), "--out", str(tmp_path / "ft"), "--epochs", "1",
+                                 "--batch-size", "8", "--loader-workers", "0", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    cfg = FinetuneConfig(**{k: v for k, v in __import__("yaml").safe_load((tmp_path / "ft" / "config.yaml").read_text()).items()})
+    by_mod = {b["modality"]: b for b in cfg.backbones}
+    assert by_mod["video"]["setting"] == "tiny" and by_mod["video"]["checkpoint"] == str(d / "rgb.pt")
+    assert by_mod["skeleton"]["checkpoint_sha256"] == store.node_attrs("skeleton_1")["checkpoint_sha256"]
+    assert (tmp_path / "ft" / "metrics_test.json").is_file()
+    other = tmp_path / "other.pt"
+    torch.manual_seed(5)
+    save_checkpoint(get_backbone("hcn").build("tiny", 4, "skeleton"), other)
+    r = CliRunner().invoke(cli, ["finetune", "--store", str(d / "s.zarr"), "--genotype", str(d / "g.json"),
+                                 "--source", str(d / "ntu"), "--out", str(tmp_path / "bad"), "--epochs", "1",
+                                 "--checkpoint", f"skeleton={other}", "--device", "cpu"])
+    assert r.exit_code == 2 and "sha256" in r.output and str(other) in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

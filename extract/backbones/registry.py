@@ -17,8 +17,8 @@ import torch.nn as nn
 from extract.backbones.inputs import InputSpec
 from extract.backbones.prepare import prepare_one
 from extract.errors import BackboneError
+from extract.reduction import TAP_KINDS  # noqa: F401  (re-exported)
 
-TAP_KINDS = ("video", "image", "skeleton", "text")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Setting:
 
     config: dict[str, Any]
     input: InputSpec
-    channels: tuple[int, ...]  # per tap of the declaration, in its order
+    channels: tuple[int | None, ...]  # per tap of the declaration, in its order (None: probed)
     modules: dict[str, str] = field(default_factory=dict)  # tap name -> module path, where it differs
 
 
@@ -38,7 +38,7 @@ class TapSpec:
     name: str
     module: str
     kind: str
-    channels: int
+    channels: int | None  # None until a probe forward measures it (a user's module, a Hugging Face model)
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,12 @@ class BackboneSpec:
     weights: Callable[[], str] | None = None  # file of weights the factory loads itself (shipped)
     default_taps: tuple[str, ...] = ()
 
-    def prepare_input(self, item: Any, modality: str, setting: str) -> Any:
+    def input_for(self, setting: str, overrides: dict[str, Any] | None = None) -> InputSpec:
+        """The input a run prepares: the setting's, with the run's ``--input`` fields replaced."""
+        return self.setting(setting).input.with_overrides(overrides)
+
+    def prepare_input(self, item: Any, modality: str, inp: InputSpec) -> Any:
         """One sample's raw array (or text) as this backbone's input tensor, without batch axis."""
-        inp = self.setting(setting).input
         return self.prepare(item, inp) if self.prepare else prepare_one(item, modality, inp)
 
     def setting(self, setting: str) -> Setting:

@@ -38,7 +38,7 @@ class TapReader:
         out = {name: t.float().cpu() for name, t in self._out.items()}
         self._out = {}
         for tap in self.taps:
-            if out[tap.name].shape[1] != tap.channels:
+            if tap.channels is not None and out[tap.name].shape[1] != tap.channels:
                 raise RuntimeError(f"tap {tap.name} gave {out[tap.name].shape[1]} channels, "
                                    f"its declaration says {tap.channels}")
         return out

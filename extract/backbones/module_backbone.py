@@ -1,0 +1,128 @@
+"""A user's own torch network as a backbone: ``--backbone MODALITY=package.module:callable``.
+
+The callable (importable from ``PYTHONPATH``) returns an ``nn.Module``; ``--taps MODALITY=a,b`` name
+modules of its ``named_modules()`` and are required, since nothing else says which layers matter.
+Channels are measured by a probe forward of one prepared input, never asked of the user. The input
+is the modality's default preparation (`DEFAULT_INPUTS`), overridable with ``--input``.
+
+For pretraining, a linear head reads the deepest tap, reduced as the cache reduces it and averaged
+over time. The head is attached to the user's module itself (``bmnas_head``, a lazy linear layer
+sized at the first forward), so the module's own state_dict keys stay as they are: a file the user
+saved from their network loads with ``--checkpoint`` unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from extract.backbones.inputs import InputSpec
+from extract.backbones.prepare import modality_base
+from extract.backbones.registry import BackboneSpec, Setting
+from extract.errors import BackboneError
+from extract.reduction import reduce_tap
+
+HEAD = "bmnas_head"
+
+# what a module backbone reads per kind of modality when the run names no --input fields
+DEFAULT_INPUTS = {
+    "video": InputSpec(frames=8, size=112, channels=3),
+    "depth": InputSpec(frames=8, size=112, channels=1),
+    "image": InputSpec(size=224, channels=3),
+    "skeleton": InputSpec(frames=32),
+    "text": InputSpec(),
+    "array": InputSpec(),
+}
+TAP_KIND = {"video": "video", "depth": "video", "image": "image", "skeleton": "skeleton", "text": "text",
+            "array": "series"}
+
+
+def tap_kind(modality: str) -> str:
+    """How a tap of this modality is reduced for the cache (a user's own modality: as a series)."""
+    return TAP_KIND.get(modality_base(modality), "series")
+
+
+def load_callable(text: str) -> Callable[[], Any]:
+    """``package.module:callable`` imported, with an error naming the spec."""
+    mod_name, _, attr = text.partition(":")
+    if not mod_name or not attr:
+        raise BackboneError(f"backbone {text!r}: write a torch module as package.module:callable")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise BackboneError(f"backbone {text!r}: cannot import {mod_name!r} ({exc}); is it on PYTHONPATH?") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise BackboneError(f"backbone {text!r}: module {mod_name!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise BackboneError(f"backbone {text!r}: {attr!r} is not callable")
+    return obj
+
+
+def _attach_head(net: nn.Module, deepest: str, kind: str, num_classes: int) -> nn.Module:
+    """The user's module with a lazy linear head on its deepest tap: forward returns the head's logits."""
+    net.add_module(HEAD, nn.LazyLinear(num_classes))
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(_mod, _inp, out):
+        seen["x"] = out[0] if isinstance(out, (tuple, list)) else out
+
+    def logits(mod, _inp, _out):
+        x = seen.pop("x")
+        return getattr(mod, HEAD)(reduce_tap(x, kind).float().mean(-1))
+
+    net.get_submodule(deepest).register_forward_hook(keep)
+    net.register_forward_hook(logits)
+    return net
+
+
+def size_lazy_head(model: nn.Module, x: torch.Tensor) -> None:
+    """Size a module backbone's lazy head with one forward of one prepared input ``x`` (no batch axis),
+    so an optimiser or a checkpoint sees real parameters; other backbones are left untouched."""
+    if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in model.modules()):
+        was = model.training
+        with torch.no_grad():
+            model.eval()(x[None])
+        model.train(was)
+
+
+def module_backbone(text: str, modality: str, taps: Sequence[str] | None) -> BackboneSpec:
+    """The declaration of a user's module on one modality with the taps the run names."""
+    if not taps:
+        raise BackboneError(f"backbone {text!r} is a torch module: name its layers with "
+                            f"--taps {modality}=LAYER,LAYER (modules of its named_modules())")
+    build = load_callable(text)
+    kind = tap_kind(modality)
+    names = tuple(taps)
+
+    def factory(num_classes: int = 2, **_: Any) -> nn.Module:
+        net = build()
+        if not isinstance(net, nn.Module):
+            raise BackboneError(f"backbone {text!r} returned {type(net).__name__}, not a torch nn.Module")
+        known = [n for n, _ in net.named_modules() if n]
+        missing = [t for t in names if t not in known]
+        if missing:
+            few = ", ".join(known[:12]) + (" ..." if len(known) > 12 else "")
+            raise BackboneError(f"backbone {text!r} has no module {missing[0]!r} to tap; its modules: {few}")
+        order = {n: i for i, n in enumerate(known)}
+        deepest = max(names, key=order.__getitem__)
+        return _attach_head(net, deepest, kind, num_classes)
+
+    base = DEFAULT_INPUTS.get(modality_base(modality), InputSpec())
+    setting = Setting({}, base, (None,) * len(names))
+    return OpenBackboneSpec(name=text, modalities=(modality,), factory=factory,
+                            taps=tuple((n, n, kind) for n in names), head=HEAD,
+                            settings={"full": setting}, description=f"torch module {text}")
+
+
+class OpenBackboneSpec(BackboneSpec):
+    """A declaration made at run time (a user's module, a Hugging Face directory): one setting, which
+    every ``--setting`` name selects, since the weights, not bmnas, decide the architecture."""
+
+    def setting(self, setting: str) -> Setting:
+        return next(iter(self.settings.values()))
