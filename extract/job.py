@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from extract.backbones import resolve_backbone
 from extract.backbones import get_module
+from extract.backbones.module_backbone import size_lazy_head
 from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_file
 from extract.cluster import connect
@@ -114,6 +115,7 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
                         f"of source {source.name!r} (last error: {last_err})")
     input_dim = int(item.shape[-1]) if choice.modality == "text" else None
     model = spec.build(choice.setting, num_classes, choice.modality, input_dim, seed=INIT_SEED)
+    size_lazy_head(model, item)
     sha = None
     if choice.inflate and (choice.backbone != "inflated_resnet50" or not choice.checkpoint):
         raise BackboneError("--inflate-from takes 2D ResNet-50 weights for inflated_resnet50 only")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from extract.backbones import InputSpec, TapSpec, resolve_backbone
+from extract.backbones.module_backbone import size_lazy_head
 from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint
 from extract.reduction import ReductionConfig
@@ -115,6 +116,7 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: torch.device, pr
         if key not in _MODELS:
             spec = entry.spec()
             model = spec.build(entry.setting, entry.num_classes, entry.modality, entry.input_dim, seed=INIT_SEED)
+            size_lazy_head(model, torch.zeros(entry.input_shape, dtype=getattr(torch, entry.input_dtype)))
             if entry.checkpoint:
                 load = inflate_checkpoint if entry.inflate else load_checkpoint
                 load(model, entry.checkpoint, head=spec.head)

@@ -43,6 +43,7 @@ def _transformers():
         import transformers
     except ImportError:
         raise BackboneError("hf: backbones need the transformers package (pip install 'bmnas[hf]')") from None
+    transformers.utils.logging.disable_progress_bar()  # a bar per model load would drown extract's own
     return transformers
 
 

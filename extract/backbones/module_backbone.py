@@ -6,9 +6,9 @@ Channels are measured by a probe forward of one prepared input, never asked of t
 is the modality's default preparation (`DEFAULT_INPUTS`), overridable with ``--input``.
 
 For pretraining, a linear head reads the deepest tap, reduced as the cache reduces it and averaged
-over time. The head is attached to the user's module itself (``bmnas_head``, a lazy linear layer
-sized at the first forward), so the module's own state_dict keys stay as they are: a file the user
-saved from their network loads with ``--checkpoint`` unchanged.
+over time. The head sits beside the user's module (``bmnas_head``, a lazy linear layer
+sized at the first forward, `ModuleWithHead`), and the module's own state_dict keys stay as they are:
+a file the user saved from their network loads with ``--checkpoint`` unchanged.
 """
 
 from __future__ import annotations
@@ -64,21 +64,38 @@ def load_callable(text: str) -> Callable[[], Any]:
     return obj
 
 
-def _attach_head(net: nn.Module, deepest: str, kind: str, num_classes: int) -> nn.Module:
-    """The user's module with a lazy linear head on its deepest tap: forward returns the head's logits."""
-    net.add_module(HEAD, nn.LazyLinear(num_classes))
-    seen: dict[str, torch.Tensor] = {}
+class ModuleWithHead(nn.Module):
+    """A user's module plus a lazy linear head on its deepest tap; forward returns the head's logits.
 
-    def keep(_mod, _inp, out):
-        seen["x"] = out[0] if isinstance(out, (tuple, list)) else out
+    The user's children, parameters and buffers are registered here under their own names (the
+    dicts are shared, not copied), so ``state_dict`` keys are the module's own plus ``bmnas_head.*``
+    and a file saved from the bare module loads unchanged. The module itself is kept outside the
+    registry: its forward runs as written (an ``nn.Sequential`` never sees the head as a layer).
+    """
 
-    def logits(mod, _inp, _out):
-        x = seen.pop("x")
-        return getattr(mod, HEAD)(reduce_tap(x, kind).float().mean(-1))
+    def __init__(self, net: nn.Module, deepest: str, kind: str, num_classes: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "net", net)
+        self._parameters = net._parameters
+        self._buffers = net._buffers
+        self._modules.update(net._modules)
+        self.add_module(HEAD, nn.LazyLinear(num_classes))
+        self.kind = kind
+        self._seen: dict[str, torch.Tensor] = {}
+        net.get_submodule(deepest).register_forward_hook(self._keep)
 
-    net.get_submodule(deepest).register_forward_hook(keep)
-    net.register_forward_hook(logits)
-    return net
+    def _keep(self, _mod, _inp, out) -> None:
+        self._seen["x"] = out[0] if isinstance(out, (tuple, list)) else out
+
+    def train(self, mode: bool = True) -> "ModuleWithHead":
+        super().train(mode)
+        self.net.training = mode  # the root's own flag (children are shared and already set)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.net(x)
+        deepest = self._seen.pop("x")
+        return getattr(self, HEAD)(reduce_tap(deepest, self.kind).float().mean(-1))
 
 
 def size_lazy_head(model: nn.Module, x: torch.Tensor) -> None:
@@ -110,8 +127,7 @@ def module_backbone(text: str, modality: str, taps: Sequence[str] | None) -> Bac
             few = ", ".join(known[:12]) + (" ..." if len(known) > 12 else "")
             raise BackboneError(f"backbone {text!r} has no module {missing[0]!r} to tap; its modules: {few}")
         order = {n: i for i, n in enumerate(known)}
-        deepest = max(names, key=order.__getitem__)
-        return _attach_head(net, deepest, kind, num_classes)
+        return ModuleWithHead(net, max(names, key=order.__getitem__), kind, num_classes)
 
     base = DEFAULT_INPUTS.get(modality_base(modality), InputSpec())
     setting = Setting({}, base, (None,) * len(names))
