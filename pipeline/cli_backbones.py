@@ -123,8 +123,10 @@ def _modalities(name: str) -> tuple[str, ...]:
 @click.option("--taps", "taps_text", default=None, metavar="A,B", help="Taps to show (default: the default taps).")
 @click.option("--input", "input_text", default=None, metavar="KEY=VALUE,...", help="Fields of the prepared input.")
 @click.option("--setting", default="full", show_default=True)
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="Read the example from this dataset's first sample (kind detected) instead of a random one.")
 def show_cmd(spec_text: str, modality: str | None, taps_text: str | None, input_text: str | None,
-             setting: str) -> None:
+             setting: str, data: str | None) -> None:
     """Print SPEC's taps with the node shape (C, T) each gives for one prepared example input."""
     import torch
 
@@ -139,7 +141,15 @@ def show_cmd(spec_text: str, modality: str | None, taps_text: str | None, input_
     taps = tap_list(taps_text) if taps_text else None
     spec = resolve_backbone(spec_text, modality, taps)
     inp = spec.input_for(setting, input_fields(input_text) if input_text else None)
-    x = spec.prepare_input(_example(modality, inp), modality, inp)
+    if data:
+        from extract.sources.registry import open_source
+
+        src = open_source(data)
+        first = src.samples()[0].id
+        raw = src.read(first, modality)
+    else:
+        raw = _example(modality, inp)
+    x = spec.prepare_input(raw, modality, inp)
     tap_specs = spec.tap_specs(setting, list(taps) if taps else None)
     model = spec.build(setting, 2, modality, int(x.shape[-1]) if modality == "text" and x.dim() == 1 else None,
                        seed=0).eval()

@@ -71,6 +71,9 @@ def test_own_modality_pretrain_extract_finetune(tmp_path, monkeypatch):
     manifest = _series_manifest(tmp_path / "data")
     _ok(["pretrain", str(manifest), "--modality", "array_accel", "--backbone", "sensornet:build",
          "--taps", "conv1,conv2", "--epochs", "6", "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "pre")])
+    shown = _ok(["backbones", "show", "sensornet:build", "--modality", "array_accel", "--taps", "conv1,conv2",
+                 "--data", str(manifest)])
+    assert "array_accel_1" in shown and "C=12" in shown and "C=6" in shown and "(3, 64)" in shown
     best = tmp_path / "pre" / "best.pt"
     state = torch.load(best, weights_only=True)
     assert "conv1.0.weight" in state and state["bmnas_head.weight"].shape == (2, 6)  # head on conv2 (6 channels)
