@@ -63,13 +63,16 @@ def _source_args(f, data_required: bool = True):
 @click.command("backbones")
 @click.option("--setting", default="full", show_default=True, help="Setting whose tap channels to show.")
 def backbones_cmd(setting: str) -> None:
-    """List the registered backbones and their taps (shallow to deep)."""
+    """List the registered backbones and all their taps (shallow to deep); * marks the default taps."""
     from extract.backbones import get_backbone, list_backbones
 
     for name in list_backbones():
         spec = get_backbone(name)
-        taps = ", ".join(f"{t.name}[{t.kind} C={t.channels}]" for t in spec.tap_specs(setting)) \
-            if setting in spec.settings else "(no such setting)"
+        taps = "(no such setting)"
+        if setting in spec.settings:
+            defaults = {t.name for t in spec.tap_specs(setting)}
+            every = spec.tap_specs(setting, [n for n, _, _ in spec.taps])
+            taps = ", ".join(f"{t.name}{'*' if t.name in defaults else ''}[{t.kind} C={t.channels}]" for t in every)
         click.echo(f"{name:<18} {'/'.join(spec.modalities):<14} {taps}")
 
 
@@ -129,7 +132,8 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, setting, out
               help="Local 2D ResNet-50 weights (e.g. ImageNet resnet50.pth) to centre-inflate into the "
                    "inflated_resnet50 backbone of this run.")
 @click.option("--taps", "tap_opts", multiple=True, metavar="MODALITY=A,B",
-              help="Subset of taps per modality (default: all, shallow to deep).")
+              help="Taps per modality (default: the backbone's default taps; `bmnas backbones` lists "
+                   "every tap, * marks the defaults).")
 @click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
 @click.option("--rows-per-chunk", default=64, show_default=True)
 @click.option("--chunks-per-task", default=1, show_default=True, help="Row chunks per dask task.")

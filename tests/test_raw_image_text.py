@@ -26,7 +26,7 @@ def test_raw_posters_and_plots_extract_search_train(tmp_path):
     raw, store = tmp_path / "mm", tmp_path / "mm.zarr"
     _ok(["data", "synth", "mmimdb-like", str(raw), "--samples", "48"])
     _ok(["extract", str(raw), "--out", str(store), "--setting", "tiny", "--backbone", "image=vgg19",
-         "--backbone", "text=minilm", "--taps", "image=block4,block5", "--taps", "text=layer2,layer6",
+         "--backbone", "text=minilm", "--taps", "image=pool4,pool5", "--taps", "text=layer2,layer6",
          "--rows-per-chunk", "24", "--workers", "1", "--device", "cpu"])
     opened = open_store(store)
     assert opened.nodes == ["image_1", "image_2", "text_1", "text_2"] and opened.task == "multilabel"
