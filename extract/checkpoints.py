@@ -1,5 +1,8 @@
 """Local checkpoint files: load with a strict key check, save, hash, inflate 2D ResNet-50 to 3D.
 
+Strict means every key of the model is in the file with its shape and nothing else is, except
+BatchNorm's ``num_batches_tracked`` counters, which files saved before PyTorch 0.4.1 lack.
+
 Only local files are read (``.pt``/``.pth`` via torch.load with weights_only, ``.safetensors``
 when that package is installed); nothing here touches the network. The sha256 of the file is
 what the store records per node, so a cache can be traced to the exact weights.
@@ -67,12 +70,18 @@ def _inflatable(own: torch.Tensor, theirs: torch.Tensor) -> bool:
     return own.shape == theirs.shape
 
 
+def _optional(key: str) -> bool:
+    """BatchNorm's step counter: files saved before PyTorch 0.4.1 have none, and strict loading
+    accepts that (the counter starts at 0); it only matters with BN momentum None."""
+    return key.endswith(".num_batches_tracked")
+
+
 def check_keys(model: nn.Module, state: dict[str, torch.Tensor], source: str,
                ignore_prefixes: tuple[str, ...] = (), fits=_same_shape) -> None:
     """Raise a BackboneError listing missing, unexpected and mis-shaped keys, if any."""
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore_prefixes)}
     theirs = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    missing = sorted(set(own) - set(theirs))
+    missing = sorted(k for k in set(own) - set(theirs) if not _optional(k))
     unexpected = sorted(set(theirs) - set(own))
     shaped = sorted(f"{k} {tuple(theirs[k].shape)} != {tuple(own[k].shape)}"
                     for k in set(own) & set(theirs) if not fits(own[k], theirs[k]))
@@ -86,6 +95,11 @@ def check_keys(model: nn.Module, state: dict[str, torch.Tensor], source: str,
                             + "; ".join(p for p in parts if p))
 
 
+def _with_counters(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` plus the model's own BatchNorm step counters where the file has none."""
+    return {**{k: v for k, v in own.items() if _optional(k) and k not in state}, **state}
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, head: str | None = None) -> str:
     """Load a local checkpoint strictly into ``model``; returns the file's sha256.
 
@@ -96,7 +110,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, head: str | None = None)
     ignore = (head + ".",) if head else ()
     check_keys(model, state, str(path), ignore)
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    usable = {k: v for k, v in _with_counters(state, own).items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=not head)
     return sha256_file(path)
 
@@ -117,30 +131,32 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> str:
     return sha256_file(path)
 
 
-def inflate_2d_state(state2d: dict[str, torch.Tensor], model3d: nn.Module, head: str = "fc",
-                     source: str = "2D state_dict") -> dict[str, torch.Tensor]:
+def inflate_2d_state(state2d: dict[str, torch.Tensor], model3d: nn.Module, head: str = "classifier",
+                     source: str = "2D state_dict", trunk: str = "cnn",
+                     head2d: str = "fc") -> dict[str, torch.Tensor]:
     """Centre inflation: each 2D kernel goes in the middle time slot of its 3D kernel, zeros elsewhere.
 
-    A static clip then gives every frame exactly the 2D network's activations. Keys follow
-    torchvision's ResNet names; the head is taken only when its shape matches.
+    ``state2d`` has torchvision's ResNet names (conv1, bn1, layer1.0.conv1, ..., fc); they map to
+    ``<trunk>.<name>`` in the 3D model. 2D layers of the 3D model (the per-frame stem) take their
+    weights as they are. A static clip then gives every frame exactly the 2D network's activations.
+    The 2D head (``head2d``, ImageNet's 1000 classes) is dropped; the 3D ``head`` keeps its weights.
     """
+    renamed = {f"{trunk}.{k}": v for k, v in state2d.items() if not k.startswith(head2d + ".")}
+    check_keys(model3d, renamed, source, (head + ".",), fits=_inflatable)
     own = model3d.state_dict()
     out: dict[str, torch.Tensor] = {}
-    check_keys(model3d, state2d, source, (head + ".",), fits=_inflatable)
-    for key, w3 in own.items():
-        w2 = state2d.get(key)
-        if w2 is None:  # only the head can be absent here (checked above)
-            continue
+    for key, w2 in _with_counters(renamed, own).items():
+        w3 = own[key]
         if w3.dim() == 5 and w2.dim() == 4:
             w = torch.zeros_like(w3)
             w[:, :, w3.shape[2] // 2] = w2
             out[key] = w
-        elif w3.shape == w2.shape:
+        else:
             out[key] = w2.clone()
     return out
 
 
-def inflate_checkpoint(model3d: nn.Module, path: str | Path, head: str = "fc") -> str:
+def inflate_checkpoint(model3d: nn.Module, path: str | Path, head: str = "classifier") -> str:
     """Load a local 2D ResNet-50 state_dict (e.g. ImageNet resnet50.pth) into an inflated 3D model."""
     sd = inflate_2d_state(read_state_dict(path), model3d, head, str(path))
     model3d.load_state_dict(sd, strict=False)

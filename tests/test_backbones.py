@@ -21,12 +21,16 @@ RAW = {
 CORE = ["hcn", "inflated_resnet50", "maxout_mlp", "resnext101_3d", "vgg19"]
 
 
-def _run(name: str, modality: str, setting: str, cfg=ReductionConfig(), batch: int = 2):
+def _every(spec) -> list[str]:
+    return [n for n, _, _ in spec.taps]
+
+
+def _run(name: str, modality: str, setting: str, cfg=ReductionConfig(), batch: int = 2, names=None):
     spec = get_backbone(name)
     rng = np.random.default_rng(0)
     x = prepare_batch([RAW[modality](rng) for _ in range(batch)], modality, spec.setting(setting).input)
     model = spec.build(setting, num_classes=5, modality=modality).eval()
-    reader = TapReader(model, spec.tap_specs(setting), cfg)
+    reader = TapReader(model, spec.tap_specs(setting, names), cfg)
     with torch.inference_mode():
         return spec, reader.run(x)
 
@@ -37,6 +41,7 @@ def test_registry_lists_the_paper_backbones():
         spec = get_backbone(name)
         assert set(spec.settings) >= {"full", "tiny"}
         assert spec.head and len(spec.taps) >= 3
+        assert set(spec.default_taps) <= set(_every(spec))
         spec.build("tiny", 3).get_submodule(spec.head)  # the head exists
 
 
@@ -44,9 +49,9 @@ def test_registry_lists_the_paper_backbones():
 def test_tiny_taps_match_declaration_and_reduction_rules(name):
     spec = get_backbone(name)
     for modality in spec.modalities:
-        spec, out = _run(name, modality, "tiny", ReductionConfig(t_max=4, grid=3))
-        taps = spec.tap_specs("tiny")
-        assert list(out) == [t.name for t in taps]  # shallow to deep, all taps
+        spec, out = _run(name, modality, "tiny", ReductionConfig(t_max=4, grid=3), names=_every(spec))
+        taps = spec.tap_specs("tiny", _every(spec))
+        assert list(out) == _every(spec)  # shallow to deep, all taps
         for tap in taps:
             b, c, t = out[tap.name].shape
             assert (b, c) == (2, tap.channels)
@@ -59,8 +64,26 @@ def test_tiny_taps_match_declaration_and_reduction_rules(name):
                 assert 1 <= t <= 4  # time capped at t_max
 
 
+def test_default_taps_are_bm_nas_input_nodes():
+    want = {"inflated_resnet50": ["layer2", "layer3", "layer4", "pool"],
+            "resnext101_3d": ["layer2", "layer3", "layer4", "pool"],
+            "hcn": ["conv5", "conv6", "out7", "fc7"],
+            "vgg19": ["conv4_1", "conv4_4", "conv5_3", "pool5"],
+            "maxout_mlp": ["op1", "op3"]}
+    for name, taps in want.items():
+        assert [t.name for t in get_backbone(name).tap_specs("full")] == taps
+    full = {name: [t.channels for t in get_backbone(name).tap_specs("full")] for name in want}
+    assert full == {"inflated_resnet50": [512, 1024, 2048, 2048], "resnext101_3d": [512, 1024, 2048, 2048],
+                    "hcn": [128, 256, 1024, 512], "vgg19": [512] * 4, "maxout_mlp": [64, 128]}
+    vgg = {t.name: t.module for t in get_backbone("vgg19").tap_specs("full")}
+    assert vgg == {"conv4_1": "features.20", "conv4_4": "features.26", "conv5_3": "features.33",
+                   "pool5": "features.36"}
+    tiny = {t.name: t.module for t in get_backbone("vgg19").tap_specs("tiny")}
+    assert len(set(tiny.values())) == 4  # four distinct layers in tiny's shorter blocks too
+
+
 def test_full_settings_declare_true_channels():
-    """The paper-size declarations, checked on small inputs (the nets are fully convolutional)."""
+    """The paper-size declarations of every tap, checked on small inputs where the nets allow."""
     small = {"inflated_resnet50": (4, 32), "resnext101_3d": (8, 32), "vgg19": (None, 32)}
     for name in ["hcn", "inflated_resnet50", "maxout_mlp", "vgg19"]:
         spec = get_backbone(name)
@@ -72,14 +95,15 @@ def test_full_settings_declare_true_channels():
         rng = np.random.default_rng(1)
         x = prepare_batch([RAW[modality](rng) for _ in range(2)], modality, inp)
         model = spec.build("full", 4, modality).eval()
+        taps = spec.tap_specs("full", _every(spec))
         with torch.inference_mode():
-            out = TapReader(model, spec.tap_specs("full")).run(x)
-        assert [o.shape[1] for o in out.values()] == [t.channels for t in spec.tap_specs("full")]
+            out = TapReader(model, taps).run(x)
+        assert [o.shape[1] for o in out.values()] == [t.channels for t in taps]
 
 
 def test_hcn_bodies_are_folded_by_max():
-    spec, out = _run("hcn", "skeleton", "tiny")
-    assert out["joint"].shape[0] == 2  # N, not N * bodies
+    spec, out = _run("hcn", "skeleton", "tiny", names=["joint", "out7"])
+    assert out["joint"].shape[0] == 2 and out["out7"].shape == (2, 64, 1)  # N, not N * bodies
 
 
 def test_tap_subset_and_errors():

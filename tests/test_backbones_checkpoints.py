@@ -6,7 +6,6 @@ import importlib.util
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from extract.backbones import get_backbone
 from extract.checkpoints import (
@@ -42,7 +41,7 @@ def test_other_architecture_lists_missing_unexpected_misshaped(tmp_path):
     assert "vgg.pt" in msg
     # same architecture, other width: mis-shaped keys, named with both shapes
     save_checkpoint(get_backbone("maxout_mlp").build("full", 3), tmp_path / "wide.pt")
-    with pytest.raises(BackboneError, match=r"19 mis-shaped \[head.weight \(3, 512\) != \(3, 16\), hidden1.0.lin.bias \(1024,\) != \(32,\)"):
+    with pytest.raises(BackboneError, match=r"13 mis-shaped \[hid2val.weight \(3, 128\) != \(3, 32\), op1.lin.bias \(320,\) != \(80,\)"):
         load_checkpoint(get_backbone("maxout_mlp").build("tiny", 3), tmp_path / "wide.pt")
 
 
@@ -65,41 +64,61 @@ def test_bad_files(tmp_path):
         read_state_dict(tmp_path / "cfg.pt")
 
 
-def _fake_2d_resnet(model3d, num_classes: int = 1000) -> dict[str, torch.Tensor]:
-    """A 2D ResNet state_dict with torchvision's names, shaped like the 3D model's kernels."""
+def _fake_2d_resnet(model3d, num_classes: int = 1000, counters: bool = True) -> dict[str, torch.Tensor]:
+    """A 2D ResNet state_dict with torchvision's names (no `cnn.`, head `fc`), shaped like the 3D trunk."""
     sd = {}
-    for k, v in model3d.state_dict().items():
+    for k, v in model3d.cnn.state_dict().items():
+        if k.endswith("num_batches_tracked") and not counters:
+            continue
         if v.dim() == 5:
-            sd[k] = torch.randn(v.shape[0], v.shape[1], v.shape[3], v.shape[4])
-        elif k.startswith("fc."):
-            sd[k] = torch.randn((num_classes,) + tuple(v.shape[1:]))
+            sd[k] = torch.randn(v.shape[0], v.shape[1], v.shape[3], v.shape[4]) / (v[0].numel() ** 0.5)
+        elif k.endswith("running_var"):
+            sd[k] = torch.rand_like(v) + 0.5
         else:
             sd[k] = torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v.clone()
+    sd["fc.weight"], sd["fc.bias"] = torch.randn(num_classes, 256), torch.randn(num_classes)
     return sd
 
 
 def test_centre_inflation(tmp_path):
     spec = get_backbone("inflated_resnet50")
     model = spec.build("tiny", 5).eval()
+    head = model.classifier.weight.clone()
     sd2 = _fake_2d_resnet(model)
     torch.save(sd2, tmp_path / "resnet50.pth")
     sha = inflate_checkpoint(model, tmp_path / "resnet50.pth", head=spec.head)
     assert sha == sha256_file(tmp_path / "resnet50.pth")
-    w = model.layer1[0].conv1.weight  # (O, I, 3, 1, 1): centre slot holds the 2D kernel
-    assert torch.equal(w[:, :, 1], sd2["layer1.0.conv1.weight"])
+    cnn = model.cnn
+    assert torch.equal(cnn.conv1.weight, sd2["conv1.weight"])  # the 2D stem copies as it is
+    assert torch.equal(cnn.bn1.running_mean, sd2["bn1.running_mean"])
+    w = cnn.layer1[0].conv2.weight  # (O, I, 3, 3, 3): centre slot holds the 2D kernel, zeros elsewhere
+    assert torch.equal(w[:, :, 1], sd2["layer1.0.conv2.weight"])
     assert not w[:, :, 0].any() and not w[:, :, 2].any()
-    assert torch.equal(model.bn1.running_mean, sd2["bn1.running_mean"])
-    # a static clip gives each frame exactly the 2D stem's output
-    frame = torch.randn(1, 3, 32, 32)
-    clip = frame[:, :, None].repeat(1, 1, 4, 1, 1)
-    out3 = model.conv1(clip)
-    out2 = F.conv2d(frame, sd2["conv1.weight"], stride=2, padding=3)
+    assert torch.equal(cnn.layer2[0].downsample[0].weight[:, :, 0], sd2["layer2.0.downsample.0.weight"])
+    assert torch.equal(model.classifier.weight, head)  # ImageNet's fc is dropped, the head stays
+    # a static clip gives each frame the 2D network's activations: a one-frame clip, where the 3x3x3
+    # kernels see only their centre slot, is the 2D network
+    frame = torch.randn(1, 3, 1, 32, 32)
+    with torch.no_grad():
+        out2 = cnn(frame)
+        out3 = cnn(frame.repeat(1, 1, 4, 1, 1))
     for t in range(4):
-        torch.testing.assert_close(out3[:, :, t], out2, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out3[:, :, t], out2[:, :, 0], rtol=1e-4, atol=1e-4)
     # a 2D checkpoint of another network is refused with the key report
     torch.save(get_backbone("vgg19").build("tiny", 3).state_dict(), tmp_path / "vgg.pth")
     with pytest.raises(BackboneError, match="missing"):
         inflate_checkpoint(spec.build("tiny", 5), tmp_path / "vgg.pth")
+
+
+def test_inflation_from_a_file_without_batchnorm_counters(tmp_path):
+    """torchvision's ImageNet resnet50 file predates PyTorch 0.4.1: no num_batches_tracked."""
+    spec = get_backbone("inflated_resnet50")
+    sd2 = _fake_2d_resnet(spec.build("tiny", 5), counters=False)
+    assert not any(k.endswith("num_batches_tracked") for k in sd2)
+    torch.save(sd2, tmp_path / "old.pth")
+    model = spec.build("tiny", 5)
+    inflate_checkpoint(model, tmp_path / "old.pth", head=spec.head)
+    assert torch.equal(model.cnn.bn1.running_var, sd2["bn1.running_var"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("safetensors") is None, reason="safetensors extra not installed")

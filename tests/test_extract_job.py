@@ -60,8 +60,9 @@ def test_localcluster_extraction(ntu, tmp_path):
     assert set(res.devices.values()) == {"cpu"} and all(w.startswith("tcp://") for w in res.devices)
     store = open_store(tmp_path / "dask.zarr")
     assert store.nodes == [f"video_{k}" for k in range(1, 5)] + [f"skeleton_{k}" for k in range(1, 5)]
-    assert store.node_shapes["video_4"] == (256, 8) and store.node_shapes["skeleton_1"] == (32, 16)
-    attrs = store.node_attrs("skeleton_2")
+    assert store.node_shapes["video_3"] == (256, 8) and store.node_shapes["video_4"] == (256, 1)
+    assert store.node_shapes["skeleton_1"] == (32, 4) and store.node_shapes["skeleton_3"] == (64, 1)
+    attrs = store.node_attrs("skeleton_1")
     assert attrs["checkpoint_sha256"] == sha and attrs["layer"] == "conv5" and attrs["backbone"] == "hcn"
     assert attrs["reduction"] == {"t_max": 32, "grid": 4}
     assert store.array("video_1").dtype == np.float16
@@ -296,10 +297,13 @@ def test_task_error_says_full_disk_in_words():
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 300 KiB tmpfs: a real full disk (ENOSPC) for the store; grown to 8 MiB by calling it."""
+    """A 200 KiB tmpfs: a real full disk (ENOSPC) for the store; grown to 8 MiB by calling it.
+
+    The test's store takes ~85 pages of 4 KiB (metadata 17, each of its 4 tasks ~17): this one fills
+    up in a task, before the last metadata the driver writes (at 300 KiB all 4 tasks could fit)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
     try:
         yield mnt, lambda: subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
@@ -383,7 +387,9 @@ def test_extract_inflate_from_2d_resnet(ntu, tmp_path):
     from extract.checkpoints import sha256_file
 
     model3d = get_backbone("inflated_resnet50").build("tiny", 4)
-    sd2 = {k: (v[:, :, v.shape[2] // 2].clone() if v.dim() == 5 else v.clone()) for k, v in model3d.state_dict().items()}
+    # torchvision's names: the trunk without its `cnn.` prefix, 2D kernels, an ImageNet `fc`
+    sd2 = {k: (v[:, :, v.shape[2] // 2].clone() if v.dim() == 5 else v.clone())
+           for k, v in model3d.cnn.state_dict().items()}
     import torch
 
     sd2["fc.weight"], sd2["fc.bias"] = torch.randn(1000, 256), torch.randn(1000)

@@ -131,7 +131,7 @@ def test_finetune_one_epoch_from_raw_data(chain):
     # backbones were trained (small lr, but moved) from their checkpoints; fusion from the train run
     state = torch.load(run / BEST, weights_only=True)["model"]
     rgb0 = read_state_dict(d / "rgb.pt")
-    assert not torch.equal(state["backbones.video.conv1.weight"], rgb0["conv1.weight"])
+    assert not torch.equal(state["backbones.video.cnn.conv1.weight"], rgb0["cnn.conv1.weight"])
     hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert hist[0]["backbone_lr"] == pytest.approx(0.1 * hist[0]["lr"])
     assert "accuracy" in hist[0]["val"]

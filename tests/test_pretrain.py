@@ -120,7 +120,9 @@ def test_pretrain_run_of_the_earlier_layout_gets_one_line(ntu, tmp_path):
 def test_pretrain_cli_inflates_2d_resnet(ntu, tmp_path):
     spec = get_backbone("inflated_resnet50")
     model3d = spec.build("tiny", 4)
-    sd2 = {k: (v[:, :, v.shape[2] // 2].clone() if v.dim() == 5 else v.clone()) for k, v in model3d.state_dict().items()}
+    # torchvision's names: the trunk without its `cnn.` prefix, 2D kernels, an ImageNet `fc`
+    sd2 = {k: (v[:, :, v.shape[2] // 2].clone() if v.dim() == 5 else v.clone())
+           for k, v in model3d.cnn.state_dict().items()}
     sd2["fc.weight"], sd2["fc.bias"] = torch.randn(1000, 256), torch.randn(1000)  # ImageNet head: not taken
     torch.save(sd2, tmp_path / "resnet50.pth")
     r = CliRunner().invoke(cli, ["pretrain", str(ntu), "--source-opt", "size=32", "--modality", "video",

@@ -28,7 +28,7 @@ def test_raw_posters_and_plots_extract_search_train(tmp_path):
     raw, store = tmp_path / "mm", tmp_path / "mm.zarr"
     _ok(["data", "synth", "mmimdb-like", str(raw), "--samples", "48"])
     _ok(["extract", str(raw), "--out", str(store), "--setting", "tiny", "--backbone", "image=vgg19",
-         "--backbone", f"text=hf:{minilm_dir()}", "--taps", "image=block4,block5", "--taps", "text=2,6",
+         "--backbone", f"text=hf:{minilm_dir()}", "--taps", "image=pool4,pool5", "--taps", "text=2,6",
          "--input", "text=tokens=64",
          "--rows-per-chunk", "24", "--workers", "1", "--device", "cpu"])
     opened = open_store(store)
