@@ -159,7 +159,8 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
         chosen[targets[0]]["checkpoint"] = str(inflate_from)
     choices = [BackboneChoice(m, b["backbone"], setting, b["checkpoint"], b["taps"],
                               inflate=bool(inflate_from) and b["backbone"] == "inflated_resnet50",
-                              input=tuple(sorted((b["input"] or {}).items(), key=lambda kv: kv[0])))
+                              input=tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                                 for k, v in (b["input"] or {}).items())))
                for m, b in chosen.items()]
     src = _open(data, kind, split, source_opt)
     res = extract(src, str(out), choices, reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype,
