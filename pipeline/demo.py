@@ -119,9 +119,12 @@ class DemoData:
 DEMO_DATA = {
     "ntu-like": DemoData({"video": "inflated_resnet50", "skeleton": "hcn"}, ("video", "skeleton"), {},
                          "accuracy", False),
-    # three of minilm's six layers: the plot themes are in every one (above), and each costs 384 x 64 per sample
+    # vgg19: tiny's four block outputs (its blocks have one conv each, so the default taps conv4_1 and
+    # conv4_4 would be one layer); three of minilm's six layers: the plot themes are in every one
+    # (above), and each costs 384 x 64 per sample
     "mmimdb-like": DemoData({"image": "vgg19", "text": "minilm"}, ("image",),
-                            {"text": ("layer2", "layer4", "layer6")}, "f1_weighted", True),
+                            {"image": ("pool2", "pool3", "pool4", "pool5"), "text": ("layer2", "layer4", "layer6")},
+                            "f1_weighted", True),
 }
 
 
