@@ -132,10 +132,12 @@ def backbone_spec(name: str) -> str:
 DEMO_DATA = {
     "ntu-like": DemoData({"video": "inflated_resnet50", "skeleton": "hcn"}, ("video", "skeleton"), {},
                          "accuracy", False),
-    # three of minilm's six layers (hidden_states 2, 4, 6): the plot themes are in every one (above), and each
-    # costs 384 x 64 per sample (64 tokens: the longest generated plot fits)
+    # vgg19: tiny's four block outputs (its blocks have one conv each, so the default taps conv4_1 and
+    # conv4_4 would be one layer); three of minilm's six layers (hidden_states 2, 4, 6): the plot themes
+    # are in every one (above), and each costs 384 x 64 per sample (64 tokens: the longest plot fits)
     "mmimdb-like": DemoData({"image": "vgg19", "text": "minilm"}, ("image",),
-                            {"text": ("2", "4", "6")}, "f1_weighted", True, {"text": (("tokens", 64),)}),
+                            {"image": ("pool2", "pool3", "pool4", "pool5"), "text": ("2", "4", "6")},
+                            "f1_weighted", True, {"text": (("tokens", 64),)}),
 }
 
 

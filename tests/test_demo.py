@@ -58,6 +58,7 @@ def test_mmimdb_like_demo_on_raw_posters_and_plots(tmp_path, capsys):
     opened = open_store(store)  # posters through the pretrained vgg19, plots through three minilm layers
     assert opened.nodes == ["image_1", "image_2", "image_3", "image_4", "text_1", "text_2", "text_3"]
     assert opened.node_attrs("image_1")["checkpoint_sha256"] and opened.node_attrs("text_3")["layer"] == "hidden_states.6"
+    assert [opened.node_attrs(f"image_{k}")["layer"] for k in range(1, 5)] == ["pool2", "pool3", "pool4", "pool5"]
     g = json.loads((tmp_path / "mm" / "genotypes" / "unimodal_text.json").read_text())
     assert all(n.startswith(("text_", "cell_")) for c in g["cells"] for n in c["inputs"])
 
