@@ -106,15 +106,13 @@ class _Forward:
 
 def _prepared(source, choices) -> tuple[list[list], float]:
     """Every sample read and prepared for each backbone, and the seconds that took in one thread."""
-    from extract.backbones import get_backbone
-
     ids = [s.id for s in source.samples()]
     out, seconds = [], 0.0
     for c in choices:
-        spec = get_backbone(c.backbone)
-        spec.prepare_input(source.load(ids[0], c.modality), c.modality, c.setting)  # first-call costs
+        spec, inp = c.resolve()
+        spec.prepare_input(source.load(ids[0], c.modality), c.modality, inp)  # first-call costs
         t0 = time.perf_counter()
-        out.append([spec.prepare_input(source.load(i, c.modality), c.modality, c.setting) for i in ids])
+        out.append([spec.prepare_input(source.load(i, c.modality), c.modality, inp) for i in ids])
         seconds += time.perf_counter() - t0
     return out, seconds
 

@@ -31,6 +31,21 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_weights(path: str | Path) -> str:
+    """The sha256 of a weights file; for a sharded model's ``*.index.json``, one digest over the index
+    and every shard it lists (so no shard can change unnoticed)."""
+    path = Path(path)
+    if not path.name.endswith(".index.json"):
+        return sha256_file(path)
+    import json
+
+    shards = sorted(set((json.loads(path.read_text()).get("weight_map") or {}).values()))
+    h = hashlib.sha256(sha256_file(path).encode())
+    for shard in shards:
+        h.update(f"{shard}:{sha256_file(path.parent / shard)}".encode())
+    return h.hexdigest()
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict from a local file; unwraps {"state_dict": ...} and strips DataParallel's "module."."""
     path = Path(path)

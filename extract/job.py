@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from extract.backbones import resolve_backbone
+from extract.backbones import BackboneSpec, InputSpec, resolve_backbone
 from extract.backbones import get_module
-from extract.backbones.module_backbone import size_lazy_head
 from extract.backbones.taps import TapReader
-from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_file
+from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_weights
 from extract.cluster import connect
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.reduction import ReductionConfig
@@ -52,7 +51,7 @@ class BackboneChoice:
     inflate: bool = False  # checkpoint holds 2D ResNet-50 weights to inflate (inflated_resnet50 only)
     input: tuple[tuple[str, Any], ...] = ()  # --input fields replacing the backbone's default preparation
 
-    def resolve(self):
+    def resolve(self) -> tuple[BackboneSpec, InputSpec]:
         """The backbone declaration this choice names, and the input its samples are prepared to."""
         spec = resolve_backbone(self.backbone, self.modality, self.taps)
         return spec, spec.input_for(self.setting, dict(self.input))
@@ -114,8 +113,7 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
         raise DataError(f"no readable {choice.modality} sample among the first {min(32, len(ids))} "
                         f"of source {source.name!r} (last error: {last_err})")
     input_dim = int(item.shape[-1]) if choice.modality == "text" else None
-    model = spec.build(choice.setting, num_classes, choice.modality, input_dim, seed=INIT_SEED)
-    size_lazy_head(model, item)
+    model = spec.build(choice.setting, num_classes, choice.modality, input_dim, seed=INIT_SEED, example=item)
     sha = None
     if choice.inflate and (choice.backbone != "inflated_resnet50" or not choice.checkpoint):
         raise BackboneError("--inflate-from takes 2D ResNet-50 weights for inflated_resnet50 only")
@@ -123,7 +121,7 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
         load = inflate_checkpoint if choice.inflate else load_checkpoint
         sha = load(model, choice.checkpoint, head=spec.head)
     elif spec.weights is not None:  # weights shipped with the backbone's package
-        sha = sha256_file(spec.weights())
+        sha = sha256_weights(spec.weights())
     for tap in taps:
         get_module(model, tap.module)  # a tap that names no module: one line naming the backbone
     reader = TapReader(model.eval(), taps, reduction)
@@ -163,7 +161,8 @@ def _provenance(entries: list[Entry], shas: list[str | None], reduction: Reducti
         "backbones": [{"modality": e.modality, "backbone": e.backbone, "setting": e.setting,
                        "checkpoint": e.checkpoint, "checkpoint_sha256": sha,
                        "init": _init(e),
-                       "taps": [t.name for t in e.taps], "nodes": list(e.nodes), "input": e.input.as_dict()}
+                       "taps": [t.name for t in e.taps], "nodes": list(e.nodes), "input": e.input.as_dict(),
+                       "inflate": e.inflate}
                       for e, sha in zip(entries, shas)],
         "reduction": reduction.as_dict(), "dtype": dtype, "num_samples": n,
         "rows_per_chunk": rows_per_chunk, "source": getattr(source, "name", "source"),
@@ -253,7 +252,7 @@ def _create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, 
             specs.append(NodeSpec(node, tap.channels, length, {
                 "modality": e.modality, "backbone": e.backbone, "setting": e.setting, "layer": tap.name,
                 "module": tap.module, "kind": tap.kind, "checkpoint": e.checkpoint,
-                "checkpoint_sha256": sha, "init": _init(e),
+                "checkpoint_sha256": sha, "init": _init(e), "input": e.input.as_dict(),
                 "reduction": prov["reduction"]}))
     try:
         writer = create_store(out, task=source.task, num_classes=source.num_classes, nodes=specs,

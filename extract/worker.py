@@ -21,8 +21,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from extract.backbones import InputSpec, TapSpec, resolve_backbone
-from extract.backbones.module_backbone import size_lazy_head
+from extract.backbones import BackboneSpec, InputSpec, TapSpec, resolve_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint
 from extract.reduction import ReductionConfig
@@ -47,7 +46,7 @@ class Entry:
     inflate: bool = False  # checkpoint is a 2D ResNet-50 state_dict to centre-inflate
     input: InputSpec = InputSpec()  # what each sample is prepared to (the setting's, with --input fields)
 
-    def spec(self):
+    def spec(self) -> BackboneSpec:
         """The backbone declaration, resolved in this process (a dask worker resolves it once)."""
         return resolve_backbone(self.backbone, self.modality, tuple(t.name for t in self.taps))
 
@@ -115,8 +114,9 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: torch.device, pr
     with _MODELS_LOCK:
         if key not in _MODELS:
             spec = entry.spec()
-            model = spec.build(entry.setting, entry.num_classes, entry.modality, entry.input_dim, seed=INIT_SEED)
-            size_lazy_head(model, torch.zeros(entry.input_shape, dtype=getattr(torch, entry.input_dtype)))
+            example = torch.zeros(entry.input_shape, dtype=getattr(torch, entry.input_dtype))  # sizes lazy layers
+            model = spec.build(entry.setting, entry.num_classes, entry.modality, entry.input_dim, seed=INIT_SEED,
+                               example=example)
             if entry.checkpoint:
                 load = inflate_checkpoint if entry.inflate else load_checkpoint
                 load(model, entry.checkpoint, head=spec.head)

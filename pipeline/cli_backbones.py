@@ -152,7 +152,7 @@ def show_cmd(spec_text: str, modality: str | None, taps_text: str | None, input_
     x = spec.prepare_input(raw, modality, inp)
     tap_specs = spec.tap_specs(setting, list(taps) if taps else None)
     model = spec.build(setting, 2, modality, int(x.shape[-1]) if modality == "text" and x.dim() == 1 else None,
-                       seed=0).eval()
+                       seed=0, example=x).eval()
     reader = TapReader(model, tap_specs, ReductionConfig())
     try:
         with torch.inference_mode():

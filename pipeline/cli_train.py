@@ -195,12 +195,13 @@ def finetune_cmd(store, genotype_path, source, kind, split_preset, source_opt, b
                               "MODALITY=SPEC --checkpoint MODALITY=PATH for each modality it reads)")
         chosen = backbone_options(backbone_opts, checkpoint_opts, tap_opts, input_opts, require_backbone=not store)
         given = [{k: v for k, v in b.items() if v is not None} for b in chosen.values()]
-        if setting is not None:
+        if setting is not None and not store:
             given = [{**b, "setting": setting} for b in given]
         reduction = {k: v for k, v in (("t_max", t_max), ("grid", grid)) if v is not None}
         summary = finetune(genotype_path, source, given, out, store=store, source_kind=kind,
                            source_split=split_preset, source_opts=_source_options(source_opt),
-                           setting=setting or "full", init_from=init_from, epochs=epochs, batch_size=batch_size,
+                           setting=setting or "full", setting_given=setting is not None, init_from=init_from,
+                           epochs=epochs, batch_size=batch_size,
                            accumulate=accumulate, device=device, train_on=train_on, seed=seed, progress=True, lr=lr,
                            backbone_lr_scale=backbone_lr_scale, loader_workers=loader_workers, amp=amp, **reduction)
     click.echo(f"{summary['run_dir']}: {summary['num_parameters']:,} parameters "

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
+from extract.backbones import resolve_backbone
 from fusion_search.data import resolve_device
 from fusion_search.engine import EpochTotals, fit, predict
 from fusion_search.errors import SearchError
@@ -46,18 +47,19 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
              source_opts: dict[str, Any] | None = None, setting: str = "full", init_from: str | None = None,
              epochs: int | None = None, batch_size: int = 16, accumulate: int = 1, device: str = "auto",
              train_on: str = "train", seed: int = 0, progress: bool = False, evaluate_test: bool = True,
-             **settings: Any) -> dict[str, Any]:
+             setting_given: bool = False, **settings: Any) -> dict[str, Any]:
     """Fine-tune backbones and fusion jointly from raw data into the new run directory `out_dir`.
 
     `backbones`: per modality {modality, backbone (a spec), checkpoint, taps, setting, input}, as
     extraction takes them. With `store`, the store's record gives every backbone, its checkpoint (and
-    sha256, checked), taps, input, setting and the reduction; `backbones` then override fields of it.
+    sha256, checked), taps, input, setting and the reduction; `backbones` then override fields of it,
+    and `setting_given` lays `setting` over every recorded backbone.
     Extra `settings` are FinetuneConfig fields (lr, backbone_lr_scale, amp, loader_workers, freeze_bn,
     t_max, grid, ...).
     """
-    bbs = [dict(b) for b in backbones]
+    bbs = [_named(dict(b)) for b in backbones]
     if store is not None:
-        bbs, source_opts = _from_store(store, bbs, settings, source_opts)
+        bbs, source_opts = _from_store(store, bbs, settings, source_opts, setting if setting_given else None)
     epochs = check_run_options(epochs, train_on, settings, FinetuneConfig, "finetune")
     for b in bbs:  # absolute paths: evaluate and resume work from any directory
         if b.get("taps"):
@@ -90,10 +92,20 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     return _run(cfg, genotype, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
 
 
+def _named(b: dict[str, Any]) -> dict[str, Any]:
+    """A backbone choice with its spec as every process resolves it (an hf: path made absolute)."""
+    if b.get("backbone"):
+        b["backbone"] = resolve_backbone(b["backbone"], b["modality"], b.get("taps")).name
+    return b
+
+
 def _from_store(store: str, given: list[dict[str, Any]], settings: dict[str, Any],
-                source_opts: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+                source_opts: dict[str, Any] | None, setting: str | None
+                ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The store's backbones with the given fields laid over them; its reduction and source options
-    where the call names none. Another backbone spec than recorded drops the recorded sha256."""
+    where the call names none. Another backbone spec than recorded drops the recorded checkpoint and
+    sha256; another setting drops the recorded input (it was the old setting's); given input fields
+    replace the recorded ones field by field."""
     from stores import StoreError, open_store
 
     try:
@@ -109,13 +121,23 @@ def _from_store(store: str, given: list[dict[str, Any]], settings: dict[str, Any
                               f"(it has {', '.join(by_mod)})")
         b = by_mod[mod]
         if g.get("backbone") and g["backbone"] != b["backbone"]:
-            b.update(checkpoint=None, checkpoint_sha256=None)
-        b.update({k: v for k, v in g.items() if v is not None})
+            b.update(checkpoint=None, checkpoint_sha256=None, inflate=False)
+        fields = {**(b.get("input") or {}), **(g.get("input") or {})}
+        b.update({k: v for k, v in g.items() if v is not None and k != "input"})
+        b["input"] = fields
+    for b in by_mod.values():
+        if setting is not None and setting != b.get("setting"):
+            b.update(setting=setting, input={k: v for k, v in (b.get("input") or {}).items()
+                                             if k in _given_input(given, b["modality"])})
     for key in ("t_max", "grid"):
         if settings.get(key) is None and key in reduction:
             settings[key] = reduction[key]
     prov = opened.attrs.get("extraction") or {}
     return list(by_mod.values()), source_opts if source_opts else dict(prov.get("source_options") or {})
+
+
+def _given_input(given: list[dict[str, Any]], modality: str) -> set[str]:
+    return {k for g in given if g["modality"] == modality for k in (g.get("input") or {})}
 
 
 @holds_lock("run_dir", "run directory")

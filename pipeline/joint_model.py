@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from extract.backbones import get_module, resolve_backbone
-from extract.backbones.module_backbone import size_lazy_head
-from extract.checkpoints import load_checkpoint, sha256_file
+from extract.backbones import BackboneSpec, get_module, resolve_backbone
+from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_weights
 from extract.errors import ExtractError
 from extract.reduction import ReductionConfig, reduce_tap
+from extract.worker import INIT_SEED
 from extract.sources.registry import open_source
 from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork
@@ -43,7 +43,7 @@ class FinetuneConfig(Schedule):
     source_kind: str | None = None
     source_split: str | None = None          # the adapter's split preset (NTU: mfas, cross-subject, ...)
     source_opts: dict[str, Any] = field(default_factory=dict)
-    # {modality, backbone, setting, checkpoint, checkpoint_sha256, taps, input}: extraction's choices
+    # {modality, backbone, setting, checkpoint, checkpoint_sha256, taps, input, inflate}: extraction's choices
     backbones: list[dict[str, Any]] = field(default_factory=list)
     store: str | None = None  # the store whose record gave the backbones, taps and reduction
     setting: str = "full"
@@ -66,11 +66,11 @@ def backbones_from_store(store: Any) -> tuple[list[dict[str, Any]], dict[str, An
     if not prov.get("backbones"):
         raise SearchError(f"--store {store.path}: it records no extraction (written by hand?); give "
                           "--backbone MODALITY=SPEC --checkpoint MODALITY=PATH, --taps and --setting instead")
-    keep = ("modality", "backbone", "setting", "checkpoint", "checkpoint_sha256", "taps", "input")
+    keep = ("modality", "backbone", "setting", "checkpoint", "checkpoint_sha256", "taps", "input", "inflate")
     return [{k: b.get(k) for k in keep} for b in prov["backbones"]], dict(prov.get("reduction") or {})
 
 
-def check_checkpoint_hash(b: dict[str, Any], spec: Any) -> None:
+def check_checkpoint_hash(b: dict[str, Any], spec: BackboneSpec) -> None:
     """Weights whose bytes differ from the ones the store was extracted with are refused: the
     checkpoint file, or the weights an hf: directory (or a shipped backbone) holds."""
     want, path = b.get("checkpoint_sha256"), b.get("checkpoint")
@@ -80,7 +80,7 @@ def check_checkpoint_hash(b: dict[str, Any], spec: Any) -> None:
         if not Path(path).is_file():
             raise SearchError(f"checkpoint {path} of {b['modality']} (recorded in the store) does not exist; "
                               f"give --checkpoint {b['modality']}=PATH")
-        got = sha256_file(path)
+        got = sha256_weights(path)
         if got != want:
             raise SearchError(f"checkpoint {path} of {b['modality']} has sha256 {got[:12]}, the store was "
                               f"extracted with {want[:12]}: give the file the store was made from")
@@ -229,12 +229,13 @@ def build_model(cfg: FinetuneConfig, genotype: Genotype, *, load_checkpoints: bo
                                   f"{', '.join(t.name for t in tap_specs)}")
         inp = spec.input_for(setting, b.get("input"))
         item = spec.prepare_input(source.read(probe_ids[0], mod), mod, inp)
-        model = spec.build(setting, source.num_classes, mod, int(item.shape[-1]) if mod == "text" else None)
-        size_lazy_head(model, item)
+        model = spec.build(setting, source.num_classes, mod, int(item.shape[-1]) if mod == "text" else None,
+                           seed=INIT_SEED, example=item)  # a backbone extracted without a checkpoint: the same one
         if load_checkpoints:
             check_checkpoint_hash(b, spec)
             if b.get("checkpoint"):
-                load_checkpoint(model, b["checkpoint"], head=spec.head)
+                load = inflate_checkpoint if b.get("inflate") else load_checkpoint
+                load(model, b["checkpoint"], head=spec.head)
         parent, _, leaf = spec.head.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
         backbones[mod] = model

@@ -33,7 +33,6 @@ import yaml
 from torch.utils.data import DataLoader
 
 from extract.backbones import resolve_backbone
-from extract.backbones.module_backbone import size_lazy_head
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkpoint
 from extract.errors import DataError, ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
@@ -97,8 +96,7 @@ def _build(source: Any, cfg: dict[str, Any], device: str, *, initialise: bool) -
     if first is None:
         raise DataError(f"no readable {modality} sample among the first train samples of {source.name!r}")
     input_dim = int(first[0].shape[-1]) if modality == "text" else None
-    model = spec.build(setting, source.num_classes, modality, input_dim)
-    size_lazy_head(model, first[0])
+    model = spec.build(setting, source.num_classes, modality, input_dim, example=first[0])
     init_sha = None
     if cfg["inflate_from"]:
         if cfg["backbone"] != "inflated_resnet50":

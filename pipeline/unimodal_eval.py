@@ -17,7 +17,6 @@ import yaml
 from torch.utils.data import DataLoader
 
 from extract.backbones import resolve_backbone
-from extract.backbones.module_backbone import size_lazy_head
 from extract.checkpoints import load_checkpoint
 from extract.errors import ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
@@ -37,12 +36,11 @@ def evaluate_pretrained(source: Any, run_dir: str | Path, split: str = "test", *
     cfg = yaml.safe_load(cfg_path.read_text())  # JSON is YAML
     spec = resolve_backbone(cfg["backbone"], cfg["modality"], cfg.get("tap_choice"))
     inp = spec.input_for(cfg["setting"], cfg.get("input"))
-    model = spec.build(cfg["setting"], cfg["num_classes"], cfg["modality"], cfg.get("input_dim"))
     samples = [s for s in source.samples() if s.split == split]
     if not samples:
         raise ExtractError(f"source {getattr(source, 'name', '?')!r} has no {split!r} samples")
     data = LabelledSamples(source, samples, cfg["modality"], spec, inp, False)
-    size_lazy_head(model, data[0][0])
+    model = spec.build(cfg["setting"], cfg["num_classes"], cfg["modality"], cfg.get("input_dim"), example=data[0][0])
     load_checkpoint(model, ckpt)
     dev = torch.device(device)
     model.to(dev)

@@ -179,7 +179,10 @@ def test_bad_specs_are_one_line_and_write_nothing(hf_dirs, tmp_path, monkeypatch
     (tmp_path / "userbb.py").write_text(
         "import torch.nn as nn\n"
         "def build():\n    return nn.Sequential()\n"
-        "def nothing():\n    return 3\n")
+        "def nothing():\n    return 3\n"
+        "def needs(arg):\n    return nn.Linear(arg, 2)\n"
+        "def four():\n    return nn.Sequential(nn.Conv2d(4, 2, 3))\n")
+    (tmp_path / "brokenbb.py").write_text("def build(:\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     raw = tmp_path / "mm"
     assert CliRunner().invoke(cli, ["data", "synth", "mmimdb-like", str(raw), "--samples", "8"]).exit_code == 0
@@ -191,6 +194,10 @@ def test_bad_specs_are_one_line_and_write_nothing(hf_dirs, tmp_path, monkeypatch
         (["--backbone", "image=userbb:nothing", "--taps", "image=a"], "returned int, not a torch nn.Module"),
         (["--backbone", "image=userbb:build", "--taps", "image=zz"], "has no module 'zz'"),
         (["--backbone", "image=userbb:build"], "--taps image="),
+        (["--backbone", "image=brokenbb:build", "--taps", "image=a"], "importing 'brokenbb' failed (SyntaxError"),
+        (["--backbone", "image=userbb:needs", "--taps", "image=a"], "the callable must take no arguments"),
+        (["--backbone", "image=userbb:four", "--taps", "image=0"], "failed on one prepared image input of shape"),
+        (["--backbone", "image=vgg19", "--input", "image=size=-3"], "sizes must be positive"),
         (["--backbone", f"text=hf:{noweights}"], "has no weights"),
         (["--backbone", f"text=hf:{hf_dirs['bert']}", "--taps", "text=2,9"], "hidden_states 0..4"),
         (["--backbone", "image=vgg_nineteen"], "unknown backbone 'vgg_nineteen'"),

@@ -156,3 +156,35 @@ def test_backbones_listing_and_show(tmp_path, monkeypatch):
     assert "C=16" in shown and "C=8" in shown and "T=16" in shown
     r = CliRunner().invoke(cli, ["backbones", "show", "imgnet:build", "--taps", "1"])
     assert r.exit_code == 2 and "--modality" in r.output
+
+
+def test_module_wrapper_keeps_the_modules_own_state_dict(tmp_path, monkeypatch):
+    """Children named like the wrapper's own attributes, a non-persistent buffer on the root: a file
+    saved from the bare module loads into the backbone unchanged, and taps reach the real children."""
+    (tmp_path / "oddnet.py").write_text(
+        "import torch, torch.nn as nn\n"
+        "class Odd(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.net = nn.Conv1d(3, 4, 3)\n"
+        "        self.kind = nn.Conv1d(4, 2, 3)\n"
+        "        self.register_buffer('pe', torch.ones(1), persistent=False)\n"
+        "    def forward(self, x):\n"
+        "        return self.kind(self.net(x)) * self.pe\n"
+        "def build():\n    return Odd()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import oddnet
+
+    from extract.backbones import resolve_backbone
+    from extract.checkpoints import load_checkpoint, save_checkpoint
+
+    spec = resolve_backbone("oddnet:build", "array_x", ["net", "kind"])
+    bare = oddnet.build()
+    save_checkpoint(bare, tmp_path / "odd.pt")
+    model = spec.build("full", 2, "array_x", example=torch.zeros(3, 16))
+    load_checkpoint(model, tmp_path / "odd.pt", head=spec.head)
+    assert set(model.state_dict()) == set(bare.state_dict()) | {"bmnas_head.weight", "bmnas_head.bias"}
+    assert torch.equal(model.get_submodule("net").weight, bare.net.weight)
+    x = torch.randn(2, 3, 16)
+    assert model(x).shape == (2, 2)
+    assert torch.equal(model.get_submodule("kind")(bare.net(x)), bare(x))

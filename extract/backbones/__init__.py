@@ -10,10 +10,10 @@ from extract.backbones.registry import (
 )
 from extract.backbones import resnet3d, hcn, vgg, maxout  # noqa: F401  (registration)
 from extract.backbones.prepare import prepare_batch, prepare_one
-from extract.backbones.specs import ENTRY_POINT_GROUP, all_backbone_names, is_open_spec, resolve_backbone
+from extract.backbones.specs import ENTRY_POINT_GROUP, all_backbone_names, resolve_backbone
 
 __all__ = [
     "TAP_KINDS", "BackboneSpec", "InputSpec", "Setting", "TapSpec", "get_backbone", "get_module",
     "list_backbones", "register", "prepare_batch", "prepare_one", "ENTRY_POINT_GROUP", "all_backbone_names",
-    "is_open_spec", "resolve_backbone",
+    "resolve_backbone",
 ]

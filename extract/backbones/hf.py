@@ -28,7 +28,7 @@ import torch.nn as nn
 from extract.backbones.inputs import InputSpec
 from extract.backbones.module_backbone import OpenBackboneSpec
 from extract.backbones.prepare import modality_base
-from extract.backbones.registry import Setting
+from extract.backbones.registry import Setting, TapSpec
 from extract.errors import BackboneError, DataError
 
 PREFIX = "hf:"
@@ -61,7 +61,8 @@ def _config(path: Path, spec: str) -> dict[str, Any]:
 
 
 def weights_file(path: Path) -> str:
-    """The file whose sha256 the store records for this model's weights."""
+    """The file whose sha256 the store records for this model's weights (for sharded weights the
+    index, whose digest `extract.checkpoints.sha256_weights` extends over every shard it lists)."""
     return str(next(path / w for w in WEIGHT_FILES if (path / w).is_file()))
 
 
@@ -100,7 +101,11 @@ class HFBackbone(nn.Module):
 
     def __init__(self, path: str, modality: str, num_classes: int = 2, **_: Any) -> None:
         super().__init__()
-        self.model = _transformers().AutoModel.from_pretrained(path, local_files_only=True).float()
+        try:
+            self.model = _transformers().AutoModel.from_pretrained(path, local_files_only=True).float()
+        except Exception as exc:  # noqa: BLE001 - corrupt weights, an unknown model type, remote code
+            raise BackboneError(f"backbone 'hf:{path}': transformers cannot load it ({type(exc).__name__}: "
+                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
         cfg = self.model.config
         self.base = modality_base(modality)
         self.hidden_states = nn.ModuleList([nn.Identity() for _ in range(cfg.num_hidden_layers + 1)])
@@ -145,14 +150,14 @@ def default_taps(layers: int) -> tuple[int, ...]:
 class HFSpec(OpenBackboneSpec):
     """`hf:DIR` on one modality: taps by hidden-state index, input from the directory."""
 
-    def tap_specs(self, setting: str = "full", names: list[str] | None = None):
+    def tap_specs(self, setting: str = "full", names: list[str] | None = None) -> list[TapSpec]:
         return super().tap_specs(setting, [self.tap_name(n) for n in names] if names else None)
 
     def tap_name(self, name: str) -> str:
-        """``2`` or ``hidden_states.2`` -> ``hidden_states.2``, with an error for an index out of range."""
-        index = name.rpartition(".")[2]
+        """``2`` or ``hidden_states.2`` -> ``hidden_states.2``, with an error for anything else."""
+        index = name[len("hidden_states."):] if name.startswith("hidden_states.") else name
         count = len(self.taps)
-        if not index.lstrip("-").isdigit() or not 0 <= int(index) < count:
+        if not index.isdigit() or not 0 <= int(index) < count:
             raise BackboneError(f"backbone {self.name!r}: tap {name!r} is not a hidden-state index; "
                                 f"this model has hidden_states 0..{count - 1} (0 = the embeddings)")
         return f"hidden_states.{int(index)}"
@@ -164,6 +169,9 @@ class HFSpec(OpenBackboneSpec):
             raise BackboneError(f"backbone {self.name!r}: the directory has no preprocessor_config.json; give "
                                 f"--input {mod}=size=N,mean=M1:M2:M3,std=S1:S2:S3 instead")
         return inp
+
+    def __reduce__(self):  # pickled as the spec that makes it (DataLoader workers started by spawn)
+        return hf_backbone, (self.name, self.modalities[0])
 
 
 def _prepare_text(path: str):

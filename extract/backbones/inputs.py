@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from extract.errors import BackboneError
+
+
+def _valid(field_name: str, value: Any) -> bool:
+    """An input field a preparation can use: finite means, positive stds and sizes."""
+    if field_name == "mean":
+        return all(math.isfinite(x) for x in value)
+    if field_name == "std":
+        return all(math.isfinite(x) and x > 0 for x in value)
+    return value >= 1
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,10 @@ class InputSpec:
             clean = {k: (tuple(float(x) for x in v) if k in ("mean", "std") else int(v)) for k, v in overrides.items()}
         except (TypeError, ValueError):
             raise BackboneError(f"{where}: {overrides}: sizes are whole numbers, mean/std lists of numbers") from None
+        bad = [k for k, v in clean.items() if not _valid(k, v)]
+        if bad:
+            raise BackboneError(f"{where}: {bad[0]}={overrides[bad[0]]!r}: sizes must be positive whole numbers, "
+                                "mean finite, std finite and > 0")
         return replace(self, **clean)
 
     def as_dict(self) -> dict[str, Any]:

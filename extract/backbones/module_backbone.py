@@ -54,6 +54,9 @@ def load_callable(text: str) -> Callable[[], Any]:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise BackboneError(f"backbone {text!r}: cannot import {mod_name!r} ({exc}); is it on PYTHONPATH?") from None
+    except Exception as exc:  # noqa: BLE001 - a module that fails while importing (a SyntaxError, ...)
+        raise BackboneError(f"backbone {text!r}: importing {mod_name!r} failed ({type(exc).__name__}: "
+                            f"{exc})") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -67,45 +70,40 @@ def load_callable(text: str) -> Callable[[], Any]:
 class ModuleWithHead(nn.Module):
     """A user's module plus a lazy linear head on its deepest tap; forward returns the head's logits.
 
-    The user's children, parameters and buffers are registered here under their own names (the
-    dicts are shared, not copied), so ``state_dict`` keys are the module's own plus ``bmnas_head.*``
-    and a file saved from the bare module loads unchanged. The module itself is kept outside the
-    registry: its forward runs as written (an ``nn.Sequential`` never sees the head as a layer).
+    The user's children, parameters and buffers (and which buffers are not persistent) are
+    registered here under their own names (the registries are shared, not copied), so ``state_dict``
+    keys are the module's own plus ``bmnas_head.*`` and a file saved from the bare module loads
+    unchanged. The module itself is kept outside the registry, under a name no child can take: its
+    forward runs as written (an ``nn.Sequential`` never sees the head as a layer). The root module's
+    own ``train()`` override and state-dict hooks are not called (its children's are).
     """
 
     def __init__(self, net: nn.Module, deepest: str, kind: str, num_classes: int) -> None:
         super().__init__()
-        object.__setattr__(self, "net", net)
+        if HEAD in net._modules:
+            raise BackboneError(f"the module has a child named {HEAD!r}, the name bmnas gives its head; rename it")
+        object.__setattr__(self, "_bmnas_net", net)
+        object.__setattr__(self, "_bmnas_kind", kind)
+        object.__setattr__(self, "_bmnas_seen", {})
         self._parameters = net._parameters
         self._buffers = net._buffers
+        self._non_persistent_buffers_set = net._non_persistent_buffers_set
         self._modules.update(net._modules)
         self.add_module(HEAD, nn.LazyLinear(num_classes))
-        self.kind = kind
-        self._seen: dict[str, torch.Tensor] = {}
         net.get_submodule(deepest).register_forward_hook(self._keep)
 
     def _keep(self, _mod, _inp, out) -> None:
-        self._seen["x"] = out[0] if isinstance(out, (tuple, list)) else out
+        self._bmnas_seen["x"] = out[0] if isinstance(out, (tuple, list)) else out
 
     def train(self, mode: bool = True) -> "ModuleWithHead":
         super().train(mode)
-        self.net.training = mode  # the root's own flag (children are shared and already set)
+        self._bmnas_net.training = mode  # the root's own flag (children are shared and already set)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.net(x)
-        deepest = self._seen.pop("x")
-        return getattr(self, HEAD)(reduce_tap(deepest, self.kind).float().mean(-1))
-
-
-def size_lazy_head(model: nn.Module, x: torch.Tensor) -> None:
-    """Size a module backbone's lazy head with one forward of one prepared input ``x`` (no batch axis),
-    so an optimiser or a checkpoint sees real parameters; other backbones are left untouched."""
-    if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in model.modules()):
-        was = model.training
-        with torch.no_grad():
-            model.eval()(x[None])
-        model.train(was)
+        self._bmnas_net(x)
+        deepest = self._bmnas_seen.pop("x")
+        return getattr(self, HEAD)(reduce_tap(deepest, self._bmnas_kind).float().mean(-1))
 
 
 def module_backbone(text: str, modality: str, taps: Sequence[str] | None) -> BackboneSpec:
@@ -118,7 +116,11 @@ def module_backbone(text: str, modality: str, taps: Sequence[str] | None) -> Bac
     names = tuple(taps)
 
     def factory(num_classes: int = 2, **_: Any) -> nn.Module:
-        net = build()
+        try:
+            net = build()
+        except Exception as exc:  # noqa: BLE001 - the user's callable (it takes no arguments)
+            raise BackboneError(f"backbone {text!r}: calling it failed ({type(exc).__name__}: {exc}); the "
+                                "callable must take no arguments and return an nn.Module") from None
         if not isinstance(net, nn.Module):
             raise BackboneError(f"backbone {text!r} returned {type(net).__name__}, not a torch nn.Module")
         known = [n for n, _ in net.named_modules() if n]
@@ -126,14 +128,14 @@ def module_backbone(text: str, modality: str, taps: Sequence[str] | None) -> Bac
         if missing:
             few = ", ".join(known[:12]) + (" ..." if len(known) > 12 else "")
             raise BackboneError(f"backbone {text!r} has no module {missing[0]!r} to tap; its modules: {few}")
-        order = {n: i for i, n in enumerate(known)}
+        order = {n: i for i, n in enumerate(known)}  # registration order stands for depth
         return ModuleWithHead(net, max(names, key=order.__getitem__), kind, num_classes)
 
     base = DEFAULT_INPUTS.get(modality_base(modality), InputSpec())
     setting = Setting({}, base, (None,) * len(names))
-    return OpenBackboneSpec(name=text, modalities=(modality,), factory=factory,
-                            taps=tuple((n, n, kind) for n in names), head=HEAD,
-                            settings={"full": setting}, description=f"torch module {text}")
+    return ModuleSpec(name=text, modalities=(modality,), factory=factory,
+                      taps=tuple((n, n, kind) for n in names), head=HEAD,
+                      settings={"full": setting}, description=f"torch module {text}")
 
 
 class OpenBackboneSpec(BackboneSpec):
@@ -142,3 +144,11 @@ class OpenBackboneSpec(BackboneSpec):
 
     def setting(self, setting: str) -> Setting:
         return next(iter(self.settings.values()))
+
+
+class ModuleSpec(OpenBackboneSpec):
+    """A user's module on one modality; pickled as the spec that makes it (a DataLoader worker started
+    by spawn re-imports the module instead of pickling a closure)."""
+
+    def __reduce__(self):
+        return module_backbone, (self.name, self.modalities[0], tuple(n for n, _, _ in self.taps))

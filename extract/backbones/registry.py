@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from extract.backbones.inputs import InputSpec
 from extract.backbones.prepare import prepare_one
@@ -105,16 +106,20 @@ class BackboneSpec:
         modality: str | None = None,
         input_dim: int | None = None,
         seed: int | None = None,
+        example: torch.Tensor | None = None,
     ) -> nn.Module:
         """A fresh model with random weights; ``input_dim`` sets text width when data decides it.
 
         With ``seed`` the random weights are the same in every process (extraction without a
         checkpoint must give every dask worker the same network), and the global RNG is untouched.
+        ``example`` (one prepared input, no batch axis) sizes lazy layers (a module backbone's head,
+        a user's ``LazyConv``) by one forward, inside the same seeded RNG; an input the model cannot
+        run is a BackboneError naming the spec and the shape.
         """
         if seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self.build(setting, num_classes, modality, input_dim)
+                return self.build(setting, num_classes, modality, input_dim, example=example)
         st = self.setting(setting)
         modality = modality or self.modalities[0]
         self.check_modality(modality)
@@ -124,7 +129,25 @@ class BackboneSpec:
             kwargs["in_channels"] = self.in_channels.get(modality, st.input.channels)
         if st.input.dim is not None:
             kwargs["in_dim"] = int(input_dim or st.input.dim)
-        return self.factory(**kwargs)
+        model = self.factory(**kwargs)
+        if example is not None and any(isinstance(m, LazyModuleMixin) for m in model.modules()):
+            self.run_example(model, example, modality)
+        return model
+
+    def run_example(self, model: nn.Module, example: torch.Tensor, modality: str) -> None:
+        """One forward of one prepared input in eval mode; a failure is one line naming the spec."""
+        was = model.training
+        try:
+            with torch.no_grad():
+                model.eval()(example[None])
+        except BackboneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's module that cannot run this input
+            raise BackboneError(f"backbone {self.name!r} failed on one prepared {modality} input of shape "
+                                f"{tuple(example.shape)} ({type(exc).__name__}: {exc}); "
+                                f"adjust --input {modality}=...") from None
+        finally:
+            model.train(was)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
