@@ -49,13 +49,16 @@ _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "c
 @click.option("--seeds", "seed_list", help="Multi-start: one search per seed (0-4 or 0,2,5) as dask tasks, "
               "the best re-scored genotype kept; each seed in OUT/seed_K.")
 @click.option("--workers", type=int, help="Multi-start: LocalCluster workers (default: min(cores, seeds)).")
+@click.option("--fixed-fusions/--no-fixed-fusions", default=True, show_default=True,
+              help="Multi-start: also re-score late fusion and each modality alone on the found Cells and keep "
+                   "the best-validated network (RUN/candidates.json says which won).")
 @click.option("--scheduler", help="Multi-start: address of an existing dask scheduler instead of a LocalCluster.")
 @click.option("--nodes", help="Comma-separated store nodes to search over (default: all).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run (default auto).")
 @click.option("--config", "config_file", type=click.Path(), help="YAML file of settings (keys as the options).")
 @click.option("--resume", type=click.Path(), help="Continue the killed search in this run directory.")
 def search_cmd(config_file: str | None, resume: str | None, out: str | None, seed_list: str | None,
-               workers: int | None, scheduler: str | None, **options) -> None:
+               workers: int | None, scheduler: str | None, fixed_fusions: bool, **options) -> None:
     """Search a fusion architecture on cached features (BM-NAS, Algorithm 1)."""
     ctx = click.get_current_context()
     given = {k: v for k, v in options.items()
@@ -79,8 +82,9 @@ def search_cmd(config_file: str | None, resume: str | None, out: str | None, see
                 raise SearchError("--seed and --seeds: give one (--seeds runs one search per seed)")
             multistart = (cfg, parse_seeds(seed_list))
     if multistart:
-        res = run_multistart(cfg, target, multistart[1], workers=workers, scheduler=scheduler, echo=click.echo)
-        click.echo(f"kept seed {res.kept.seed} (re-scored val {res.kept.mean:.4f}): {res.genotype_path}")
+        res = run_multistart(cfg, target, multistart[1], workers=workers, scheduler=scheduler, echo=click.echo,
+                             fixed_fusions=fixed_fusions)
+        click.echo(f"genotype of {res.selected.name} (val {res.selected.mean:.4f}): {res.genotype_path}")
         return
     if workers is not None or scheduler:
         raise SearchError("--workers/--scheduler run a multi-start search: add --seeds (e.g. --seeds 0-4)")

@@ -334,7 +334,8 @@ def _search(cfg: DemoConfig, store: Path, run: Path) -> None:
     seeds = list(range(cfg.seed, cfg.seed + cfg.search_seeds))
     if run.exists():
         _say(f"  resuming the search in {run}")
-    res = run_multistart(scfg, run, seeds, workers=cfg.workers, echo=_say)
+    # the table's found row is the search's own pick; late fusion and unimodal rows are trained beside it
+    res = run_multistart(scfg, run, seeds, workers=cfg.workers, echo=_say, fixed_fusions=False)
     _say(f"  genotype: {res.genotype_path} (seed {res.kept.seed})")
 
 

@@ -11,7 +11,11 @@ Layout of RUN:
   seed_K/           an ordinary search run directory (resumable on its own with `--resume RUN/seed_K`)
   seed_K/final_score.json   the candidate's re-scores (reused on rerun)
   seeds.json        per seed: genotype, search score and epoch, re-scores and their mean; the kept seed
-  genotype.json     the kept genotype
+  fixed/NAME/final_score.json   the fixed fusions' re-scores (late fusion, each modality alone), with
+                    `fixed_fusions` on (`pipeline.selection`)
+  candidates.json   every scored candidate (searched and fixed): val mean ± std, the kept one, its
+                    margin over late fusion, and the search's own pick
+  genotype.json     the kept genotype: the best re-scored of all candidates
 
 Rerunning the same command (or `bmnas search --resume RUN`) reuses finished seeds and resumes killed
 ones from their last epoch checkpoint.
@@ -35,6 +39,7 @@ from fusion_search.errors import SearchError
 from fusion_search.data import open_split, resolve_device
 from fusion_search.genotype import Genotype
 from fusion_search.search import run_search, score_runs
+from pipeline.selection import CANDIDATES, Candidate, candidates_lines, candidates_record, choose, fixed_genotypes
 from stores import open_store
 from stores.files import write_text_atomic
 from stores.lock import holds_lock
@@ -82,8 +87,10 @@ class MultiStartResult:
     run_dir: Path
     genotype_path: Path
     genotype: Genotype
-    kept: SeedOutcome
+    kept: SeedOutcome  # the search's own pick: the best re-scored seed
     outcomes: list[SeedOutcome]
+    selected: Candidate  # what genotype.json holds: the best of the searched and the fixed candidates
+    candidates: list[Candidate]
 
 
 def _shared_settings(cfg: SearchConfig) -> dict[str, Any]:
@@ -126,8 +133,10 @@ def load_multistart(run_dir: str | os.PathLike) -> tuple[SearchConfig, list[int]
 
 @holds_lock("out", "run directory")
 def run_multistart(cfg: SearchConfig, out: str | os.PathLike, seeds: list[int], *, workers: int | None = None,
-                   scheduler: str | None = None, echo: Callable[[str], None] = print) -> MultiStartResult:
-    """Search once per seed (dask tasks), re-score each seed's genotype, keep the best; see module doc."""
+                   scheduler: str | None = None, echo: Callable[[str], None] = print,
+                   fixed_fusions: bool = True) -> MultiStartResult:
+    """Search once per seed (dask tasks), re-score each seed's genotype and (with `fixed_fusions`) late
+    fusion and each modality alone on the best seed's Cells, keep the best; see module doc."""
     validate(cfg)
     n_workers = workers if workers is not None else min(os.cpu_count() or 1, len(seeds))
     if n_workers < 1:
@@ -152,11 +161,31 @@ def run_multistart(cfg: SearchConfig, out: str | os.PathLike, seeds: list[int], 
     outcomes = [SeedOutcome(f["seed"], f["genotype"], f["search_score"], f["search_epoch"], scores[f["seed"]])
                 for f in sorted(found, key=lambda f: seeds.index(f["seed"]))]
     kept = max(outcomes, key=lambda o: o.mean)  # ties: the first seed listed
-    genotype = Genotype.from_dict(kept.genotype, f"{root}/seed_{kept.seed}")
-    genotype.save(root / "genotype.json")
     (root / "seeds.json").write_text(json.dumps(_summary(outcomes, kept), indent=2) + "\n")
     echo(multistart_table(outcomes, kept))
-    return MultiStartResult(root, root / "genotype.json", genotype, kept, outcomes)
+    searched = [Candidate(f"seed_{o.seed}", "searched", o.genotype, tuple(o.scores)) for o in outcomes]
+    pick = searched[outcomes.index(kept)]
+    fixed = fixed_candidates(Genotype.from_dict(kept.genotype, f"{root}/seed_{kept.seed}"), shared, root) \
+        if fixed_fusions else []
+    candidates = searched + fixed
+    selected = choose(candidates)
+    genotype = Genotype.from_dict(selected.genotype, f"{root}/{selected.name}")
+    genotype.save(root / "genotype.json")
+    write_text_atomic(root / CANDIDATES, json.dumps(candidates_record(candidates, selected, pick), indent=2) + "\n")
+    for line in candidates_lines(candidates, selected, pick):
+        echo(line)
+    return MultiStartResult(root, root / "genotype.json", genotype, kept, outcomes, selected, candidates)
+
+
+def fixed_candidates(template: Genotype, shared: dict, root: Path) -> list[Candidate]:
+    """Late fusion and each modality alone on the template's Cells, re-scored as the searched ones are
+    (the same runs; cached in RUN/fixed/NAME)."""
+    out = []
+    for name, g in fixed_genotypes(template).items():
+        run = root / "fixed" / name
+        run.mkdir(parents=True, exist_ok=True)
+        out.append(Candidate(name, "fixed", g.to_dict(), tuple(_rescore(shared, g.to_dict(), str(run)))))
+    return out
 
 
 def _on_dask(client, searches, shared, root: Path, echo) -> tuple[list[dict], dict[int, list[float]]]:

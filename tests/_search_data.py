@@ -19,7 +19,7 @@ PLANTED = ("a_2", "b_3")
 
 
 def planted_store(path: Path, kind: str = "joint", n: int = 480, C: int = 8, T: int = 4, signal: float = 1.0,
-                  seed: int = 0, shapes: dict | None = None):
+                  seed: int = 0, shapes: dict | None = None, planted: tuple[str, str] = PLANTED):
     from stores import write_store_from_arrays
 
     rng = np.random.default_rng(seed)
@@ -31,7 +31,7 @@ def planted_store(path: Path, kind: str = "joint", n: int = 480, C: int = 8, T: 
         direction /= np.linalg.norm(direction) / np.sqrt(c * t)
         sign = (2 * bits[node] - 1)[:, None, None]
         feats[node] = (rng.standard_normal((n, c, t)) + signal * sign * direction).astype(np.float32)
-    a, b = (bits[p] for p in PLANTED)
+    a, b = (bits[p] for p in planted)
     if kind == "joint":
         labels, task, k = (2 * a + b).astype(np.int64), "multiclass", 4
     elif kind == "xor":

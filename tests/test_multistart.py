@@ -46,7 +46,8 @@ def test_parse_seeds_errors(text, why):
 
 
 def test_keeps_the_best_rescored_genotype_and_writes_every_seed(store, tmp_path):
-    res = run_multistart(small(store), tmp_path / "ms", [0, 1, 2], workers=1, echo=lambda s: None)
+    res = run_multistart(small(store), tmp_path / "ms", [0, 1, 2], workers=1, echo=lambda s: None,
+                         fixed_fusions=False)
     data = json.loads((tmp_path / "ms" / "seeds.json").read_text())
     assert [s["seed"] for s in data["seeds"]] == [0, 1, 2]
     for s in data["seeds"]:
@@ -99,12 +100,13 @@ def test_cli_runs_seeds_on_a_local_cluster_and_resumes(store, tmp_path):
             "--batch-size", "16", "--score-seeds", "2", "--device", "cpu", "--step-inputs", "pair"]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
-    assert "kept seed" in first.output and "| seed |" in first.output
+    assert "| seed |" in first.output and "margin over late fusion" in first.output
     data = json.loads((out / "seeds.json").read_text())
     again = CliRunner().invoke(cli, ["search", "--resume", str(out)])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "seeds.json").read_text()) == data
-    kept = next(s for s in data["seeds"] if s["seed"] == data["kept_seed"])
+    record = json.loads((out / "candidates.json").read_text())
+    kept = next(c for c in record["candidates"] if c["name"] == record["kept"])
     assert json.loads((out / "genotype.json").read_text()) == kept["genotype"]
 
 
@@ -126,3 +128,26 @@ def test_zero_workers_is_refused_before_the_run_directory_exists(store, tmp_path
     with pytest.raises(SearchError, match="--workers 0"):
         run_multistart(small(store), tmp_path / "w0", [0, 1], workers=0, echo=lambda s: None)
     assert not (tmp_path / "w0").exists()
+
+
+def test_a_fixed_fusion_that_validates_best_is_kept_and_said(tmp_path):
+    """The label lives in a_2 and a_3 together; one cross-modal Cell can read only one of them, while
+    the found Cell on modality a alone reads both: that fixed fusion must win, and candidates.json says
+    so beside the search's own pick and every candidate's val mean ± std."""
+    path = tmp_path / "a_only.zarr"
+    planted_store(path, "joint", n=240, planted=("a_2", "a_3"))
+    lines: list[str] = []
+    res = run_multistart(small(str(path), cross_modal=True, epochs=3), tmp_path / "ms", [0, 1], workers=1,
+                         echo=lines.append)
+    record = json.loads((tmp_path / "ms" / "candidates.json").read_text())
+    names = [c["name"] for c in record["candidates"]]
+    assert names == ["seed_0", "seed_1", "late", "unimodal_a", "unimodal_b"]
+    by_name = {c["name"]: c for c in record["candidates"]}
+    assert record["kept"] == "unimodal_a" == res.selected.name and record["kept_kind"] == "fixed"
+    assert by_name["unimodal_a"]["mean"] > max(by_name[f"seed_{k}"]["mean"] for k in (0, 1)) + 0.1
+    assert record["searched_pick"] == f"seed_{res.kept.seed}"
+    assert record["margin_over_late"] == pytest.approx(by_name["unimodal_a"]["mean"] - by_name["late"]["mean"])
+    assert all(len(c["scores"]) == 2 and c["std"] >= 0 for c in record["candidates"])
+    assert json.loads((tmp_path / "ms" / "genotype.json").read_text()) == by_name["unimodal_a"]["genotype"]
+    assert lines[-1].startswith("kept unimodal_a (fixed) (the search's own pick was seed_")
+    assert "margin over late fusion +" in lines[-1]
