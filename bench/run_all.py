@@ -31,6 +31,7 @@ BENCHES = [
     ("score_noise.py", [], ["--runs", "3"]),
     ("demo_spread.py", ["--seeds", "0-4"], ["--seeds", "0-1"]),
     ("demo_spread.py", ["--dataset", "mmimdb-like", "--seeds", "0-4"], ["--dataset", "mmimdb-like", "--seeds", "0-1"]),
+    ("search_suite.py", ["--stores", "digits,japanesevowels", "--splits", "2"], ["--stores", "digits", "--quick"]),
 ]
 
 

@@ -151,3 +151,17 @@ def test_a_fixed_fusion_that_validates_best_is_kept_and_said(tmp_path):
     assert json.loads((tmp_path / "ms" / "genotype.json").read_text()) == by_name["unimodal_a"]["genotype"]
     assert lines[-1].startswith("kept unimodal_a (fixed) (the search's own pick was seed_")
     assert "margin over late fusion +" in lines[-1]
+
+
+def test_choose_prefers_the_searched_candidate_on_a_tie_and_late_needs_two_modalities():
+    from fusion_search.genotype import Genotype
+    from pipeline.selection import Candidate, choose, fixed_genotypes
+
+    a = Candidate("seed_0", "searched", {}, (0.5, 0.7))
+    b = Candidate("late", "fixed", {}, (0.6, 0.6))
+    assert choose([a, b]) is a and choose([b, Candidate("x", "fixed", {}, (0.9,))]).name == "x"
+    one = Genotype.from_dict({"format": "bmnas-genotype", "version": 1, "task": "multiclass", "num_classes": 2, "nodes": ["a_1", "a_2", "a_3"],
+                              "C": 8, "L": 4, "multiplier": 1, "output": ["cell_1"],
+                              "cells": [{"inputs": ["a_1", "a_3"], "steps": [{"op": "Sum", "inputs": [0, 1]}],
+                                         "concat": [2]}]}, "test")
+    assert list(fixed_genotypes(one)) == ["unimodal_a"]
