@@ -57,10 +57,11 @@ def fixed_genotypes(template: Genotype) -> dict[str, Genotype]:
 
 
 def choose(candidates: Sequence[Candidate]) -> Candidate:
-    """The best validation mean; on a tie the first listed (searched candidates come first)."""
+    """The best validation mean; on a tie the first listed (searched candidates come first). Means
+    that differ only by float rounding (the same correct count summed in another order) are a tie."""
     if not candidates:
         raise SearchError("no candidate was scored")
-    return max(candidates, key=lambda c: c.mean)
+    return max(candidates, key=lambda c: round(c.mean, 9))
 
 
 def candidates_record(candidates: Sequence[Candidate], kept: Candidate, searched_pick: Candidate) -> dict[str, Any]:

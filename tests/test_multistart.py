@@ -160,6 +160,8 @@ def test_choose_prefers_the_searched_candidate_on_a_tie_and_late_needs_two_modal
     a = Candidate("seed_0", "searched", {}, (0.5, 0.7))
     b = Candidate("late", "fixed", {}, (0.6, 0.6))
     assert choose([a, b]) is a and choose([b, Candidate("x", "fixed", {}, (0.9,))]).name == "x"
+    thirds = Candidate("seed_1", "searched", {}, (0.1, 0.2, 0.3))  # fmean 0.2000000000000000x
+    assert choose([thirds, Candidate("late", "fixed", {}, (0.2, 0.2, 0.2))]) is thirds
     one = Genotype.from_dict({"format": "bmnas-genotype", "version": 1, "task": "multiclass", "num_classes": 2, "nodes": ["a_1", "a_2", "a_3"],
                               "C": 8, "L": 4, "multiplier": 1, "output": ["cell_1"],
                               "cells": [{"inputs": ["a_1", "a_3"], "steps": [{"op": "Sum", "inputs": [0, 1]}],
