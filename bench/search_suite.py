@@ -151,14 +151,21 @@ def rows_for(store: Path, search_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def run_store(name: str, out: Path, split_seed: int, workers: int) -> dict:
+def run_store(name: str, out: Path, split_seed: int, workers: int, cache: Path | None = None) -> dict:
+    """One store (built from a dataset, or an existing `cache`): search, then every row's trainings."""
     from fusion_search.config import SearchConfig
+    from fusion_search.metrics import PRIMARY
     from pipeline.ablate import train_runs
+    from stores import open_store
     from pipeline.multistart import run_multistart
 
     work = out / f"{name}_split{split_seed}"
-    mods, y = load(name)
-    store = build_store(work, mods, y, split_seed)
+    if cache is None:
+        mods, y = load(name)
+        store = build_store(work, mods, y, split_seed)
+    else:
+        store = cache
+    metric = PRIMARY[open_store(store).task]
     t0 = time.perf_counter()
     cfg = SearchConfig(store=str(store), seed=0, **SEARCH)
     res = run_multistart(cfg, work / "search", SEARCH_SEEDS, workers=workers, echo=lambda s: None)
@@ -170,8 +177,8 @@ def run_store(name: str, out: Path, split_seed: int, workers: int) -> dict:
     metrics = train_runs(tasks, settings, str(store), "test", workers)
     scores: dict[str, list[float]] = {}
     for (row, _, _, _), m in zip(tasks, metrics):
-        scores.setdefault(row, []).append(100 * m["accuracy"])
-    return {"store": name, "split": split_seed, "scores": scores, "search_s": search_s,
+        scores.setdefault(row, []).append(100 * m[metric])
+    return {"store": name, "split": split_seed, "scores": scores, "search_s": search_s, "metric": metric,
             "kept": res.selected.name, "n_test": int(metrics[0]["num_samples"])}
 
 
@@ -179,7 +186,8 @@ def table(results: list[dict]) -> str:
     """One row per (store, method): test accuracy mean ± std over training seeds and splits."""
     from pipeline.ablate import mean_std
 
-    lines = ["| store | method | test accuracy, mean ± std | per seed |", "|---|---|---:|---|"]
+    lines = ["| store | method | test metric (accuracy; multilabel: F1-W), mean ± std | per seed |",
+             "|---|---|---:|---|"]
     for name in dict.fromkeys(r["store"] for r in results):
         runs = [r for r in results if r["store"] == name]
         rows = list(runs[0]["scores"])
@@ -214,6 +222,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stores", default="digits,basicmotions,japanesevowels")
     ap.add_argument("--splits", type=int, default=1, help="random splits per store (small stores: more)")
+    ap.add_argument("--cache", action="append", default=[], metavar="NAME=STORE",
+                    help="also an existing store (e.g. a demo's features.zarr), with its own splits")
     ap.add_argument("--out", default=str(BENCH / "_data" / "search_suite"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="append the table to bench/results.md")
@@ -225,10 +235,14 @@ def main() -> None:
         TRAIN_EPOCHS, PRETRAIN_EPOCHS = 2, 2
     out = Path(args.out)
     results = []
-    for name in args.stores.split(","):
+    for name in (n for n in args.stores.split(",") if n):
         for split in range(args.splits):
             print(f"{name} split {split}", flush=True)
             results.append(run_store(name, out, split, args.workers))
+    for item in args.cache:
+        name, _, path = item.partition("=")
+        print(f"{name} ({path})", flush=True)
+        results.append(run_store(name, out, 0, args.workers, cache=Path(path)))
     text = table(results) + "\n\n" + "\n".join(target(results))
     print(text)
     if args.write:
