@@ -213,3 +213,18 @@ def test_finetune_from_the_stores_record(chain, tmp_path):
                                  "--checkpoint", f"skeleton={other}", "--device", "cpu"])
     assert r.exit_code == 2 and "sha256" in r.output and str(other) in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_store_record_overrides_merge_field_by_field(chain):
+    """Given --input fields replace the recorded ones one by one; another --setting drops the recorded
+    input (it was the old setting's); the reduction and source options come from the store."""
+    from pipeline.finetune import _from_store
+
+    d, store, g, backbones = chain
+    settings: dict = {}
+    bbs, opts = _from_store(str(d / "s.zarr"), [{"modality": "video", "input": {"frames": "4"}}], settings, None, None)
+    video = next(b for b in bbs if b["modality"] == "video")
+    assert video["input"]["frames"] == "4" and video["input"]["size"] == 32 and video["setting"] == "tiny"
+    assert settings == {"t_max": 32, "grid": 4} and opts == store.attrs["extraction"]["source_options"]
+    bbs, _ = _from_store(str(d / "s.zarr"), [], {}, None, "full")
+    assert all(b["setting"] == "full" and b["input"] == {} for b in bbs)
