@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from extract.backbones import BackboneSpec, InputSpec, resolve_backbone
-from extract.backbones import get_module
+from extract.backbones import BackboneSpec, InputSpec, get_module, resolve_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_weights
 from extract.cluster import connect
@@ -131,8 +130,7 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
     except (BackboneError, DataError):
         raise
     except Exception as exc:  # noqa: BLE001 - a user's module that cannot run the prepared input
-        raise BackboneError(f"backbone {spec.name!r} failed on one prepared {choice.modality} input of shape "
-                            f"{tuple(item.shape)} ({type(exc).__name__}: {exc}); adjust --input {choice.modality}=...") from None
+        raise spec.input_failure(exc, item, choice.modality) from None
     finally:
         reader.close()
     taps = [replace(t, channels=int(out[t.name].shape[1])) for t in taps]  # probed, never asked of the user

@@ -114,6 +114,9 @@ def _from_store(store: str, given: list[dict[str, Any]], settings: dict[str, Any
         raise SearchError(f"--store {store}: {exc}") from None
     recorded, reduction = backbones_from_store(opened)
     by_mod = {b["modality"]: b for b in recorded}
+    for b in by_mod.values():
+        if setting is not None and setting != b.get("setting"):
+            b.update(setting=setting, input={})  # the recorded input was the old setting's
     for g in given:
         mod = g["modality"]
         if mod not in by_mod:
@@ -125,19 +128,11 @@ def _from_store(store: str, given: list[dict[str, Any]], settings: dict[str, Any
         fields = {**(b.get("input") or {}), **(g.get("input") or {})}
         b.update({k: v for k, v in g.items() if v is not None and k != "input"})
         b["input"] = fields
-    for b in by_mod.values():
-        if setting is not None and setting != b.get("setting"):
-            b.update(setting=setting, input={k: v for k, v in (b.get("input") or {}).items()
-                                             if k in _given_input(given, b["modality"])})
     for key in ("t_max", "grid"):
         if settings.get(key) is None and key in reduction:
             settings[key] = reduction[key]
     prov = opened.attrs.get("extraction") or {}
     return list(by_mod.values()), source_opts if source_opts else dict(prov.get("source_options") or {})
-
-
-def _given_input(given: list[dict[str, Any]], modality: str) -> set[str]:
-    return {k for g in given if g["modality"] == modality for k in (g.get("input") or {})}
 
 
 @holds_lock("run_dir", "run directory")

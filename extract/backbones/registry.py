@@ -143,11 +143,14 @@ class BackboneSpec:
         except BackboneError:
             raise
         except Exception as exc:  # noqa: BLE001 - a user's module that cannot run this input
-            raise BackboneError(f"backbone {self.name!r} failed on one prepared {modality} input of shape "
-                                f"{tuple(example.shape)} ({type(exc).__name__}: {exc}); "
-                                f"adjust --input {modality}=...") from None
+            raise self.input_failure(exc, example, modality) from None
         finally:
             model.train(was)
+
+    def input_failure(self, exc: BaseException, example: torch.Tensor, modality: str) -> BackboneError:
+        """The one line for a model that cannot run a prepared input: the spec, the shape, the option."""
+        return BackboneError(f"backbone {self.name!r} failed on one prepared {modality} input of shape "
+                             f"{tuple(example.shape)} ({type(exc).__name__}: {exc}); adjust --input {modality}=...")
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
