@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,20 +106,34 @@ def load_training_state(path: Path, model: nn.Module, optimizer: Any, scheduler:
     return ckpt
 
 
+def improves(score: float, loss: float, best_score: float | None, best_loss: float | None) -> bool:
+    """Whether an epoch's val (metric, loss) beats the best so far: a higher metric, or the same metric
+    (to float rounding) at a lower loss. Why the loss: on a small val split the metric saturates within
+    a few epochs (every row right), and the first epoch at that value is an undertrained network."""
+    if math.isnan(score):
+        return False
+    if best_score is None or math.isnan(best_score):
+        return True
+    if round(score, 9) != round(best_score, 9):
+        return score > best_score
+    return not math.isnan(loss) and (best_loss is None or math.isnan(best_loss) or loss < best_loss)
+
+
 class EpochBook:
-    """Best-on-val selection and the per-epoch files of a train or finetune run.
+    """Best-on-val selection (`improves`) and the per-epoch files of a train or finetune run.
 
     After each epoch, in this order: best.pt (when the val score improved, or always when there is no
     val split), one line of metrics.jsonl, then last.pt holding everything to continue."""
 
     def __init__(self, run: Path, key: str) -> None:
         self.run, self.key = run, key
-        self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": 0}
+        self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": 0, "best_loss": None}
 
     def restore(self, model: nn.Module, optimizer: Any, scheduler: Any, device: torch.device) -> dict[str, Any]:
         """Continue from last.pt (training state, RNG, bookkeeping); returns it for the stage's own extras."""
-        ckpt = load_training_state(self.run / LAST, model, optimizer, scheduler, device, tuple(self.state))
-        self.state = {k: ckpt[k] for k in self.state}
+        ckpt = load_training_state(self.run / LAST, model, optimizer, scheduler, device,
+                                   ("epoch", "best_score", "best_epoch"))
+        self.state = {k: ckpt.get(k) for k in self.state}
         keep_epochs(self.run / METRICS, self.epoch)
         return ckpt
 
@@ -134,9 +149,11 @@ class EpochBook:
         improved = True
         if "val" in record:
             score = float(record["val"].get(self.key, float("nan")))
-            improved = self.state["best_score"] is None or score > self.state["best_score"]
+            loss = float(record["val"].get("loss", float("nan")))
+            improved = self.state["best_score"] is None or improves(score, loss, self.state["best_score"],
+                                                                    self.state["best_loss"])
             if improved:
-                self.state["best_score"] = score
+                self.state["best_score"], self.state["best_loss"] = score, loss
         if improved:
             self.state["best_epoch"] = epoch
             save_run_checkpoint({"model": model.state_dict(), "epoch": epoch, "score": self.state["best_score"]},

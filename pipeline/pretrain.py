@@ -1,8 +1,8 @@
 """`bmnas pretrain`: one backbone + its head on one modality of a source, trained by `engine.fit`.
 
 BM-NAS assumes pretrained unimodal backbones; this stage makes them: train on the train split,
-keep the weights with the best validation score, and write the one run directory
-(`fusion_search.rundir`: config.yaml, log.txt, metrics.jsonl, checkpoints/last.pt) plus its product
+keep the weights with the best validation score (ties: the lower validation loss), and write the one
+run directory (`fusion_search.rundir`: config.yaml, log.txt, metrics.jsonl, checkpoints/last.pt) plus its product
 ``best.pt`` at the root (a plain state_dict that `bmnas extract --checkpoint` loads) and
 ``summary.json`` when finished.
 
@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import yaml
@@ -39,8 +38,8 @@ from extract.labelled_samples import LabelledSamples, collate_samples
 from extract.sources.registry import open_source
 from fusion_search.engine import EpochTotals, fit, predict
 from fusion_search.metrics import PRIMARY, loss_fn, split_metrics
-from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs, load_training_state,
-                                  run_log, save_training_state, start_run)
+from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, improves, keep_epochs,
+                                  load_training_state, run_log, save_training_state, start_run)
 from fusion_search.schedule import weight_optimizer
 from stores.device import resolve_device
 from stores.lock import holds_lock
@@ -208,10 +207,10 @@ def _train(cfg: dict[str, Any], parts: _Parts, out: Path, resume: bool, progress
     model, dev, task, metric = parts.model, parts.device, cfg["task"], cfg["metric"]
     opt, sched = weight_optimizer(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_min=0.0,
                                   restart_period=max(1, cfg["epochs"]), restart_mult=1)
-    state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": []}
+    state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": [], "best_loss": None}
     if resume:
-        ckpt = load_training_state(out / LAST, model, opt, sched, dev, tuple(state))
-        state = {k: ckpt[k] for k in state}
+        ckpt = load_training_state(out / LAST, model, opt, sched, dev, ("epoch", "best", "best_epoch", "sha", "history"))
+        state = {k: ckpt.get(k) for k in state}
         keep_epochs(out / METRICS, state["epoch"])
     on_device = lambda x, y: (x.to(dev), y.to(dev))  # noqa: E731
 
@@ -224,8 +223,9 @@ def _train(cfg: dict[str, Any], parts: _Parts, out: Path, resume: bool, progress
                "seconds": totals.seconds}
         state["history"].append(row)
         append_jsonl(out / METRICS, row)
-        if not np.isnan(score) and score > state["best"] or state["best_epoch"] < 0:
-            state.update(best=score, best_epoch=epoch + 1, sha=save_checkpoint(model, out / "best.pt"))
+        if state["best_epoch"] < 0 or improves(score, scores["loss"], state["best"], state["best_loss"]):
+            state.update(best=score, best_loss=scores["loss"], best_epoch=epoch + 1,
+                         sha=save_checkpoint(model, out / "best.pt"))
         state["epoch"] = epoch + 1
         save_training_state(out / LAST, model, opt, sched, dev, **state)
         log.info("epoch %d: train loss %.4f, %s %.4f, best epoch %d (%.1fs)", epoch + 1, totals.loss, metric, score,

@@ -2,7 +2,8 @@
 
 Two protocols (paper §3.4):
 - `train_on="train"` (default): train on the train split, evaluate on val after every epoch, keep the
-  checkpoint with the best val score (accuracy / weighted F1), evaluate that one on test;
+  checkpoint with the best val score (accuracy / weighted F1; ties: the lower val loss,
+  `fusion_search.rundir.improves`), evaluate that one on test;
 - `train_on="train+val"`: the paper's final protocol, train on train ∪ val for a fixed number of
   epochs (no model selection, so `epochs` must be given) and evaluate the last weights on test.
 

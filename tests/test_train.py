@@ -31,6 +31,35 @@ def _lines(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+def _best_epoch(hist) -> int:
+    """The best val accuracy; among epochs tied on it (to float rounding), the lowest val loss."""
+    return max(hist, key=lambda h: (round(h["val"]["accuracy"], 9), -h["val"]["loss"]))["epoch"]
+
+
+def test_a_saturated_val_metric_keeps_the_epoch_of_lowest_val_loss(setup):
+    """Small val splits reach accuracy 1.0 within a few epochs; the kept checkpoint is the tied epoch
+    with the lowest val loss, not the first (an undertrained network)."""
+    d = setup
+    summary = train_on_cache(str(d / "s.zarr"), d / "g.json", d / "run", epochs=15, batch_size=16, device="cpu",
+                             lr=1e-2)
+    hist = _lines(d / "run" / "metrics.jsonl")
+    top = max(round(h["val"]["accuracy"], 9) for h in hist)
+    tied = [h for h in hist if round(h["val"]["accuracy"], 9) == top]
+    assert len(tied) >= 2  # the case this guards: several epochs at the best val accuracy
+    assert summary["best_epoch"] == _best_epoch(hist) != tied[0]["epoch"]
+    assert torch.load(d / "run" / BEST, weights_only=True)["epoch"] == summary["best_epoch"]
+
+
+def test_improves_orders_metric_then_loss_and_never_takes_nan():
+    from fusion_search.rundir import improves
+
+    assert improves(0.9, 5.0, 0.8, 0.1) and not improves(0.8, 0.01, 0.9, 5.0)
+    assert improves(0.9, 0.2, 0.9, 0.3) and not improves(0.9, 0.3, 0.9, 0.2)
+    assert improves(0.1 + 0.2, 0.2, 0.3, 0.3)  # the same count summed in another order is a tie
+    assert not improves(float("nan"), 0.1, 0.5, 1.0) and not improves(0.5, float("nan"), 0.5, 1.0)
+    assert improves(0.5, 1.0, None, None) and improves(0.5, 1.0, float("nan"), None)
+
+
 def test_train_evaluate_round_trip(setup):
     d = setup
     summary = train_on_cache(str(d / "s.zarr"), d / "g.json", d / "run", epochs=4, batch_size=16, device="cpu",
@@ -38,8 +67,7 @@ def test_train_evaluate_round_trip(setup):
     run = d / "run"
     hist = _lines(run / "metrics.jsonl")
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
-    accs = [h["val"]["accuracy"] for h in hist]
-    best = int(np.argmax(accs)) + 1  # first epoch with the best val accuracy
+    best = _best_epoch(hist)
     assert summary["best_epoch"] == best and torch.load(run / BEST, weights_only=True)["epoch"] == best
     test = json.loads((run / "metrics_test.json").read_text())
     assert test == summary["test"]
