@@ -61,9 +61,6 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
 
 FIELDS = {f.name for f in dataclasses.fields(SearchConfig)}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, cell_name, inner_name
+from stores.files import write_text_atomic
 
 FORMATS = ("png", "svg", "dot")
 _COLORS = {"input": "#cfe2f3", "inner": "#fff2cc", "step": "#f4cccc", "cell": "#d9ead3", "head": "#eeeeee"}
@@ -136,7 +137,7 @@ def render(g: Genotype, out: str | Path, engine: str = "auto") -> str:
     if not out.parent.exists():
         raise SearchError(f"-o {out}: folder {out.parent} does not exist")
     if fmt == "dot":
-        out.write_text(to_dot(g))
+        write_text_atomic(out, to_dot(g))
         return "source"
     dot = shutil.which("dot") if engine in ("auto", "dot") else None
     if engine == "dot" and dot is None:

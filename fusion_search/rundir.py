@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import yaml
 from torch import nn
 
 from fusion_search.errors import SearchError
 from fusion_search.history import read_jsonl
 from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from stores.device import restore_rng, rng_state
+from stores.files import write_text_atomic, write_yaml_atomic
 
 CONFIG = "config.yaml"
 LOG = "log.txt"
@@ -57,7 +57,7 @@ def check_new_run(out: str | os.PathLike, command: str) -> Path:
 def start_run(run: Path, config: dict[str, Any]) -> None:
     """Create the directory of a new run and write its config.yaml (what resume reads back)."""
     (run / LAST).parent.mkdir(parents=True, exist_ok=True)
-    (run / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+    write_yaml_atomic(run / CONFIG, config)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -68,7 +68,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 def keep_epochs(path: Path, epochs_done: int) -> None:
     """Drop the lines of epochs a checkpoint does not cover (a kill between the metrics and checkpoint writes)."""
     if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r["epoch"] <= epochs_done))
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r["epoch"] <= epochs_done))
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from fusion_search.rundir import LAST
 from pipeline.runs import DEFAULT_EPOCHS, open_store_checked
 from pipeline.train import resume_training, train_on_cache
 from stores.device import claim_gpu, gpu_slot
+from stores.files import write_json_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -168,10 +169,10 @@ def run_ablation(store_path: str, genotype_path: str | os.PathLike, out_dir: str
         r["genotypes"].append(str(gpath))
     summary = {"store": str(store_path), "genotype": str(genotype_path), "metric": key, "split": split,
                "seeds": seed_list, "epochs": epochs, "train_on": train_on, "rows": by_row}
-    (out / "ablation.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json_atomic(out / "ablation.json", summary, indent=1)
     _plot(by_row, key, split, out / "ablation.png")
     path = out / "ablation.md"
-    path.write_text(ablation_markdown(summary, template))
+    write_text_atomic(path, ablation_markdown(summary, template))
     return path
 
 

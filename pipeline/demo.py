@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from stores.files import write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -232,8 +233,8 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
     rows = _rows(cfg, out, runs, data)
     report = stages.run("report", lambda: False, lambda: _report(out, train_root, search_dir), "")
     table = comparison_markdown(rows, data.metric)
-    (out / "comparison.md").write_text(table)
-    (out / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(out / "comparison.md", table)
+    write_json_atomic(out / "comparison.json", rows)
     _say("\n" + table)
     _say(f"report: {report}")
     _say(f"demo finished in {time.perf_counter() - t_start:.0f}s")
@@ -253,7 +254,6 @@ def _claim_out(cfg: DemoConfig, out: Path) -> None:
     from dataclasses import asdict
 
     from extract.errors import DataError
-    from stores.files import write_text_atomic
 
     record = out / DEMO_RECORD
     mine = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != "out"}))
@@ -275,7 +275,7 @@ def _claim_out(cfg: DemoConfig, out: Path) -> None:
         raise DataError(f"--out {out}: not empty and holds no {DEMO_RECORD} (not a demo directory, or one "
                         "from an older bmnas); give a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(record, json.dumps(mine, indent=2) + "\n")
+    write_json_atomic(record, mine)
 
 
 def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import os
 import time
@@ -35,7 +36,7 @@ from fusion_search.metrics import confusion_matrix, multiclass_f1_macro, per_cla
 from fusion_search.run_checkpoint import load_run_checkpoint
 from pipeline.joint_model import Built, RawSamples, build_model, load_finetune_config, raw_loader, to_device
 from fusion_search.rundir import BEST
-from stores.files import write_text_atomic
+from stores.files import write_json_atomic, write_npy_atomic, write_text_atomic
 from pipeline.runs import open_splits, open_store_checked, read_run_config
 
 @torch.no_grad()
@@ -83,32 +84,42 @@ def write_evaluation(run_dir: str | os.PathLike, split: str, *, task: str, num_c
                                "latency_ms_per_sample": latency,
                                "throughput_samples_per_s": (n / seconds) if seconds > 0 else None,
                                **dict(extra or {})}
-    np.save(run / f"logits_{split}.npy", logits.astype(np.float32))
+    write_npy_atomic(run / f"logits_{split}.npy", logits.astype(np.float32))
     ids = list(sample_ids) if sample_ids is not None else [""] * n
-    with (run / f"predictions_{split}.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        if task == "multiclass":
-            prob = torch.from_numpy(logits).softmax(1).numpy() if n else logits
-            pred = logits.argmax(1) if n else np.zeros(0, np.int64)
-            w.writerow(["row", "sample_id", "label", "prediction", "score"])
-            for r in range(n):
-                w.writerow([r, ids[r], names[int(labels[r])], names[int(pred[r])], f"{prob[r, pred[r]]:.4f}"])
-            per_class = per_class_f1(np.eye(num_classes, dtype=bool)[pred], np.eye(num_classes, dtype=bool)[labels])
-            cm = confusion_matrix(pred, labels, num_classes)
-            np.savetxt(run / f"confusion_{split}.csv", cm, fmt="%d", delimiter=",")
-            if plots:
-                _plot_confusion(cm, names, run / f"confusion_{split}.png", metrics.get("accuracy", 0.0), split)
-        else:
-            pred = logits > 0.0
-            w.writerow(["row", "sample_id", "labels", "predictions"])
-            for r in range(n):
-                w.writerow([r, ids[r], " ".join(names[j] for j in np.flatnonzero(labels[r] > 0.5)),
-                            " ".join(names[j] for j in np.flatnonzero(pred[r]))])
-            per_class = per_class_f1(pred, labels > 0.5)
-    (run / f"per_class_f1_{split}.json").write_text(
-        json.dumps({nm: float(f) for nm, f in zip(names, per_class)}, indent=1) + "\n")
-    write_text_atomic(run / f"metrics_{split}.json", json.dumps(metrics, indent=1) + "\n")
+    table, pred = _predictions(task, logits, labels, ids, names)
+    if task == "multiclass":
+        per_class = per_class_f1(np.eye(num_classes, dtype=bool)[pred], np.eye(num_classes, dtype=bool)[labels])
+        cm = confusion_matrix(pred, labels, num_classes)
+        write_text_atomic(run / f"confusion_{split}.csv", "".join(",".join(map(str, r)) + "\n" for r in cm))
+        if plots:
+            _plot_confusion(cm, names, run / f"confusion_{split}.png", metrics.get("accuracy", 0.0), split)
+    else:
+        per_class = per_class_f1(pred, labels > 0.5)
+    write_text_atomic(run / f"predictions_{split}.csv", table)
+    write_json_atomic(run / f"per_class_f1_{split}.json", {nm: float(f) for nm, f in zip(names, per_class)}, indent=1)
+    write_json_atomic(run / f"metrics_{split}.json", metrics, indent=1)
     return metrics
+
+
+def _predictions(task: str, logits: np.ndarray, labels: np.ndarray, ids: list[str],
+                 names: list[str]) -> tuple[str, np.ndarray]:
+    """predictions_<split>.csv's text (one row per sample, class names) and the predictions."""
+    fh = io.StringIO(newline="")
+    w = csv.writer(fh)
+    n = len(labels)
+    if task == "multiclass":
+        prob = torch.from_numpy(logits).softmax(1).numpy() if n else logits
+        pred = logits.argmax(1) if n else np.zeros(0, np.int64)
+        w.writerow(["row", "sample_id", "label", "prediction", "score"])
+        for r in range(n):
+            w.writerow([r, ids[r], names[int(labels[r])], names[int(pred[r])], f"{prob[r, pred[r]]:.4f}"])
+    else:
+        pred = logits > 0.0
+        w.writerow(["row", "sample_id", "labels", "predictions"])
+        for r in range(n):
+            w.writerow([r, ids[r], " ".join(names[j] for j in np.flatnonzero(labels[r] > 0.5)),
+                        " ".join(names[j] for j in np.flatnonzero(pred[r]))])
+    return fh.getvalue(), pred
 
 def _plot_confusion(cm: np.ndarray, names: list[str], path: Path, acc: float, split: str) -> None:
     import matplotlib

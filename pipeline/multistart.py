@@ -41,7 +41,7 @@ from fusion_search.genotype import Genotype
 from fusion_search.search import run_search, score_runs
 from pipeline.selection import CANDIDATES, Candidate, candidates_lines, candidates_record, choose, fixed_genotypes
 from stores import open_store
-from stores.files import write_text_atomic
+from stores.files import write_json_atomic, write_yaml_atomic
 from stores.lock import holds_lock
 
 MANIFEST = "multistart.yaml"
@@ -145,8 +145,7 @@ def run_multistart(cfg: SearchConfig, out: str | os.PathLike, seeds: list[int], 
     cfg = replace(cfg, store=os.path.abspath(cfg.store) if cfg.store else cfg.store)  # workers may run elsewhere
     _check_manifest(root, cfg, seeds)
     root.mkdir(parents=True, exist_ok=True)
-    (root / MANIFEST).write_text(yaml.safe_dump({"seeds": seeds, "final_runs": _final_runs(cfg),
-                                                 "search": _shared_settings(cfg)}, sort_keys=False))
+    write_yaml_atomic(root / MANIFEST, {"seeds": seeds, "final_runs": _final_runs(cfg), "search": _shared_settings(cfg)})
     shared = cfg.to_dict()
     searches = [(shared, s, str(root / f"seed_{s}")) for s in seeds]
     if scheduler is None and n_workers == 1:
@@ -161,7 +160,7 @@ def run_multistart(cfg: SearchConfig, out: str | os.PathLike, seeds: list[int], 
     outcomes = [SeedOutcome(f["seed"], f["genotype"], f["search_score"], f["search_epoch"], scores[f["seed"]])
                 for f in sorted(found, key=lambda f: seeds.index(f["seed"]))]
     kept = max(outcomes, key=lambda o: o.mean)  # ties: the first seed listed
-    (root / "seeds.json").write_text(json.dumps(_summary(outcomes, kept), indent=2) + "\n")
+    write_json_atomic(root / "seeds.json", _summary(outcomes, kept))
     echo(multistart_table(outcomes, kept))
     searched = [Candidate(f"seed_{o.seed}", "searched", o.genotype, tuple(o.scores)) for o in outcomes]
     pick = searched[outcomes.index(kept)]
@@ -171,7 +170,7 @@ def run_multistart(cfg: SearchConfig, out: str | os.PathLike, seeds: list[int], 
     selected = choose(candidates)
     genotype = Genotype.from_dict(selected.genotype, f"{root}/{selected.name}")
     genotype.save(root / "genotype.json")
-    write_text_atomic(root / CANDIDATES, json.dumps(candidates_record(candidates, selected, pick), indent=2) + "\n")
+    write_json_atomic(root / CANDIDATES, candidates_record(candidates, selected, pick))
     for line in candidates_lines(candidates, selected, pick):
         echo(line)
     return MultiStartResult(root, root / "genotype.json", genotype, kept, outcomes, selected, candidates)
@@ -251,7 +250,7 @@ def _rescore(shared: dict, genotype_dict: dict, run_dir: str) -> list[float]:
     train, val = (open_split(store, s, nodes, device) for s in ("train", "val"))
     scores = score_runs(cfg, genotype, train, val, store.node_shapes, store.task, runs=_final_runs(cfg),
                         first=FINAL_RUNS_FROM)
-    write_text_atomic(cache, json.dumps({"key": key, "scores": scores}) + "\n")
+    write_json_atomic(cache, {"key": key, "scores": scores}, indent=None)
     return scores
 
 

@@ -20,7 +20,6 @@ once per epoch), no gradient clipping; batches with fewer than two readable rows
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new
 from fusion_search.schedule import weight_optimizer
 from stores.device import resolve_device
 from stores.lock import holds_lock
+from stores.files import write_json_atomic
 
 
 @dataclass
@@ -245,5 +245,5 @@ def _train(cfg: dict[str, Any], parts: _Parts, out: Path, resume: bool, progress
             desc=f"pretrain {cfg['backbone']}")
     best, best_epoch, sha = state["best"], state["best_epoch"], state["sha"]
     summary = {"best_epoch": best_epoch, metric: best, "checkpoint": str(out / "best.pt"), "checkpoint_sha256": sha}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
     return PretrainResult(str(out), str(out / "best.pt"), sha, best_epoch, float(best), metric, state["history"])

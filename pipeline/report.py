@@ -23,6 +23,7 @@ from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, show
 from fusion_search.history import plot_history, read_jsonl
 from fusion_search.metrics import PRIMARY
+from stores.files import write_text_atomic
 
 _SKIP = {"split", "task", "run_kind"}
 
@@ -174,7 +175,7 @@ def run_report(run_dir: str | os.PathLike) -> Path:
             lines += [f"## Architecture weights (from `{hist_path}`)", ""]
             lines += [f"![{p.stem}](report/{p.name})" for p in written] + [""]
     path = run / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -207,7 +208,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     plot = _compare_curves(infos, key, path.with_suffix(".png"))
     if plot:
         lines += ["", f"![validation curves]({plot.name})"]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return pages + [path]
 
 

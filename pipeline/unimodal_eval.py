@@ -8,7 +8,6 @@ It writes `RUN/metrics_<split>.json` in the flat format the fusion runs use (`ac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from extract.labelled_samples import LabelledSamples, collate_samples
 from fusion_search.engine import predict
 from fusion_search.metrics import PRIMARY, split_metrics
 from fusion_search.rundir import CONFIG
+from stores.files import write_json_atomic
 
 
 def evaluate_pretrained(source: Any, run_dir: str | Path, split: str = "test", *, device: str = "cpu",
@@ -51,5 +51,5 @@ def evaluate_pretrained(source: Any, run_dir: str | Path, split: str = "test", *
     metrics = {PRIMARY[task]: scores.get(PRIMARY[task], float("nan")), "loss": scores["loss"],
                "num_samples": len(samples), "num_parameters": sum(p.numel() for p in model.parameters()),
                "split": split, "backbone": cfg["backbone"], "modality": cfg["modality"]}
-    (run / f"metrics_{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json_atomic(run / f"metrics_{split}.json", metrics)
     return metrics

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from filelock import FileLock, Timeout
 
 from stores.errors import BusyError, StoreError
+from stores.files import write_json_atomic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,8 +63,8 @@ def exclusive(path: str | os.PathLike, what: str) -> Iterator[None]:
         raise StoreError(f"cannot lock the {what} {path}: {exc}") from None
     holder = lock.with_name(lock.name + ".holder")
     try:
-        holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                      "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        write_json_atomic(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=None)
         yield
     finally:
         holder.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,6 +26,7 @@ except ImportError:  # pragma: no cover - depends on the installed zarr
 
 from stores import schema as S
 from stores.errors import StoreError
+from stores.files import replace_atomic
 from stores.lock import holds_lock
 from stores.reader import open_store
 
@@ -86,13 +86,7 @@ def _put_chunk(arr: zarr.Array, k: int, block: np.ndarray) -> None:
     for codec in arr.metadata.codecs:
         buf = codec._encode_sync(buf, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buf.as_buffer_like())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_atomic(path, lambda tmp: tmp.write_bytes(buf.as_buffer_like()))
 
 
 class StoreWriter:
