@@ -199,120 +199,157 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = Fals
     with run_log(files.root, "search") as log:
         if restart:
             log.info("no checkpoint yet: restarting the search from its first epoch")
-        return _search(cfg, store, nodes, device, files, log, resume, progress, on_batch)
+        return _search(_Search(cfg, store, nodes, device, files, log), resume, progress, on_batch)
 
 
-def _search(cfg, store, nodes, device, files, log, resume, progress, on_batch) -> SearchResult:
-    from tqdm import tqdm
-
-    task = store.task
-    budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * (1 << 30))
-    train = open_split(store, "train", nodes, device, budget)
-    val = open_split(store, "val", nodes, device, budget)
-    torch.manual_seed(cfg.seed)
-    spec = HypernetSpec(nodes=tuple(nodes), node_shapes=dict(store.node_shapes), task=task,
-                        num_classes=store.num_classes, cells=cfg.cells, steps=cfg.steps, C=cfg.channels,
-                        L=cfg.length, multiplier=cfg.multiplier, primitives=tuple(cfg.primitives),
-                        step_inputs=cfg.step_inputs, dropout=cfg.dropout, cross_modal=cfg.cross_modal)
-    model = Hypernet(spec).to(device)
-    weights, arch = model.weight_parameters(), model.arch_parameters()
-    w_opt, sched = weight_optimizer(weights, lr=cfg.weight_lr, weight_decay=cfg.weight_decay, lr_min=cfg.weight_lr_min,
-                                    restart_period=cfg.restart_period, restart_mult=cfg.restart_mult)
-    a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
-    loss = lambda z, y: loss_fn(task, z, y)  # noqa: E731
-    architect = Architect(model, arch, weights, a_opt, loss, unrolled=cfg.unrolled, weight_decay=cfg.weight_decay)
-    key = PRIMARY[task]
-    state = {"epoch": 0, "best": None, "scores": {}}
+def _search(run: "_Search", resume: bool, progress: bool, on_batch: BatchCallback | None) -> SearchResult:
+    """Algorithm 1's epochs through `engine.fit`, from the checkpoint's epoch when resuming."""
+    cfg = run.cfg
     if resume:
-        ckpt = load_run_checkpoint(files.checkpoint, ("config", "model"))
-        if _settings(ckpt["config"]) != _settings(cfg.to_dict()):
-            raise SearchError(f"--resume {files.root}: config.yaml differs from the checkpoint's settings; restore it")
-        model.load_state_dict(ckpt["model"])
-        w_opt.load_state_dict(ckpt["weight_optimizer"])
-        a_opt.load_state_dict(ckpt["arch_optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        restore_rng(ckpt, device)
-        state = {"epoch": ckpt["epoch"], "best": ckpt["best"], "scores": ckpt["scores"]}
-        keep_epochs(files.metrics, state["epoch"])
-        keep_epochs(files.history, state["epoch"])
-        log.info("resumed after epoch %d", state["epoch"])
+        run.restore()
     else:
-        log.info("search on %s: %d train / %d val rows, nodes %s, device %s, %d weight parameters",
-                 store.path, train.num_rows, val.num_rows, ",".join(nodes), device, sum(p.numel() for p in weights))
-    loop = _SearchEpochs(cfg, architect, val, on_batch)
+        run.log.info("search on %s: %d train / %d val rows, nodes %s, device %s, %d weight parameters",
+                     run.store_path, run.train.num_rows, run.val.num_rows, ",".join(run.nodes), run.device,
+                     sum(p.numel() for p in run.weights))
+    loop = _SearchEpochs(cfg, run.architect, run.val, on_batch)
+    fit(run.model, loop.batches(run.train), run.loss, run.w_opt, run.sched, epochs=cfg.epochs,
+        start_epoch=run.state["epoch"], params=run.weights, grad_clip=cfg.grad_clip,
+        steps_per_epoch=steps_per_epoch(run.train.num_rows, cfg.batch_size), on_step=loop.arch_step,
+        on_epoch=lambda epoch, totals: run.end_epoch(epoch, totals, loop, progress), progress=progress,
+        desc="epoch", leave=True)
+    return run.finish()
 
-    def end_epoch(epoch: int, totals: EpochTotals) -> None:
-        val_metrics = evaluate(model, val, task, cfg.batch_size)
-        genotype, score = _best_candidate(cfg, model, epoch, state["scores"], val_metrics[key], train, val,
-                                          store.node_shapes, device, task)
+
+class _Search:
+    """One search's hypernet, optimisers and bookkeeping (epoch, best genotype, score cache): built in
+    a fixed RNG order from the seed, restored from last.pt, advanced one epoch at a time."""
+
+    def __init__(self, cfg: SearchConfig, store, nodes: list[str], device: torch.device, files: _RunFiles,
+                 log) -> None:
+        self.cfg, self.files, self.log, self.device, self.task = cfg, files, log, device, store.task
+        self.nodes, self.store_path = nodes, store.path
+        budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * (1 << 30))
+        self.train = open_split(store, "train", nodes, device, budget)
+        self.val = open_split(store, "val", nodes, device, budget)
+        self.scoring = _Scoring(cfg, self.train, self.val, dict(store.node_shapes), store.task)
+        torch.manual_seed(cfg.seed)
+        spec = HypernetSpec(nodes=tuple(nodes), node_shapes=dict(store.node_shapes), task=store.task,
+                            num_classes=store.num_classes, cells=cfg.cells, steps=cfg.steps, C=cfg.channels,
+                            L=cfg.length, multiplier=cfg.multiplier, primitives=tuple(cfg.primitives),
+                            step_inputs=cfg.step_inputs, dropout=cfg.dropout, cross_modal=cfg.cross_modal)
+        self.model = Hypernet(spec).to(device)
+        self.weights, arch = self.model.weight_parameters(), self.model.arch_parameters()
+        self.w_opt, self.sched = weight_optimizer(self.weights, lr=cfg.weight_lr, weight_decay=cfg.weight_decay,
+                                                  lr_min=cfg.weight_lr_min, restart_period=cfg.restart_period,
+                                                  restart_mult=cfg.restart_mult)
+        self.a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
+        self.loss = lambda z, y: loss_fn(store.task, z, y)
+        self.architect = Architect(self.model, arch, self.weights, self.a_opt, self.loss, unrolled=cfg.unrolled,
+                                   weight_decay=cfg.weight_decay)
+        self.key = PRIMARY[store.task]
+        self.state: dict = {"epoch": 0, "best": None, "scores": {}}
+
+    def restore(self) -> None:
+        """Continue after the checkpoint's epoch (its settings must be this run's)."""
+        files = self.files
+        ckpt = load_run_checkpoint(files.checkpoint, ("config", "model"))
+        if _settings(ckpt["config"]) != _settings(self.cfg.to_dict()):
+            raise SearchError(f"--resume {files.root}: config.yaml differs from the checkpoint's settings; restore it")
+        self.model.load_state_dict(ckpt["model"])
+        self.w_opt.load_state_dict(ckpt["weight_optimizer"])
+        self.a_opt.load_state_dict(ckpt["arch_optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        restore_rng(ckpt, self.device)
+        self.state = {"epoch": ckpt["epoch"], "best": ckpt["best"], "scores": ckpt["scores"]}
+        keep_epochs(files.metrics, self.state["epoch"])
+        keep_epochs(files.history, self.state["epoch"])
+        self.log.info("resumed after epoch %d", self.state["epoch"])
+
+    def end_epoch(self, epoch: int, totals: EpochTotals, loop: _SearchEpochs, progress: bool) -> None:
+        """Score this epoch's genotype, keep the best, write the epoch's lines and the checkpoint."""
+        state, files, key = self.state, self.files, self.key
+        val_metrics = evaluate(self.model, self.val, self.task, self.cfg.batch_size)
+        genotype, score = self.scoring.best_candidate(self.model, epoch, state["scores"], val_metrics[key])
         best = state["best"]
         if score is not None and (best is None or score > best["score"]):
             state["best"] = best = {"score": score, "epoch": epoch + 1, "genotype": genotype.to_dict()}
             genotype.save(files.genotype)
         genotype.save(files.genotypes / f"epoch_{epoch + 1:03d}.json")
-        record = totals.record(epoch, w_opt.param_groups[0]["lr"])
+        record = totals.record(epoch, self.w_opt.param_groups[0]["lr"])
         record.update({"arch_val_loss": None if best is None else loop.arch_loss_sum / max(totals.rows, 1),
                        "val": val_metrics, "genotype_score": score, "best_score": best and best["score"],
                        "best_epoch": best and best["epoch"]})
         append_jsonl(files.metrics, record)
-        append_jsonl(files.history, {"epoch": epoch + 1, **arch_weights_to_lists(model.arch_weights())})
+        append_jsonl(files.history, {"epoch": epoch + 1, **arch_weights_to_lists(self.model.arch_weights())})
         state["epoch"] = epoch + 1
-        _save_checkpoint(files.checkpoint, cfg, model, w_opt, a_opt, sched, state, device)
+        _save_checkpoint(files.checkpoint, self.cfg, self.model, self.w_opt, self.a_opt, self.sched, state,
+                         self.device)
         scored = ("arch warm-up, genotype not scored" if best is None else
                   f"genotype {key} {score:.4f}, best {best['score']:.4f} @ {best['epoch']}")
-        msg = (f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}, val {key} "
+        msg = (f"epoch {epoch + 1}/{self.cfg.epochs}: train loss {record['train_loss']:.4f}, val {key} "
                f"{val_metrics.get(key, float('nan')):.4f} (hypernet), {scored} ({totals.seconds:.1f}s)")
-        log.info(msg)
+        self.log.info(msg)
         if progress:
+            from tqdm import tqdm
+
             tqdm.write(msg)
 
-    fit(model, loop.batches(train), loss, w_opt, sched, epochs=cfg.epochs, start_epoch=state["epoch"], params=weights,
-        grad_clip=cfg.grad_clip, steps_per_epoch=steps_per_epoch(train.num_rows, cfg.batch_size),
-        on_step=loop.arch_step, on_epoch=end_epoch, progress=progress, desc="epoch", leave=True)
-    if cfg.plots:
-        plot_history(read_jsonl(files.history), nodes, cfg.primitives, files.plots)
-        plot_metrics(read_jsonl(files.metrics), key, files.plots)
-    best = state["best"]
-    genotype = Genotype.from_dict(best["genotype"], "checkpoint")
-    genotype.save(files.genotype)
-    log.info("best genotype (epoch %d, val %s %.4f): %s", best["epoch"], key, best["score"], files.genotype)
-    return SearchResult(files.root, files.genotype, genotype, best["score"], best["epoch"])
+    def finish(self) -> SearchResult:
+        """Plots, and the best genotype written as the run's genotype.json."""
+        files, key = self.files, self.key
+        if self.cfg.plots:
+            plot_history(read_jsonl(files.history), self.nodes, self.cfg.primitives, files.plots)
+            plot_metrics(read_jsonl(files.metrics), key, files.plots)
+        best = self.state["best"]
+        genotype = Genotype.from_dict(best["genotype"], "checkpoint")
+        genotype.save(files.genotype)
+        self.log.info("best genotype (epoch %d, val %s %.4f): %s", best["epoch"], key, best["score"], files.genotype)
+        return SearchResult(files.root, files.genotype, genotype, best["score"], best["epoch"])
 
 
-def _best_candidate(cfg: SearchConfig, model: Hypernet, epoch: int, cache: dict, hypernet_score: float,
-                    train: SplitData, val: SplitData, node_shapes: dict, device: torch.device,
-                    task: str) -> tuple[Genotype, float | None]:
-    """This epoch's genotype: the best-scoring of the `candidates` α-ranked ones and, with `op_variants`,
-    their one-primitive variants (ties: α rank, then primitive order).
-    During the arch warm-up α is untouched, so its genotype is reported but not scored (None)."""
-    if epoch < cfg.arch_warmup_epochs:
-        return model.genotype(), None
-    k = cfg.candidates if cfg.score == "found" else 1  # the hypernet's own score cannot rank candidates
-    candidates = model.candidates(k)
-    if cfg.op_variants and cfg.score == "found":
-        candidates += [v for g in candidates for v in uniform_op_variants(g, cfg.primitives)]
-    best_g, best_s, seen = None, None, set()
-    for g in candidates:
-        if g.key() in seen:
-            continue
-        seen.add(g.key())
-        s = _score(cfg, g, cache, hypernet_score, train, val, node_shapes, device, task)
-        if best_s is None or s > best_s:
-            best_g, best_s = g, s
-    return best_g, best_s
+@dataclass
+class _Scoring:
+    """What scoring a derived genotype needs (see module docstring); the cache of scores by genotype
+    key is the run's checkpointed state, passed in."""
 
+    cfg: SearchConfig
+    train: SplitData
+    val: SplitData
+    node_shapes: dict
+    task: str
 
-def _score(cfg: SearchConfig, genotype: Genotype, cache: dict, hypernet_score: float, train: SplitData,
-           val: SplitData, node_shapes: dict, device: torch.device, task: str) -> float:
-    """Val score of a derived genotype (see module docstring): the mean over `score_seeds` short
-    trainings; cached by genotype."""
-    if cfg.score == "hypernet":
-        return float(hypernet_score)
-    k = genotype.key()
-    if k not in cache:
-        scores = score_runs(cfg, genotype, train, val, node_shapes, task, runs=cfg.score_seeds, first=0)
-        cache[k] = sum(scores) / len(scores)
-    return cache[k]
+    def best_candidate(self, model: Hypernet, epoch: int, cache: dict,
+                       hypernet_score: float) -> tuple[Genotype, float | None]:
+        """This epoch's genotype: the best-scoring of the `candidates` α-ranked ones and, with
+        `op_variants`, their one-primitive variants (ties: α rank, then primitive order). During the
+        arch warm-up α is untouched, so its genotype is reported but not scored (None)."""
+        cfg = self.cfg
+        if epoch < cfg.arch_warmup_epochs:
+            return model.genotype(), None
+        k = cfg.candidates if cfg.score == "found" else 1  # the hypernet's own score cannot rank candidates
+        candidates = model.candidates(k)
+        if cfg.op_variants and cfg.score == "found":
+            candidates += [v for g in candidates for v in uniform_op_variants(g, cfg.primitives)]
+        best_g, best_s, seen = None, None, set()
+        for g in candidates:
+            if g.key() in seen:
+                continue
+            seen.add(g.key())
+            s = self.score(g, cache, hypernet_score)
+            if best_s is None or s > best_s:
+                best_g, best_s = g, s
+        return best_g, best_s
+
+    def score(self, genotype: Genotype, cache: dict, hypernet_score: float) -> float:
+        """Val score of a derived genotype: the mean over `score_seeds` short trainings; cached by genotype."""
+        if self.cfg.score == "hypernet":
+            return float(hypernet_score)
+        k = genotype.key()
+        if k not in cache:
+            scores = score_runs(self.cfg, genotype, self.train, self.val, self.node_shapes, self.task,
+                                runs=self.cfg.score_seeds, first=0)
+            cache[k] = sum(scores) / len(scores)
+        return cache[k]
 
 
 def _settings(config: dict) -> dict:
