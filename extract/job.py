@@ -27,7 +27,7 @@ from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_weights
 from extract.cluster import connect
 from extract.errors import BackboneError, DataError, ExtractError
-from extract.reduction import ReductionConfig
+from extract.config import ExtractConfig, ReductionConfig
 from extract.worker import INIT_SEED, PRECISIONS, ChunkResult, Entry, Placement, run_chunks, warm_up
 from stores import NodeSpec, StoreError, create_store, open_writer
 from stores.device import DEVICES, gpu_slot
@@ -152,8 +152,8 @@ def _init(e: Entry) -> str:
     return f"random (seed {INIT_SEED})"
 
 
-def _provenance(entries: list[Entry], shas: list[str | None], reduction: ReductionConfig, dtype: str,
-                n: int, rows_per_chunk: int, source: Any, placement: Placement, mode: str) -> dict:
+def _provenance(entries: list[Entry], shas: list[str | None], cfg: "ExtractConfig", n: int, source: Any,
+                placement: Placement) -> dict:
     return {
         "device": _device_type(placement), "precision": placement.precision,
         "backbones": [{"modality": e.modality, "backbone": e.backbone, "setting": e.setting,
@@ -162,9 +162,9 @@ def _provenance(entries: list[Entry], shas: list[str | None], reduction: Reducti
                        "taps": [t.name for t in e.taps], "nodes": list(e.nodes), "input": e.input.as_dict(),
                        "inflate": e.inflate}
                       for e, sha in zip(entries, shas)],
-        "reduction": reduction.as_dict(), "dtype": dtype, "num_samples": n,
-        "rows_per_chunk": rows_per_chunk, "source": getattr(source, "name", "source"),
-        "source_options": source.options() if hasattr(source, "options") else {}, "mode": mode,
+        "reduction": cfg.reduction.as_dict(), "dtype": cfg.dtype, "num_samples": n,
+        "rows_per_chunk": cfg.rows_per_chunk, "source": getattr(source, "name", "source"),
+        "source_options": source.options() if hasattr(source, "options") else {}, "mode": cfg.mode,
     }
 
 
@@ -241,8 +241,8 @@ def _check_writable(out: str) -> None:
         raise ExtractError(f"cannot create the store {out}: {parent} is not a writable directory")
 
 
-def _create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, source: Any,
-            n: int, dtype: str, rows_per_chunk: int, codec: str, overwrite: bool):
+def _create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, source: Any, n: int,
+            cfg: "ExtractConfig"):
     """A new, empty store with one node per tap and the per-node provenance attrs."""
     specs = []
     for e, sha in zip(entries, shas):
@@ -254,9 +254,9 @@ def _create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, 
                 "reduction": prov["reduction"]}))
     try:
         writer = create_store(out, task=source.task, num_classes=source.num_classes, nodes=specs,
-                              num_samples=n, dtype=dtype, rows_per_chunk=rows_per_chunk, codec=codec,
+                              num_samples=n, dtype=cfg.dtype, rows_per_chunk=cfg.rows_per_chunk, codec=cfg.codec,
                               class_names=getattr(source, "class_names", None),
-                              dataset=getattr(source, "name", None), extraction=prov, overwrite=overwrite)
+                              dataset=getattr(source, "name", None), extraction=prov, overwrite=cfg.overwrite)
     except (StoreError, OSError) as exc:
         raise ExtractError(f"cannot create the store {out}: {exc}") from None
     return writer
@@ -371,84 +371,71 @@ def _task_error(exc: BaseException) -> str:
 
 
 @holds_lock("out", "store")
-def extract(
-    source: Any,
-    out: str,
-    backbones: Sequence[BackboneChoice],
-    *,
-    reduction: ReductionConfig = ReductionConfig(),
-    dtype: str = "float16",
-    rows_per_chunk: int = 64,
-    chunks_per_task: int = 1,
-    codec: str = "zstd",
-    batch_size: int = 16,
-    use_dask: bool = True,
-    scheduler: str | None = None,
-    workers: int = 2,
-    threads_per_worker: int = 1,
-    device: str = "auto",
-    precision: str = "auto",
-    on_error: str = "fail",
-    overwrite: bool = False,
-    progress: bool = True,
-    timeout: float = 10.0,
-) -> ExtractResult:
+def extract(source: Any, out: str, backbones: Sequence[BackboneChoice], config: ExtractConfig | None = None,
+            **options: Any) -> ExtractResult:
     """Run frozen backbones over every sample of ``source`` into the store at ``out`` (resumable).
 
-    ``device`` is checked on the workers (a head node needs no GPU); ``precision`` is the forward's
-    compute precision (auto: float16 autocast on CUDA for a float16 store); both go into the store's
-    provenance, and a resume with other values is refused."""
-    _check_options({"--rows-per-chunk": rows_per_chunk, "--chunks-per-task": chunks_per_task,
-                    "--batch-size": batch_size, "--workers": workers, "--threads-per-worker": threads_per_worker},
-                   on_error, backbones)
-    place(device, precision, dtype, {})  # bad option values fail before any work
+    ``options`` are ExtractConfig fields replacing those of ``config``. Device and precision go into
+    the store's provenance, and a resume with other values is refused."""
+    cfg = replace(config or ExtractConfig(), **options)
+    _check_options({"--rows-per-chunk": cfg.rows_per_chunk, "--chunks-per-task": cfg.chunks_per_task,
+                    "--batch-size": cfg.batch_size, "--workers": cfg.workers,
+                    "--threads-per-worker": cfg.threads_per_worker}, cfg.on_error, backbones)
+    place(cfg.device, cfg.precision, cfg.dtype, {})  # bad option values fail before any work
     samples = source.samples()
     if not samples:
         raise DataError(f"source {getattr(source, 'name', '?')!r} lists no samples")
     ids = [s.id for s in samples]
-    n = len(ids)
-    probed = [_probe(source, ids, b, reduction, source.num_classes) for b in backbones]
+    probed = [_probe(source, ids, b, cfg.reduction, source.num_classes) for b in backbones]
     entries, shas = [p[0] for p in probed], [p[1] for p in probed]
-    mode = "in-process" if not use_dask else ("scheduler" if scheduler else "local-cluster")
-    resumed = Path(out).exists() and not overwrite
+    resumed = Path(out).exists() and not cfg.overwrite
     if not resumed:
         _check_writable(out)
     tally = _Tally()
     t_start = time.perf_counter()
     # connect or start the cluster first: a scheduler that does not answer leaves no files behind
-    runner = _Runner(use_dask, scheduler, workers, threads_per_worker, timeout)
+    runner = _Runner(cfg.use_dask, cfg.scheduler, cfg.workers, cfg.threads_per_worker, cfg.timeout)
     try:
-        placement = place(device, precision, dtype, runner.gpus(device))
-        prov = _provenance(entries, shas, reduction, dtype, n, rows_per_chunk, source, placement, mode)
-        if resumed:
-            writer = _reopen(out, prov)
-        else:
-            writer = _create(out, entries, shas, prov, source, n, dtype, rows_per_chunk, codec, overwrite)
-        todo = sorted(set(writer.missing_chunks()) | (set(_chunks_with_skips(writer)) if resumed else set()))
-        tasks = [todo[i:i + chunks_per_task] for i in range(0, len(todo), max(1, chunks_per_task))]
-        if tasks:
-            runner.warm_up(tuple(entries), reduction, placement, batch_size, source, ids)
-        if progress:
-            tally.bar = tqdm(total=writer.num_chunks, initial=writer.num_chunks - len(todo), unit="chunk",
-                             desc="extract", leave=False)
-        cpu0, t0 = runner.cpu_seconds(), time.perf_counter()
-        runner.run(tasks, (source, str(writer.path), ids, tuple(entries), reduction, placement, batch_size,
-                           on_error), tally.add)
-        seconds = time.perf_counter() - t0
-        cpu = runner.cpu_seconds() - cpu0
+        placement = place(cfg.device, cfg.precision, cfg.dtype, runner.gpus(cfg.device))
+        prov = _provenance(entries, shas, cfg, len(ids), source, placement)
+        writer = _reopen(out, prov) if resumed else _create(out, entries, shas, prov, source, len(ids), cfg)
+        run = _run_tasks(runner, writer, tally, cfg, (source, ids, tuple(entries), placement), resumed)
     finally:
         runner.close()
         if tally.bar is not None:
             tally.bar.close()
     tally.raise_first_failure(writer)
-    skipped, rows_run = tally.skipped, tally.rows_run
-    _finalize(writer, source, samples, skipped)
+    _finalize(writer, source, samples, tally.skipped)
+    return _result(writer, entries, tally, cfg.dtype, len(ids), run, run["t0"] - t_start)
+
+
+def _run_tasks(runner: _Runner, writer: Any, tally: "_Tally", cfg: ExtractConfig, job: tuple,
+               resumed: bool) -> dict[str, Any]:
+    """Every chunk without a completion record (and, on a resume, every chunk holding skipped samples)
+    as tasks of ``chunks_per_task`` chunks; returns their count and the timed seconds and CPU time."""
+    source, ids, entries, placement = job
+    todo = sorted(set(writer.missing_chunks()) | (set(_chunks_with_skips(writer)) if resumed else set()))
+    tasks = [todo[i:i + cfg.chunks_per_task] for i in range(0, len(todo), max(1, cfg.chunks_per_task))]
+    if tasks:
+        runner.warm_up(entries, cfg.reduction, placement, cfg.batch_size, source, ids)
+    if cfg.progress:
+        tally.bar = tqdm(total=writer.num_chunks, initial=writer.num_chunks - len(todo), unit="chunk",
+                         desc="extract", leave=False)
+    cpu0, t0 = runner.cpu_seconds(), time.perf_counter()
+    runner.run(tasks, (source, str(writer.path), ids, entries, cfg.reduction, placement, cfg.batch_size,
+                       cfg.on_error), tally.add)
+    return {"chunks": sum(len(t) for t in tasks), "seconds": time.perf_counter() - t0,
+            "cpu": runner.cpu_seconds() - cpu0, "t0": t0}
+
+
+def _result(writer: Any, entries: list[Entry], tally: "_Tally", dtype: str, n: int, run: dict[str, Any],
+            startup: float) -> ExtractResult:
     raw = sum(n * c * t * np.dtype(dtype).itemsize for e in entries for c, t in e.shapes().values())
-    disk = _dir_bytes(Path(writer.path) / "features")
+    seconds, rows_run = run["seconds"], tally.rows_run
     return ExtractResult(str(writer.path), {k: v for e in entries for k, v in e.shapes().items()},
-                         writer.num_chunks, sum(len(t) for t in tasks), rows_run, seconds,
-                         rows_run / seconds if seconds > 0 else 0.0, disk, raw, skipped, tally.built,
-                         t0 - t_start, cpu, tally.devices)
+                         writer.num_chunks, run["chunks"], rows_run, seconds,
+                         rows_run / seconds if seconds > 0 else 0.0, _dir_bytes(Path(writer.path) / "features"), raw,
+                         tally.skipped, tally.built, startup, run["cpu"], tally.devices)
 
 
 def _check_options(counts: dict[str, Any], on_error: str, backbones: Sequence[BackboneChoice]) -> None:

@@ -14,31 +14,14 @@ lives in the fusion network, so one cache serves every C and L the search tries.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 
-from extract.errors import BackboneError, ExtractError
+from extract.config import ReductionConfig
+from extract.errors import BackboneError
 
 
 TAP_KINDS = ("video", "image", "skeleton", "text", "image_tokens", "series")
-
-
-@dataclass(frozen=True)
-class ReductionConfig:
-    """t_max caps the cached length of video/skeleton taps; grid is the image map side."""
-
-    t_max: int = 32
-    grid: int = 4
-
-    def __post_init__(self) -> None:
-        for option, value in (("--t-max", self.t_max), ("--grid", self.grid)):
-            if not isinstance(value, int) or value < 1:  # 0 would cache nodes of length 0
-                raise ExtractError(f"{option} {value!r}: use a positive integer")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _cap_time(x: torch.Tensor, t_max: int) -> torch.Tensor:

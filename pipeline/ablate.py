@@ -34,7 +34,8 @@ from fusion_search.genotype import Genotype, inner_name
 from fusion_search.metrics import PRIMARY
 from pipeline.evaluate import evaluate_run
 from fusion_search.rundir import LAST
-from pipeline.runs import DEFAULT_EPOCHS, open_store_checked
+from pipeline.configs import DEFAULT_EPOCHS
+from pipeline.runs import open_store_checked
 from pipeline.train import resume_training, train_on_cache
 from stores.device import claim_gpu, gpu_slot
 from stores.files import write_json_atomic, write_text_atomic

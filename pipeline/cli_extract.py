@@ -12,11 +12,13 @@ from pathlib import Path
 
 import click
 
+from extract.config import ExtractConfig, ReductionConfig
 from extract.errors import ExtractError
 from pipeline.cli_backbones import backbone_options, input_fields, pairs, tap_list
 from pipeline.cli_resume import check_resume_options, given_device
 
 KINDS = ("ntu", "mmimdb", "egogesture", "manifest")
+_X = ExtractConfig()  # the defaults of `bmnas extract`'s options
 
 
 def _source_options(values: tuple[str, ...]) -> dict:
@@ -119,27 +121,27 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, taps_text, i
 @click.option("--input", "input_opts", multiple=True, metavar="MODALITY=KEY=VALUE,...",
               help="Fields of a modality's prepared input (frames, size, channels, tokens, mean=A:B:C, std=A:B:C).")
 @click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
-@click.option("--rows-per-chunk", default=64, show_default=True)
-@click.option("--chunks-per-task", default=1, show_default=True, help="Row chunks per dask task.")
-@click.option("--batch-size", default=16, show_default=True, help="Samples per forward pass.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@click.option("--codec", type=click.Choice(["zstd", "lz4"]), default="zstd", show_default=True)
-@click.option("--t-max", default=32, show_default=True, help="Cap on the cached length of video/skeleton taps.")
-@click.option("--grid", default=4, show_default=True, help="Image taps: adaptive max to GRID x GRID.")
-@click.option("--workers", default=2, show_default=True, help="LocalCluster worker processes.")
-@click.option("--threads-per-worker", default=1, show_default=True)
+@click.option("--rows-per-chunk", default=_X.rows_per_chunk, show_default=True)
+@click.option("--chunks-per-task", default=_X.chunks_per_task, show_default=True, help="Row chunks per dask task.")
+@click.option("--batch-size", default=_X.batch_size, show_default=True, help="Samples per forward pass.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=_X.dtype, show_default=True)
+@click.option("--codec", type=click.Choice(["zstd", "lz4"]), default=_X.codec, show_default=True)
+@click.option("--t-max", default=_X.reduction.t_max, show_default=True, help="Cap on the cached length of video/skeleton taps.")
+@click.option("--grid", default=_X.reduction.grid, show_default=True, help="Image taps: adaptive max to GRID x GRID.")
+@click.option("--workers", default=_X.workers, show_default=True, help="LocalCluster worker processes.")
+@click.option("--threads-per-worker", default=_X.threads_per_worker, show_default=True)
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Use an existing dask scheduler (tcp://host:8786); the store must be on shared storage.")
 @click.option("--no-dask", is_flag=True, help="Run in this process, without dask.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_X.device, show_default=True,
               help="Checked on the workers; each worker of a host takes its own GPU.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "float16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(["auto", "float32", "float16"]), default=_X.precision, show_default=True,
               help="Compute precision of the forward (float16: autocast); auto: float16 on CUDA for a float16 "
                    "store, else float32. Recorded in the store; a resume must match.")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default=_X.on_error, show_default=True,
               help="Unreadable sample: stop (fail) or record it and drop it from the splits (skip).")
 @click.option("--overwrite", is_flag=True, help="Replace a store made with other settings.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for --scheduler.")
+@click.option("--timeout", default=_X.timeout, show_default=True, help="Seconds to wait for --scheduler.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_opts, inflate_from, tap_opts, input_opts,
                 setting,
@@ -148,7 +150,6 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
                 quiet) -> None:
     """Run frozen backbones over DATA and write their reduced taps to the store OUT (resumable)."""
     from extract.job import BackboneChoice, extract
-    from extract.reduction import ReductionConfig
 
     chosen = backbone_options(backbone_opts, checkpoint_opts, tap_opts, input_opts)
     if inflate_from:
@@ -163,11 +164,12 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
                                                  for k, v in (b["input"] or {}).items())))
                for m, b in chosen.items()]
     src = _open(data, kind, split, source_opt)
-    res = extract(src, str(out), choices, reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype,
-                  rows_per_chunk=rows_per_chunk, chunks_per_task=chunks_per_task, codec=codec,
-                  batch_size=batch_size, use_dask=not no_dask, scheduler=scheduler, workers=workers,
-                  threads_per_worker=threads_per_worker, device=device, precision=precision, on_error=on_error,
-                  overwrite=overwrite, progress=not quiet, timeout=timeout)
+    cfg = ExtractConfig(reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype, rows_per_chunk=rows_per_chunk,
+                        chunks_per_task=chunks_per_task, codec=codec, batch_size=batch_size, use_dask=not no_dask,
+                        scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, device=device,
+                        precision=precision, on_error=on_error, overwrite=overwrite, progress=not quiet,
+                        timeout=timeout)
+    res = extract(src, str(out), choices, cfg)
     click.echo(res.summary())
     for node, (c, t) in res.nodes.items():
         click.echo(f"  {node:<14} C={c:<5} T={t}")

@@ -8,8 +8,10 @@ import click
 
 from fusion_search.errors import SearchError
 from pipeline.cli_resume import check_resume_options, given_device
+from pipeline.configs import DEFAULT_EPOCHS, TRAIN_ON, FinetuneConfig, TrainConfig
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
+_T, _F = TrainConfig(), FinetuneConfig()  # the defaults of train's and finetune's options
 
 
 def _echo_metrics(metrics: dict | None, prefix: str = "") -> None:
@@ -23,13 +25,13 @@ def _echo_metrics(metrics: dict | None, prefix: str = "") -> None:
 @click.option("--store", type=click.Path(), help="Feature store (zarr) the genotype's nodes come from.")
 @click.option("--genotype", "genotype_path", type=click.Path(), help="genotype.json (from search or `genotype baseline`).")
 @click.option("--out", type=click.Path(), help="New run directory.")
-@click.option("--epochs", type=int, default=None, help="Epochs (default 30; required with --train-on train+val).")
-@click.option("--batch-size", type=int, default=96, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=_DEVICE, default="auto", show_default=True)
-@click.option("--train-on", type=click.Choice(["train", "train+val"]), default="train", show_default=True,
+@click.option("--epochs", type=int, default=None, help=f"Epochs (default {DEFAULT_EPOCHS}; required with --train-on train+val).")
+@click.option("--batch-size", type=int, default=_T.batch_size, show_default=True)
+@click.option("--seed", type=int, default=_T.seed, show_default=True)
+@click.option("--device", type=_DEVICE, default=_T.device, show_default=True)
+@click.option("--train-on", type=click.Choice(TRAIN_ON), default=_T.train_on, show_default=True,
               help="train: keep the best epoch on val; train+val: the paper's final protocol, fixed epochs.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=float, default=_T.lr, show_default=True, help="Adam learning rate.")
 @click.option("--resume", type=click.Path(), help="Continue the killed run in this directory.")
 def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train_on, lr, resume) -> None:
     """Train a found network on cached features; evaluate its kept checkpoint on test."""
@@ -68,10 +70,10 @@ def evaluate_cmd(run, split, device, batch_size) -> None:
 @click.option("--genotype", "genotype_path", required=True, type=click.Path(), help="The searched genotype.json.")
 @click.option("--out", required=True, type=click.Path(), help="Directory (rerun to resume).")
 @click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1 per row.")
-@click.option("--epochs", type=int, default=None, help="Epochs per run (default 30).")
-@click.option("--batch-size", type=int, default=96, show_default=True)
-@click.option("--device", type=_DEVICE, default="auto", show_default=True)
-@click.option("--train-on", type=click.Choice(["train", "train+val"]), default="train", show_default=True)
+@click.option("--epochs", type=int, default=None, help=f"Epochs per run (default {DEFAULT_EPOCHS}).")
+@click.option("--batch-size", type=int, default=_T.batch_size, show_default=True)
+@click.option("--device", type=_DEVICE, default=_T.device, show_default=True)
+@click.option("--train-on", type=click.Choice(TRAIN_ON), default=_T.train_on, show_default=True)
 @click.option("--workers", type=int, default=None, help="Dask workers (default: CPU count; 1: no dask).")
 @click.option("--scheduler", default=None, help="Address of an existing dask scheduler.")
 def ablate_cmd(store, genotype_path, out, seeds, epochs, batch_size, device, train_on, workers, scheduler) -> None:
@@ -159,21 +161,21 @@ def baseline_cmd(name, store, output, like, seed, C, L, cells) -> None:
 @click.option("--taps", "tap_opts", multiple=True, metavar="MODALITY=A,B", help="Taps used at extraction.")
 @click.option("--input", "input_opts", multiple=True, metavar="MODALITY=KEY=VALUE,...",
               help="Fields of a modality's prepared input, as extracted.")
-@click.option("--setting", default=None, help="Backbone setting used at extraction (full/tiny).  [default: full]")
-@click.option("--t-max", type=int, default=None, help="Reduction: cap on video/skeleton tap length.  [default: 32]")
-@click.option("--grid", type=int, default=None, help="Reduction: image tap grid.  [default: 4]")
+@click.option("--setting", default=None, help=f"Backbone setting used at extraction (full/tiny).  [default: {_F.setting}]")
+@click.option("--t-max", type=int, default=None, help=f"Reduction: cap on video/skeleton tap length.  [default: {_F.t_max}]")
+@click.option("--grid", type=int, default=None, help=f"Reduction: image tap grid.  [default: {_F.grid}]")
 @click.option("--init-from", type=click.Path(), default=None, help="`bmnas train` run whose fusion weights to start from.")
 @click.option("--out", type=click.Path(), help="New run directory.")
-@click.option("--epochs", type=int, default=None, help="Epochs (default 30; required with --train-on train+val).")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--accumulate", type=int, default=1, show_default=True, help="Batches per optimiser step.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Fusion network learning rate.")
-@click.option("--backbone-lr-scale", type=float, default=0.1, show_default=True, help="Backbone lr = this x --lr.")
-@click.option("--loader-workers", type=int, default=2, show_default=True, help="DataLoader worker processes (decoding).")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="float16 autocast on CUDA (ignored on CPU).")
-@click.option("--device", type=_DEVICE, default="auto", show_default=True)
-@click.option("--train-on", type=click.Choice(["train", "train+val"]), default="train", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, default=None, help=f"Epochs (default {DEFAULT_EPOCHS}; required with --train-on train+val).")
+@click.option("--batch-size", type=int, default=_F.batch_size, show_default=True)
+@click.option("--accumulate", type=int, default=_F.accumulate, show_default=True, help="Batches per optimiser step.")
+@click.option("--lr", type=float, default=_F.lr, show_default=True, help="Fusion network learning rate.")
+@click.option("--backbone-lr-scale", type=float, default=_F.backbone_lr_scale, show_default=True, help="Backbone lr = this x --lr.")
+@click.option("--loader-workers", type=int, default=_F.loader_workers, show_default=True, help="DataLoader worker processes (decoding).")
+@click.option("--amp/--no-amp", default=_F.amp, show_default=True, help="float16 autocast on CUDA (ignored on CPU).")
+@click.option("--device", type=_DEVICE, default=_F.device, show_default=True)
+@click.option("--train-on", type=click.Choice(TRAIN_ON), default=_F.train_on, show_default=True)
+@click.option("--seed", type=int, default=_F.seed, show_default=True)
 @click.option("--resume", type=click.Path(), help="Continue the killed finetune run in this directory.")
 def finetune_cmd(store, genotype_path, source, kind, split_preset, source_opt, backbone_opts, checkpoint_opts, tap_opts,
                  input_opts, setting, t_max, grid, init_from, out, epochs, batch_size, accumulate, lr,

@@ -34,9 +34,10 @@ from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.run_checkpoint import load_run_checkpoint
 from fusion_search.rundir import BEST, LAST, EpochBook, abs_path, check_new_run, run_log, start_run
 from pipeline.evaluate import evaluate_finetune_run, task_metrics
-from pipeline.joint_model import (Built, FinetuneConfig, JointModel, backbones_from_store, build_model,
-                                  load_finetune_config, raw_loader, to_device)
-from pipeline.runs import TRAIN_ON, check_run_options, read_run_config
+from pipeline.configs import TRAIN_ON, FinetuneConfig
+from pipeline.joint_model import (Built, JointModel, backbones_from_store, build_model, load_finetune_config,
+                                  raw_loader, to_device)
+from pipeline.runs import check_run_options, read_run_config
 from stores.lock import holds_lock
 
 

@@ -12,7 +12,7 @@ video) in torch DataLoader workers. `finetune` trains it; `evaluate` scores a fi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,34 +29,10 @@ from extract.sources.registry import open_source
 from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork
 from fusion_search.genotype import Genotype
-from pipeline.runs import Schedule, read_run_config
+from pipeline.configs import FinetuneConfig
+from pipeline.runs import read_run_config
 
 _NODE = re.compile(r"^(?P<modality>.+)_(?P<k>\d+)$")
-
-
-@dataclass
-class FinetuneConfig(Schedule):
-    """Everything that determines a finetune run (with the raw data and checkpoints: its result)."""
-
-    genotype: str = ""
-    source: str = ""
-    source_kind: str | None = None
-    source_split: str | None = None          # the adapter's split preset (NTU: mfas, cross-subject, ...)
-    source_opts: dict[str, Any] = field(default_factory=dict)
-    # {modality, backbone, setting, checkpoint, checkpoint_sha256, taps, input, inflate}: extraction's choices
-    backbones: list[dict[str, Any]] = field(default_factory=list)
-    store: str | None = None  # the store whose record gave the backbones, taps and reduction
-    setting: str = "full"
-    t_max: int = 32
-    grid: int = 4
-    init_from: str | None = None
-    batch_size: int = 16
-    accumulate: int = 1
-    backbone_lr_scale: float = 0.1
-    freeze_bn: bool = True
-    amp: bool = True
-    loader_workers: int = 0
-    kind: str = "finetune"
 
 
 def backbones_from_store(store: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""What the train and finetune stages share before a run starts: the schedule settings, option
+"""What the train and finetune stages share before a run starts: option
 checks, reading a run's config.yaml, and opening a store's splits for a genotype.
 
 `train`, `finetune` and `evaluate` all import these; none of them imports another for them.
@@ -7,9 +7,7 @@ checks, reading a run's config.yaml, and opening a store's splits for a genotype
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,43 +18,9 @@ import yaml
 from fusion_search.data import SplitData, default_memory_budget
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, check_against_store
-from fusion_search.schedule import weight_optimizer
+from pipeline.configs import DEFAULT_EPOCHS
 from stores import FeatureBank, FeatureStore, StoreError, open_store
 
-TRAIN_ON = ("train", "train+val")
-DEFAULT_EPOCHS = 30
-
-
-@dataclass
-class Schedule:
-    """The optimisation settings train and finetune share (paper: Adam, cosine warm restarts)."""
-
-    epochs: int = DEFAULT_EPOCHS
-    seed: int = 0
-    device: str = "auto"
-    train_on: str = "train"
-    lr: float = 1e-3
-    lr_min: float = 1e-6
-    restart_period: int = 1
-    restart_mult: int = 2
-    weight_decay: float = 3e-4
-    dropout: float = 0.2
-    grad_clip: float = 5.0
-
-    def optimizer(self, params: Any) -> tuple[torch.optim.Adam, Any]:
-        """The paper's Adam and cosine warm restarts over `params` (tensors or param-group dicts)."""
-        return weight_optimizer(params, lr=self.lr, weight_decay=self.weight_decay, lr_min=self.lr_min,
-                                restart_period=self.restart_period, restart_mult=self.restart_mult)
-
-    def __post_init__(self) -> None:
-        """Refuse rates a run cannot use (a negative or NaN --lr trains into NaN) before anything is written."""
-        for name, low, strict in (("lr", 0.0, True), ("lr_min", 0.0, False), ("weight_decay", 0.0, False),
-                                  ("grad_clip", 0.0, True)):
-            value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
-            if not ok:
-                raise SearchError(f"--{name.replace('_', '-')} {value!r}: use a finite number "
-                                  f"{'above' if strict else 'of at least'} {low:g}")
 
 
 def check_run_options(epochs: int | None, train_on: str, settings: dict[str, Any], config_cls: type,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +39,9 @@ from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.rundir import LAST, EpochBook, abs_path, check_new_run, run_log, start_run
 from pipeline.evaluate import evaluate_run
-from pipeline.runs import TRAIN_ON, Schedule, check_run_options, open_splits, open_store_checked, read_run_config
+from pipeline.configs import TRAIN_ON, TrainConfig
+from pipeline.runs import check_run_options, open_splits, open_store_checked, read_run_config
 from stores.lock import holds_lock
-
-@dataclass
-class TrainConfig(Schedule):
-    """Everything that determines a training run (with the store's contents: its result)."""
-
-    store: str = ""
-    genotype: str = ""                  # the file given; the run keeps its own copy
-    batch_size: int = 96
-    memory_budget_gb: float | None = None
-    kind: str = "train"
-
 
 def _validate(cfg: TrainConfig) -> None:
     if cfg.train_on not in TRAIN_ON:

@@ -22,7 +22,8 @@ from fusion_search.genotype import Genotype
 from pipeline.cli import cli
 from pipeline.evaluate import evaluate_run
 from pipeline.finetune import finetune
-from pipeline.joint_model import FinetuneConfig, build_model
+from pipeline.configs import FinetuneConfig
+from pipeline.joint_model import build_model
 from fusion_search.rundir import BEST
 from pipeline.train import train_on_cache
 

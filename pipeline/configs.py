@@ -1,0 +1,86 @@
+"""The settings of the train and finetune stages: one dataclass each, the defaults in one place.
+
+Why a module of its own: the command line takes its options' defaults from these fields, and must
+not import torch to print its help (the optimiser is built on demand).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from fusion_search.errors import SearchError
+
+TRAIN_ON = ("train", "train+val")
+DEFAULT_EPOCHS = 30
+
+
+@dataclass
+class Schedule:
+    """The optimisation settings train and finetune share (paper: Adam, cosine warm restarts)."""
+
+    epochs: int = DEFAULT_EPOCHS
+    seed: int = 0
+    device: str = "auto"
+    train_on: str = "train"
+    lr: float = 1e-3
+    lr_min: float = 1e-6
+    restart_period: int = 1
+    restart_mult: int = 2
+    weight_decay: float = 3e-4
+    dropout: float = 0.2
+    grad_clip: float = 5.0
+
+    def optimizer(self, params: Any) -> tuple[Any, Any]:
+        """The paper's Adam and cosine warm restarts over `params` (tensors or param-group dicts)."""
+        from fusion_search.schedule import weight_optimizer
+
+        return weight_optimizer(params, lr=self.lr, weight_decay=self.weight_decay, lr_min=self.lr_min,
+                                restart_period=self.restart_period, restart_mult=self.restart_mult)
+
+    def __post_init__(self) -> None:
+        """Refuse rates a run cannot use (a negative or NaN --lr trains into NaN) before anything is written."""
+        for name, low, strict in (("lr", 0.0, True), ("lr_min", 0.0, False), ("weight_decay", 0.0, False),
+                                  ("grad_clip", 0.0, True)):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
+            if not ok:
+                raise SearchError(f"--{name.replace('_', '-')} {value!r}: use a finite number "
+                                  f"{'above' if strict else 'of at least'} {low:g}")
+
+
+@dataclass
+class TrainConfig(Schedule):
+    """Everything that determines a training run (with the store's contents: its result)."""
+
+    store: str = ""
+    genotype: str = ""                  # the file given; the run keeps its own copy
+    batch_size: int = 96
+    memory_budget_gb: float | None = None
+    kind: str = "train"
+
+
+@dataclass
+class FinetuneConfig(Schedule):
+    """Everything that determines a finetune run (with the raw data and checkpoints: its result)."""
+
+    genotype: str = ""
+    source: str = ""
+    source_kind: str | None = None
+    source_split: str | None = None          # the adapter's split preset (NTU: mfas, cross-subject, ...)
+    source_opts: dict[str, Any] = field(default_factory=dict)
+    # {modality, backbone, setting, checkpoint, checkpoint_sha256, taps, input, inflate}: extraction's choices
+    backbones: list[dict[str, Any]] = field(default_factory=list)
+    store: str | None = None  # the store whose record gave the backbones, taps and reduction
+    setting: str = "full"
+    t_max: int = 32
+    grid: int = 4
+    init_from: str | None = None
+    batch_size: int = 16
+    accumulate: int = 1
+    backbone_lr_scale: float = 0.1
+    freeze_bn: bool = True
+    amp: bool = True
+    loader_workers: int = 2  # DataLoader processes decoding raw samples
+    kind: str = "finetune"
