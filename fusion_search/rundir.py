@@ -123,10 +123,11 @@ class EpochBook:
     """Best-on-val selection (`improves`) and the per-epoch files of a train or finetune run.
 
     After each epoch, in this order: best.pt (when the val score improved, or always when there is no
-    val split), one line of metrics.jsonl, then last.pt holding everything to continue."""
+    val split), one line of metrics.jsonl (and its TensorBoard scalars), then last.pt holding
+    everything to continue."""
 
-    def __init__(self, run: Path, key: str) -> None:
-        self.run, self.key = run, key
+    def __init__(self, run: Path, key: str, events: Any = None) -> None:
+        self.run, self.key, self.events = run, key, events  # events: an EpochEvents, or None
         self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": 0, "best_loss": None}
 
     def restore(self, model: nn.Module, optimizer: Any, scheduler: Any, device: torch.device) -> dict[str, Any]:
@@ -160,6 +161,8 @@ class EpochBook:
                                 self.run / BEST)
         self.state["epoch"] = epoch
         append_jsonl(self.run / METRICS, record)
+        if self.events is not None:
+            self.events.add(record)
         save_training_state(self.run / LAST, model, optimizer, scheduler, device, **extra, **self.state)
         val = f", val {self.key} {record['val'].get(self.key, float('nan')):.4f}" if "val" in record else ""
         return (f"epoch {epoch}: train loss {record['train_loss']:.4f}{val}, best epoch {self.state['best_epoch']} "

@@ -33,6 +33,7 @@ Run directory:
   log.txt                human-readable log (appended on resume)
   metrics.jsonl          one JSON line per epoch
   arch_history.jsonl     softmaxed α, β, γ after each epoch
+  tensorboard/           metrics.jsonl's numbers and the α/β/γ entropies as TensorBoard scalars
   genotypes/epoch_NNN.json   the genotype derived after each epoch
   genotype.json          the best genotype so far
   checkpoints/last.pt    weights, α/β/γ, optimisers, scheduler, RNG state, best, score cache
@@ -55,6 +56,7 @@ from fusion_search.errors import SearchError
 from fusion_search.derive import node_modalities, uniform_op_variants
 from fusion_search.engine import EpochTotals, Step, fit, steps_per_epoch
 from fusion_search.evaluation import evaluate, score_genotype
+from fusion_search.events import EpochEvents, entropies
 from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
@@ -196,10 +198,10 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = Fals
     if not resume and not restart:
         start_run(files.root, cfg.to_dict())
     files.genotypes.mkdir(parents=True, exist_ok=True)
-    with run_log(files.root, "search") as log:
+    with run_log(files.root, "search") as log, EpochEvents(files.root) as events:
         if restart:
             log.info("no checkpoint yet: restarting the search from its first epoch")
-        return _search(_Search(cfg, store, nodes, device, files, log), resume, progress, on_batch)
+        return _search(_Search(cfg, store, nodes, device, files, log, events), resume, progress, on_batch)
 
 
 def _search(run: "_Search", resume: bool, progress: bool, on_batch: BatchCallback | None) -> SearchResult:
@@ -225,9 +227,10 @@ class _Search:
     a fixed RNG order from the seed, restored from last.pt, advanced one epoch at a time."""
 
     def __init__(self, cfg: SearchConfig, store, nodes: list[str], device: torch.device, files: _RunFiles,
-                 log) -> None:
+                 log, events: EpochEvents) -> None:
         self.cfg, self.files, self.log, self.device, self.task = cfg, files, log, device, store.task
         self.nodes, self.store_path = nodes, store.path
+        self.events = events
         budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * (1 << 30))
         self.train = open_split(store, "train", nodes, device, budget)
         self.val = open_split(store, "val", nodes, device, budget)
@@ -280,7 +283,9 @@ class _Search:
                        "val": val_metrics, "genotype_score": score, "best_score": best and best["score"],
                        "best_epoch": best and best["epoch"]})
         append_jsonl(files.metrics, record)
-        append_jsonl(files.history, {"epoch": epoch + 1, **arch_weights_to_lists(self.model.arch_weights())})
+        weights = self.model.arch_weights()
+        append_jsonl(files.history, {"epoch": epoch + 1, **arch_weights_to_lists(weights)})
+        self.events.add({**record, "arch": entropies(weights)})
         state["epoch"] = epoch + 1
         _save_checkpoint(files.checkpoint, self.cfg, self.model, self.w_opt, self.a_opt, self.sched, state,
                          self.device)

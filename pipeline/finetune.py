@@ -32,6 +32,7 @@ from fusion_search.found_network import count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.run_checkpoint import load_run_checkpoint
+from fusion_search.events import EpochEvents
 from fusion_search.rundir import BEST, LAST, EpochBook, abs_path, check_new_run, run_log, start_run
 from pipeline.evaluate import evaluate_finetune_run, task_metrics
 from pipeline.configs import TRAIN_ON, FinetuneConfig
@@ -177,12 +178,12 @@ def restore_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -
 
 def _run(cfg: FinetuneConfig, genotype: Genotype, built: Built, run: Path, *, resume: bool, progress: bool,
          evaluate_test: bool) -> dict[str, Any]:
-    with run_log(run, "finetune") as log:
-        return _loop(cfg, built, run, log, resume, progress, evaluate_test)
+    with run_log(run, "finetune") as log, EpochEvents(run) as events:
+        return _loop(cfg, built, run, (log, events), resume, progress, evaluate_test)
 
 
-def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, resume: bool, progress: bool,
-          evaluate_test: bool) -> dict[str, Any]:
+def _loop(cfg: FinetuneConfig, built: Built, run: Path, outputs: tuple[logging.Logger, EpochEvents],
+          resume: bool, progress: bool, evaluate_test: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
     task, key = built.source.task, PRIMARY[built.source.task]
@@ -192,7 +193,8 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, log: logging.Logger, res
     opt, sched = cfg.optimizer([{"params": fusion_params, "lr": cfg.lr},
                                 {"params": bb_params, "lr": cfg.lr * cfg.backbone_lr_scale}])
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    book = EpochBook(run, key)
+    log, events = outputs
+    book = EpochBook(run, key, events)
     if resume:
         restore_scaler(scaler, book.restore(model, opt, sched, device).get("scaler"))
         log.info("resumed after epoch %d", book.epoch)

@@ -37,6 +37,7 @@ from extract.labelled_samples import LabelledSamples, collate_samples
 from extract.sources.registry import open_source
 from fusion_search.engine import EpochTotals, fit, predict
 from fusion_search.metrics import PRIMARY, loss_fn, split_metrics
+from fusion_search.events import EpochEvents
 from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, improves, keep_epochs,
                                   load_training_state, run_log, save_training_state, start_run)
 from fusion_search.schedule import weight_optimizer
@@ -223,6 +224,7 @@ def _train(cfg: dict[str, Any], parts: _Parts, out: Path, resume: bool, progress
                "seconds": totals.seconds}
         state["history"].append(row)
         append_jsonl(out / METRICS, row)
+        events.add({**row, "lr": opt.param_groups[0]["lr"]})
         if state["best_epoch"] < 0 or improves(score, scores["loss"], state["best"], state["best_loss"]):
             state.update(best=score, best_loss=scores["loss"], best_epoch=epoch + 1,
                          sha=save_checkpoint(model, out / "best.pt"))
@@ -233,7 +235,7 @@ def _train(cfg: dict[str, Any], parts: _Parts, out: Path, resume: bool, progress
         if on_epoch is not None:
             on_epoch(epoch + 1)
 
-    with run_log(out, "pretrain") as log:
+    with run_log(out, "pretrain") as log, EpochEvents(out) as events:
         if resume:
             log.info("resumed after epoch %d", state["epoch"])
         else:

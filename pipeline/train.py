@@ -15,6 +15,7 @@ killed run resumed with `resume=True` ends with the same weights as an uninterru
   config.yaml            kind: train + resolved settings (what resume and evaluate read)
   genotype.json          the genotype trained (a copy: the run stays valid if the original moves)
   log.txt, metrics.jsonl one JSON line per epoch (train loss/accuracy, val metrics, lr, seconds)
+  tensorboard/           the same numbers as TensorBoard scalars (`fusion_search.events`)
   checkpoints/last.pt    model, optimiser, scheduler, RNG, best score (for resume)
   checkpoints/best.pt    {"model", "epoch", "score"}: the weights `evaluate` and `finetune` load
   metrics_test.json ...  written by `pipeline.evaluate.evaluate_run` at the end
@@ -37,6 +38,7 @@ from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn
+from fusion_search.events import EpochEvents
 from fusion_search.rundir import LAST, EpochBook, abs_path, check_new_run, run_log, start_run
 from pipeline.evaluate import evaluate_run
 from pipeline.configs import TRAIN_ON, TrainConfig
@@ -98,12 +100,12 @@ def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evalu
 
 def _train(cfg: TrainConfig, genotype: Genotype, run: Path, *, resume: bool, progress: bool,
            evaluate_test: bool) -> dict[str, Any]:
-    with run_log(run, "train") as log:
-        return _loop(cfg, genotype, run, log, resume, progress, evaluate_test)
+    with run_log(run, "train") as log, EpochEvents(run) as events:
+        return _loop(cfg, genotype, run, (log, events), resume, progress, evaluate_test)
 
 
-def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, resume: bool, progress: bool,
-          evaluate_test: bool) -> dict[str, Any]:
+def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, outputs: tuple[logging.Logger, EpochEvents],
+          resume: bool, progress: bool, evaluate_test: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
     store = open_store_checked(cfg.store, genotype, str(run / "genotype.json"))
@@ -117,7 +119,8 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, log: logging.Logger, 
     model = FoundNetwork(genotype, store.node_shapes, cfg.dropout).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = cfg.optimizer(params)
-    book = EpochBook(run, key)
+    log, events = outputs
+    book = EpochBook(run, key, events)
     if resume:
         book.restore(model, opt, sched, device)
         log.info("resumed after epoch %d", book.epoch)

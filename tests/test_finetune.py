@@ -134,6 +134,7 @@ def test_finetune_one_epoch_from_raw_data(chain):
     rgb0 = read_state_dict(d / "rgb.pt")
     assert not torch.equal(state["backbones.video.cnn.conv1.weight"], rgb0["cnn.conv1.weight"])
     hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))  # curves for TensorBoard too
     assert hist[0]["backbone_lr"] == pytest.approx(0.1 * hist[0]["lr"])
     assert "accuracy" in hist[0]["val"]
     again = evaluate_run(run, "test")  # `bmnas evaluate` dispatches on the run kind

@@ -38,7 +38,9 @@ def test_pretrain_writes_run_and_checkpoint_feeds_extract(ntu, tmp_path):
     res = pretrain(src, "skeleton", "hcn", str(tmp_path / "run"), setting="tiny", epochs=2, batch_size=4,
                    device="cpu", progress=False)
     run = Path(res.out_dir)
-    assert {p.name for p in run.iterdir()} >= {"best.pt", "config.yaml", "log.txt", "metrics.jsonl", "summary.json"}
+    assert {p.name for p in run.iterdir()} >= {"best.pt", "config.yaml", "log.txt", "metrics.jsonl", "summary.json",
+                                               "tensorboard"}
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / LAST).is_file()
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
