@@ -79,51 +79,69 @@ class EpochTotals:
         return out
 
 
+@dataclass
+class FitOptions:
+    """How `fit` runs its epochs: everything but the model, data, loss, optimiser and schedule.
+
+    `params` (default: every parameter needing grad) are the ones stepped and clipped.
+    `steps_per_epoch` defaults to `len(batches(epoch))`; with `accumulate` k, batch i steps when
+    (i + 1) is a multiple of k or i is the epoch's last (index steps_per_epoch - 1)."""
+
+    epochs: int
+    start_epoch: int = 0
+    params: Sequence[nn.Parameter] | None = None
+    grad_clip: float = 0.0
+    accumulate: int = 1
+    amp: bool = False
+    scaler: torch.amp.GradScaler | None = None
+    steps_per_epoch: int | None = None
+    to_device: ToDevice | None = None
+    on_step: Callable[[Step], None] | None = None
+    on_epoch: Callable[[int, EpochTotals], None] | None = None
+    progress: bool = False
+    desc: str = "train"
+    leave: bool = False
+
+
 def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], loss: LossFn,
-        optimizer: torch.optim.Optimizer, scheduler: Any, *, epochs: int, start_epoch: int = 0,
-        params: Sequence[nn.Parameter] | None = None, grad_clip: float = 0.0, accumulate: int = 1,
-        amp: bool = False, scaler: torch.amp.GradScaler | None = None, steps_per_epoch: int | None = None,
-        to_device: ToDevice | None = None, on_step: Callable[[Step], None] | None = None,
-        on_epoch: Callable[[int, EpochTotals], None] | None = None, progress: bool = False,
-        desc: str = "train", leave: bool = False) -> None:
-    """Train `model` for epochs `start_epoch` .. `epochs - 1` on `batches(epoch)`.
+        optimizer: torch.optim.Optimizer, scheduler: Any, options: FitOptions) -> None:
+    """Train `model` for epochs `options.start_epoch` .. `options.epochs - 1` on `batches(epoch)`.
 
     `scheduler` is stepped with fractional epochs (`epoch + done / steps_per_epoch`) after every
     optimiser step, as the paper's cosine warm restarts want (`fusion_search.schedule`); None: no
-    schedule. `params` (default: every parameter needing grad) are the ones stepped and clipped.
-    `steps_per_epoch` defaults to `len(batches(epoch))`; with `accumulate` k, batch i steps when
-    (i + 1) is a multiple of k or i is the epoch's last (index steps_per_epoch - 1)."""
+    schedule."""
     from tqdm import tqdm
 
-    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
-    scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
-    for epoch in range(start_epoch, epochs):
+    o = options
+    params = [p for p in model.parameters() if p.requires_grad] if o.params is None else list(o.params)
+    scaler = o.scaler or torch.amp.GradScaler("cuda", enabled=False)
+    for epoch in range(o.start_epoch, o.epochs):
         model.train()
         totals = EpochTotals(started=time.perf_counter())
         it = batches(epoch)
-        n = max(1, steps_per_epoch if steps_per_epoch is not None else len(it))  # type: ignore[arg-type]
-        bar = tqdm(it, total=n, disable=not progress, desc=f"{desc} {epoch + 1}/{epochs}", leave=leave,
+        n = max(1, o.steps_per_epoch if o.steps_per_epoch is not None else len(it))  # type: ignore[arg-type]
+        bar = tqdm(it, total=n, disable=not o.progress, desc=f"{o.desc} {epoch + 1}/{o.epochs}", leave=o.leave,
                    dynamic_ncols=True)
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(bar):
-            if to_device is not None:
-                batch = to_device(*batch)
-            w_loss, logits = _forward_backward(model, params, loss, batch, amp, scaler, accumulate)
+            if o.to_device is not None:
+                batch = o.to_device(*batch)
+            w_loss, logits = _forward_backward(model, params, loss, batch, o.amp, scaler, o.accumulate)
             totals.add(w_loss, logits, batch[1])
-            if (i + 1) % accumulate and i + 1 != n:
+            if (i + 1) % o.accumulate and i + 1 != n:
                 continue
             lr = float(optimizer.param_groups[0]["lr"])
-            _optimizer_step(optimizer, params, scaler, grad_clip)
-            if on_step is not None:
-                on_step(Step(epoch, i, batch, w_loss, logits, lr))
+            _optimizer_step(optimizer, params, scaler, o.grad_clip)
+            if o.on_step is not None:
+                o.on_step(Step(epoch, i, batch, w_loss, logits, lr))
             if scheduler is not None:
                 scheduler.step(epoch + (i + 1) / n)
             post = {"loss": f"{totals.loss:.4f}"}
             if totals.multiclass:
                 post["acc"] = f"{totals.accuracy:.3f}"
             bar.set_postfix(post, refresh=False)
-        if on_epoch is not None:
-            on_epoch(epoch, totals)
+        if o.on_epoch is not None:
+            o.on_epoch(epoch, totals)
 
 
 def train_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer, loss: LossFn,

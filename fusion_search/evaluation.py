@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fusion_search.data import SplitData
-from fusion_search.engine import fit, predict, steps_per_epoch
+from fusion_search.engine import FitOptions, fit, predict, steps_per_epoch
 from fusion_search.found_network import FoundNetwork
 from fusion_search.genotype import Genotype
 from fusion_search.metrics import PRIMARY, loss_fn, split_metrics
@@ -35,7 +35,7 @@ def train_epochs(model: nn.Module, train: SplitData, task: str, *, epochs: int, 
     opt, sched = weight_optimizer(model.parameters(), lr=lr, weight_decay=weight_decay, lr_min=lr * 1e-3,
                                   restart_period=epochs, restart_mult=1)
     fit(model, lambda epoch: train.batches(batch_size, seed, epoch), lambda z, y: loss_fn(task, z, y), opt, sched,
-        epochs=epochs, grad_clip=grad_clip, steps_per_epoch=steps_per_epoch(train.num_rows, batch_size))
+        FitOptions(epochs=epochs, grad_clip=grad_clip, steps_per_epoch=steps_per_epoch(train.num_rows, batch_size)))
 
 
 def scoring_seed(index: int, genotype: Genotype) -> int:

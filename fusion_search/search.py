@@ -54,7 +54,7 @@ from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.data import SplitData, TensorBatch, open_split, resolve_device
 from fusion_search.errors import SearchError
 from fusion_search.derive import node_modalities, uniform_op_variants
-from fusion_search.engine import EpochTotals, Step, fit, steps_per_epoch
+from fusion_search.engine import EpochTotals, FitOptions, Step, fit, steps_per_epoch
 from fusion_search.evaluation import evaluate, score_genotype
 from fusion_search.events import EpochEvents, entropies
 from fusion_search.genotype import Genotype
@@ -214,11 +214,11 @@ def _search(run: "_Search", resume: bool, progress: bool, on_batch: BatchCallbac
                      run.store_path, run.train.num_rows, run.val.num_rows, ",".join(run.nodes), run.device,
                      sum(p.numel() for p in run.weights))
     loop = _SearchEpochs(cfg, run.architect, run.val, on_batch)
-    fit(run.model, loop.batches(run.train), run.loss, run.w_opt, run.sched, epochs=cfg.epochs,
-        start_epoch=run.state["epoch"], params=run.weights, grad_clip=cfg.grad_clip,
-        steps_per_epoch=steps_per_epoch(run.train.num_rows, cfg.batch_size), on_step=loop.arch_step,
-        on_epoch=lambda epoch, totals: run.end_epoch(epoch, totals, loop, progress), progress=progress,
-        desc="epoch", leave=True)
+    fit(run.model, loop.batches(run.train), run.loss, run.w_opt, run.sched,
+        FitOptions(epochs=cfg.epochs, start_epoch=run.state["epoch"], params=run.weights, grad_clip=cfg.grad_clip,
+                   steps_per_epoch=steps_per_epoch(run.train.num_rows, cfg.batch_size), on_step=loop.arch_step,
+                   on_epoch=lambda epoch, totals: run.end_epoch(epoch, totals, loop, progress), progress=progress,
+                   desc="epoch", leave=True))
     return run.finish()
 
 

@@ -26,7 +26,7 @@ import torch
 
 from extract.backbones import resolve_backbone
 from fusion_search.data import resolve_device
-from fusion_search.engine import EpochTotals, fit, predict
+from fusion_search.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import count_parameters
 from fusion_search.genotype import Genotype
@@ -215,9 +215,10 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, outputs: tuple[logging.L
         log.info(book.end_epoch(record, model, opt, sched, device, scaler=scaler.state_dict()))
 
     fit(model, lambda epoch: raw_loader(built, splits, cfg, device, shuffle=True, epoch=epoch),
-        lambda z, y: loss_fn(task, z, y), opt, sched, epochs=cfg.epochs, start_epoch=book.epoch,
-        params=bb_params + fusion_params, grad_clip=cfg.grad_clip, accumulate=cfg.accumulate, amp=amp, scaler=scaler,
-        to_device=on_device, on_epoch=end_epoch, progress=progress, desc="finetune")
+        lambda z, y: loss_fn(task, z, y), opt, sched,
+        FitOptions(epochs=cfg.epochs, start_epoch=book.epoch, params=bb_params + fusion_params, grad_clip=cfg.grad_clip,
+                   accumulate=cfg.accumulate, amp=amp, scaler=scaler, to_device=on_device, on_epoch=end_epoch,
+                   progress=progress, desc="finetune"))
     summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on, "num_parameters": count_parameters(model),
                             "fusion_parameters": count_parameters(model.fusion), "test": None})
     if evaluate_test and any(s.split == "test" for s in built.source.samples()):

@@ -35,7 +35,7 @@ from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkp
 from extract.errors import DataError, ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
 from extract.sources.registry import open_source
-from fusion_search.engine import EpochTotals, fit, predict
+from fusion_search.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.metrics import PRIMARY, loss_fn, split_metrics
 from fusion_search.events import EpochEvents
 from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, improves, keep_epochs,
@@ -242,9 +242,9 @@ def _train(cfg: dict[str, Any], parts: _Parts, out: Path, resume: bool, progress
             log.info("pretrain %s (%s) on %s of %s, device %s", cfg["backbone"], cfg["setting"], cfg["modality"],
                      cfg["source"], dev)
         fit(model, lambda epoch: (b for b in parts.loader if b is not None and len(b[1]) >= 2),  # BatchNorm: 2 rows
-            lambda z, y: loss_fn(task, z, y), opt, None, epochs=cfg["epochs"], start_epoch=state["epoch"],
-            steps_per_epoch=len(parts.loader), to_device=on_device, on_epoch=end_epoch, progress=progress,
-            desc=f"pretrain {cfg['backbone']}")
+            lambda z, y: loss_fn(task, z, y), opt, None,
+            FitOptions(epochs=cfg["epochs"], start_epoch=state["epoch"], steps_per_epoch=len(parts.loader),
+                       to_device=on_device, on_epoch=end_epoch, progress=progress, desc=f"pretrain {cfg['backbone']}"))
     best, best_epoch, sha = state["best"], state["best_epoch"], state["sha"]
     summary = {"best_epoch": best_epoch, metric: best, "checkpoint": str(out / "best.pt"), "checkpoint_sha256": sha}
     write_json_atomic(out / "summary.json", summary)

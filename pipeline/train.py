@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from fusion_search.data import resolve_device
-from fusion_search.engine import EpochTotals, fit, steps_per_epoch
+from fusion_search.engine import EpochTotals, FitOptions, fit, steps_per_epoch
 from fusion_search.errors import SearchError
 from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
@@ -139,8 +139,9 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, outputs: tuple[loggin
             tqdm.write(msg)
 
     fit(model, lambda epoch: train.batches(cfg.batch_size, cfg.seed, epoch), lambda z, y: loss_fn(task, z, y), opt,
-        sched, epochs=cfg.epochs, start_epoch=book.epoch, params=params, grad_clip=cfg.grad_clip,
-        steps_per_epoch=steps_per_epoch(train.num_rows, cfg.batch_size), on_epoch=end_epoch, progress=progress)
+        sched, FitOptions(epochs=cfg.epochs, start_epoch=book.epoch, params=params, grad_clip=cfg.grad_clip,
+                          steps_per_epoch=steps_per_epoch(train.num_rows, cfg.batch_size), on_epoch=end_epoch,
+                          progress=progress))
     summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on,
                             "num_parameters": count_parameters(model), "test": None})
     if evaluate_test and len(store.splits.get("test", ())) > 0:
