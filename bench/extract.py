@@ -14,8 +14,8 @@
     heavier skeleton backbone (hcn full), and (b) with it on samples decoded in RAM beforehand,
     so that the forward dominates each worker's work.
 (d) for comparison only (--ntu-samples 0 leaves it out): videos at NTU's own 1920x1080 frame
-    size, where decoding dominates each sample; also the uint8 resize vs the float32 one it
-    replaced, and the fast .skeleton parser vs the line-by-line one, side by side.
+    size, where decoding dominates each sample; also the uint8 resize vs a float32 one, and the
+    fast .skeleton parser vs the line-by-line one, side by side.
 Data: synthetic ntu-like clips (H.264, 32 px) + NTU .skeleton files, the demo's backbones
 (inflated_resnet50 + hcn, tiny).
 
@@ -74,7 +74,7 @@ class _Forward:
                 stop = min(start + rows_per_chunk, n)
                 per += [torch.stack(xs[a:min(a + batch_size, stop)]) for a in range(start, stop, batch_size)]
             self.batches.append(per)
-        self.bare()  # warm-up: one whole pass (one batch left the heavier nets' first pass slow)
+        self.bare()  # warm-up: one whole pass (after one batch the heavier nets' first pass is still slow)
 
     def _timed(self, calls) -> float:
         import torch
@@ -255,7 +255,7 @@ def _ntu_sized(out: Path, samples: int, frames: int = 60) -> Path:
 
 
 def _float_resize(frames, size: int):
-    """The float32 resize `resize_crop` used before its uint8 path, kept here as the comparison."""
+    """`resize_crop`'s resize done through float32 instead of its uint8 path: the comparison."""
     import torch
     import torch.nn.functional as F
 

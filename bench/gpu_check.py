@@ -1,4 +1,4 @@
-"""The CUDA paths in one prepared run: a PASS / FAIL / SKIP line per check (issue 16). Not a test.
+"""The CUDA paths in one prepared run: a PASS / FAIL / SKIP line per check. Not a test.
 
     python bench/gpu_check.py            # about 2-4 minutes on one GPU; all SKIP (exit 0) without CUDA
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 
 # Idle OpenMP threads sleep instead of spinning. On a shared machine (more runnable threads than
-# cores) spinning threads steal the cores their partners need: measured here under load ~7 on 2
-# cores, 2-thread steps took 3-4x longer with the default (spinning) policy. Set it yourself to compare.
+# cores) spinning threads steal the cores their partners need, and 2-thread steps take several times
+# longer with the default (spinning) policy. Set it yourself to compare.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402

@@ -21,13 +21,13 @@ def local_cluster(workers: int, threads_per_worker: int):
     wait passively in OpenMP (as the CLI's own process does; a user's OMP_WAIT_POLICY is kept).
 
     The statistical profiler walks the task thread's stack every 10 ms in the worker's event loop
-    (holding the GIL): 1-5 ms of CPU per sample here (measured under load), for a dashboard page
-    this run never shows.
+    (holding the GIL): 1-5 ms of CPU per sample on a busy machine, for a dashboard page this run
+    never shows.
 
     dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 for their workers, and leave it in this
     process's environment for later spawns. Any fixed trim threshold also turns off glibc's
     dynamic mmap threshold, so every large tensor of a forward pass is mmap'ed and page-faulted
-    afresh: measured, the tiny backbones' forward took 1.6-2x the CPU time in such a worker.
+    afresh: the tiny backbones' forward takes 1.6-2x its CPU time in such a worker.
     The variable is put back as it was when this module was imported (a user's value is kept).
     """
     import dask

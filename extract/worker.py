@@ -151,7 +151,7 @@ def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, placement: P
 def _autocast(lm: _Loaded) -> torch.autocast:
     """float16 autocast for the forward when asked: convolutions and matmuls run in float16, while
     elementwise input preparation inside a model (HCN's frame-to-frame motion, BatchNorm of the
-    raw coordinates) stays in float32, which `.half()` on model and input did not."""
+    raw coordinates) stays in float32, which `.half()` on model and input would not keep."""
     return torch.autocast(lm.device.type, dtype=torch.float16, enabled=lm.fp16)
 
 
@@ -160,7 +160,7 @@ def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple
 
     Returns the readable rows (offsets into ``ids``), modality -> batch tensor, and skip records
     for the rest. Stacking here, in the loader thread, keeps the per-sample tensors' allocations
-    and frees in one thread (and arena): handed across threads one by one, they page-faulted
+    and frees in one thread (and arena): handed across threads one by one, they would page-fault
     the forward pass's memory afresh.
     """
     specs = {e.modality: (e.spec(), e.input) for e in entries}

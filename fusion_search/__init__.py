@@ -1,9 +1,15 @@
-"""Stage 2: BM-NAS hypernet, primitives, bilevel DARTS search, genotypes, found networks.
+"""Stage 2: BM-NAS hypernet, primitives, bilevel DARTS search, genotypes, found networks, and the
+training core every training stage shares.
 
-Modules: `primitives` (eqs. 4-8, the registry), `blocks` (ReshapeInput, Cell output, head),
-`hypernet` (α/β/γ relaxation, `sum`/`pair` step inputs), `derive` (eqs. 3 and 11, top-2 β),
-`genotype` (format v1, validation, show), `render` (dot / matplotlib), `found_network` (the discrete
-net), `architect` (weight and architecture steps, first/second order), `search` (Algorithm 1, run
-directory, checkpoints, resume), `config`, `data` (store splits as tensors), `evaluation`, `metrics`,
-`history` (α/β/γ heatmaps). Imports only `stores` from this project.
+Search space and search: `primitives` (eqs. 4-8, the `PRIMITIVES` registry), `blocks` (ReshapeInput,
+Cell output, head), `hypernet` (α/β/γ relaxation, `sum`/`pair` step inputs), `architect` (the
+architecture step, first or second order), `search` (Algorithm 1, its run directory, resume),
+`config` (SearchConfig, YAML, validation), `data` (store splits as tensors), `history` (α/β/γ per
+epoch and their heatmaps).
+Genotypes: `derive` (eqs. 3 and 11, top-2 β, candidates, op variants), `genotype` (format v1,
+validation, show), `render` (dot / matplotlib), `found_network` (the discrete net), `baselines`
+(the paper's baselines and ablation rows as genotypes), `evaluation` (split metrics, genotype scoring).
+Training core: `engine` (`fit`, `predict`), `metrics`, `schedule` (Adam + cosine warm restarts),
+`rundir` (the run directory of search, train, finetune and pretrain), `run_checkpoint` (last.pt and
+best.pt). `errors` holds SearchError. Imports only `stores` from this project.
 """

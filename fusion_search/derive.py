@@ -17,8 +17,8 @@ Lower level: op = argmax γ (eq. 11, Zero included: it "discards an inner step")
 `modalities` (optional, one name per store node) restricts a Cell that reads two store nodes to two
 modalities, as MFAS's fusion layers pair one feature of each modality; pairs with a Cell are always
 allowed. Why: eq. 3 ranks inputs by α, and α marks loud inputs (see `ranked_pair_sets`); on the demo
-store most derived Cells read two skeleton taps (scoring 0.21-0.25 on val, the skeleton's own ceiling)
-while every cross-modal pair the same searches derived scored 0.66-0.70.
+store most derived Cells read two skeleton taps and score at the skeleton's own ceiling on val, while
+the cross-modal pairs the same searches derive score far above it.
 """
 
 from __future__ import annotations
@@ -130,10 +130,10 @@ def uniform_op_variants(genotype: Genotype, ops: Sequence[str]) -> list[Genotype
     """The genotype with every Step set to one primitive, for each primitive but Zero (same Cell
     inputs, Step inputs and concat).
 
-    Why: on small data γ stays near uniform (0.13-0.32 over five ops after 25 epochs on the demo
-    store), so eq. 11's argmax is close to a coin toss between ops, and the parameter-free Attention
-    and Zero win it most often; scoring these variants lets the found network's val score choose the
-    op where γ cannot (`--op-variants`).
+    Why: on small data γ stays near uniform (on the demo store, after a whole search, every op's
+    weight is still within about 0.1 of 1/5), so eq. 11's argmax is close to a coin toss between
+    ops, and the parameter-free Attention and Zero win it most often; scoring these variants lets
+    the found network's val score choose the op where γ cannot (`--op-variants`).
     """
     out = []
     for op in ops:

@@ -4,15 +4,16 @@ Per train batch: a weight step on it, then an architecture step on the next val 
 epoch: the hypernet's val metrics (no autograd), the derived genotype (eqs. 3, 11, top-2 β), its
 score on val, and the best genotype so far (the official code keeps the best on val, too).
 
-Two departures, both off by default (paper behaviour), both used by the demo:
+Two departures, both off by default (paper behaviour), both used by the demo (so are `cross_modal`
+and `op_variants`, see `derive`):
 - `arch_warmup_epochs`: weight steps only for the first epochs, as P-DARTS/PC-DARTS do. With few
   steps per epoch, α otherwise moves on the gradients of an untrained hypernet and its ranking is
   settled before the hypernet has learnt any cross-modal term.
 - `candidates` k > 1: each epoch, the k best-ranked genotypes by α (eq. 3's pair first, then
   runner-up input pairs, `derive.ranked_pair_sets`) are scored and the best kept. An {Identity,
   Zero} α acts as a gain on its input (BatchNorm follows), so a high α marks a loud input, not
-  necessarily the pair the hypernet relies on; measured on the demo data, eq. 3 alone kept picking
-  two skeleton taps while a video/skeleton pair two ranks down scored 15 points higher on val.
+  necessarily the pair the hypernet relies on; on the demo data eq. 3 alone picks two skeleton taps
+  while a video/skeleton pair a few ranks down scores far higher on val.
 
 Scoring a genotype (`score: found`, default): the discrete FoundNetwork is trained `score_epochs`
 epochs (at least `score_min_steps` optimiser steps, so small splits do not score an untrained net) on

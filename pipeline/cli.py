@@ -18,8 +18,8 @@ from pipeline import __version__
 from pipeline.errors import user_errors
 from stores.files import disk_full
 
-# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads made
-# torch steps several times slower (measured by bench/search_step.py under load).
+# Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads steal the cores
+# their partners need and make torch steps several times slower (bench/search_step.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # name -> (module, attribute, one help line), in pipeline order

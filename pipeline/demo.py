@@ -39,11 +39,11 @@ class DemoConfig:
     pretrain_lr: float = 3e-3
     workers: int = 2
     search_epochs: int = 25
-    # With ~10 batches per epoch the paper's arch lr (3e-4) barely moves α; weight-only warm-up epochs
-    # let the hypernet learn the cross-modal term first (without them the best genotype scored 0.63 on
-    # val instead of 0.86). Each genotype is scored by two 300-step trainings (one run is noisy), and
-    # two searches from two seeds run side by side on the cluster (multi-start, `search --seeds`): the
-    # re-scored better one is kept.
+    # With ~10 batches per epoch the paper's arch lr (3e-4) barely moves α, hence 1e-2; weight-only
+    # warm-up epochs let the hypernet learn the cross-modal term before α moves (without them α ranks
+    # inputs by the gradients of an untrained hypernet). Each genotype is scored by two 300-step
+    # trainings (one run is noisy), and two searches from two seeds run side by side on the cluster
+    # (multi-start, `search --seeds`): the re-scored better one is kept.
     arch_lr: float = 1e-2
     arch_warmup_epochs: int = 15
     candidates: int = 1
@@ -51,18 +51,17 @@ class DemoConfig:
     score_seeds: int = 2  # ... averaged over this many training runs
     search_seeds: int = 2  # multi-start: searches from seeds seed .. seed + search_seeds - 1
     # Cells read one video and one skeleton tap when they read two store nodes (`--cross-modal`): α
-    # marks loud inputs, and without this most derived Cells read two skeleton taps (val 0.21-0.25,
-    # the skeleton's own ceiling) while the cross-modal pairs of the same searches scored 0.55-0.70
+    # marks loud inputs, and without this most derived Cells read two skeleton taps, which score at
+    # the skeleton's own ceiling, while the cross-modal pairs of the same searches score far above it
     cross_modal: bool = True
-    # γ stays near uniform here (0.13-0.32 over five ops), so eq. 11's op choice is close to a coin toss
-    # and favours the parameter-free Attention; one-primitive variants of each candidate are scored too
-    # (seed 0: the found network had Attention Cells at 90.4 %, ConcatFC Cells on its inputs 96.7 %)
+    # γ stays near uniform on this little data, so eq. 11's op choice is close to a coin toss and
+    # favours the parameter-free Attention; one-primitive variants of each candidate are scored too,
+    # so a learned op (ConcatFC, LinearGLU) on the same inputs can win on val
     op_variants: bool = True
-    # 1+2+...+64: ends where a warm-restart cycle of the cosine schedule ends. At 63 (one cycle less)
-    # a seed whose cache is harder stopped short: the found network 91.5/77.9/78.7 % over 3 training
-    # seeds, at 127 95.3/94.6/85.7 % (seed 4 of a 5-seed bench; 25 s more training per demo)
+    # 1+2+...+64: ends where a warm-restart cycle of the cosine schedule ends. One cycle less (63)
+    # leaves the found network undertrained on the harder caches some seeds give (bench/results.md)
     train_epochs: int = 127
-    train_seeds: tuple[int, ...] = (0, 1, 2)  # single runs differ by ~5 points on 243 test samples
+    train_seeds: tuple[int, ...] = (0, 1, 2)  # single runs differ by several points on 243 test samples
     channels: int = 32
     length: int = 8
     cells: int = 2
@@ -90,13 +89,12 @@ class DemoConfig:
 
 
 # Per dataset: what differs from the defaults above. mmimdb-like: the tiny vgg19 needs 60 epochs to
-# learn all six panels on every seed (at 30, its worst panel's test F1 was 0.0-0.65 on each of 5
-# seeds, and the fused rows lost that panel's genres; at 60: mean panel F1 0.99, each >= 0.94);
-# minilm is not pretrained (its shipped weights read the plot themes at F1-W 1.0 from any of its
-# layers). The search is shorter: with the NTU settings the hypernet reached val F1-W 0.87 by epoch
-# 12 and the first scored genotype 0.93, while scoring each candidate's one-primitive variants
-# (op_variants) made a scored epoch cost up to 12 trainings of 300 steps on the 384 x 64 text taps;
-# training stops after 31 epochs (1+2+4+8+16, the end of a warm-restart cycle).
+# learn all six panels on every seed (with fewer, some seeds lose a panel colour, and every fused row
+# loses that panel's genres with it); minilm is not pretrained (its shipped weights read the plot
+# themes from any of its layers). The search is shorter: the hypernet and the first scored genotypes
+# are near their best by epoch 12, and no op variants are scored (on the 384 x 64 text taps they
+# would make a scored epoch cost up to 12 trainings of 300 steps); training stops after 31 epochs
+# (1+2+4+8+16, the end of a warm-restart cycle).
 DATASETS = ("ntu-like", "mmimdb-like")
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {
     "ntu-like": {},

@@ -4,8 +4,8 @@ differentiable model, the raw samples it reads, and the finetune run's config.
 The model is exactly the cache pipeline made differentiable: each backbone runs on its modality, the
 taps the genotype reads are hooked and reduced by the same parameter-free `extract.reduction` the
 cache used, and the `FoundNetwork` of the genotype fuses them. Node `<modality>_<k>` is the k-th tap
-(shallow to deep) of that modality's backbone, as in extraction. Backbone heads are dropped (their
-logits were never used). Samples are read and prepared (`extract.backbones.prepare_one`, decord for
+(shallow to deep) of that modality's backbone, as in extraction. Backbone heads are dropped (the
+cache never holds their logits). Samples are read and prepared (`extract.backbones.prepare_one`, decord for
 video) in torch DataLoader workers. `finetune` trains it; `evaluate` scores a finetune run with it.
 """
 

@@ -10,8 +10,8 @@ Resume: ``checkpoints/last.pt`` (weights, optimiser, scheduler, torch RNG, best 
 atomically after every epoch; `resume_pretrain(RUN)` (`bmnas pretrain --resume RUN`, only --device
 may change) continues after the last finished epoch and ends with the same ``best.pt`` as an
 uninterrupted run on the same device (the CUDA RNG is saved too when used); a finished run is
-returned as is. A directory of the layout before the run directory (``last.pt`` and ``config.json``
-at its root) is refused in one line naming what to do.
+returned as is. A directory in the flat layout of older versions (``last.pt`` and ``config.json`` at
+its root) is refused in one line naming what to do.
 
 Training: Adam with one cosine cycle over the epochs down to 0 (`fusion_search.schedule`, stepped
 once per epoch), no gradient clipping; batches with fewer than two readable rows are skipped
@@ -59,7 +59,7 @@ class PretrainResult:
     epochs: list[dict]
 
 
-OLD_LAYOUT = ("last.pt", "config.json")  # the root files of a pretrain run before the run directory
+OLD_LAYOUT = ("last.pt", "config.json")  # the root files of a pretrain run in older versions' flat layout
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Test metrics of a pretrained unimodal model (backbone + head), for comparisons with fusion.
 
 A pretraining run keeps its best-on-val weights; this rebuilds the model from the run's
-`config.yaml` (`config.json` in the layout before the run directory), loads `best.pt` with the strict key check, and scores it on a split of the source.
+`config.yaml` (`config.json` in older versions' flat layout), loads `best.pt` with the strict key check, and
+scores it on a split of the source.
 It writes `RUN/metrics_<split>.json` in the flat format the fusion runs use (`accuracy` or
 `f1_weighted`, `num_samples`, `num_parameters`), so one table can hold both.
 """

@@ -1,4 +1,5 @@
-"""Opening stores: validation against format v1, and the entry points to the two readers."""
+"""Opening stores: validation against format v1 (docs/store-format.md), and the entry points to the two
+readers (`stores.loading`)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,14 @@ def _open_group(path: str | os.PathLike) -> zarr.Group:
     try:
         group = zarr.open_group(str(p), mode="r")
     except Exception:
-        raise StoreError(f"{p} is not a zarr group; a feature store is a zarr v3 group (see README, store format v1)") from None
+        raise StoreError(f"{p} is not a zarr group; a feature store is a zarr v3 group (see docs/store-format.md, format v1)") from None
     return group
 
 
 def _header_problems(group: zarr.Group) -> list[str]:
     attrs = dict(group.attrs).get(S.ATTRS_KEY)
     if not isinstance(attrs, dict):
-        return ["attrs['bmnas'] is missing: not a bmnas feature store (see README, store format v1)"]
+        return ["attrs['bmnas'] is missing: not a bmnas feature store (see docs/store-format.md, format v1)"]
     problems = []
     if attrs.get("format") != S.FORMAT:
         problems.append(f"attrs['bmnas']['format'] is {attrs.get('format')!r}, expected {S.FORMAT!r}")

@@ -67,9 +67,9 @@ def _put_chunk(arr: zarr.Array, k: int, block: np.ndarray) -> None:
     """Write row chunk ``k`` of ``arr`` as zarr would (its own codecs, key, fill-value padding and
     empty-chunk rule; the file replaced atomically) in this thread, without zarr's async IO loop.
 
-    Why: through the loop a 64-row chunk of 8 small node arrays plus its record cost 15-23 ms,
-    mostly Python holding the GIL (thread hops per array) that the forward pass of an extraction
-    waits for; this costs 6-12 ms, mostly encoding and file system calls (measured side by side).
+    Why: through the loop, a chunk of several small node arrays plus its record costs mostly Python
+    holding the GIL (thread hops per array), which the forward pass of an extraction waits for; here
+    the cost is encoding and file system calls, about half as long.
     """
     coords = (k,) + (0,) * (arr.ndim - 1)
     proto = default_buffer_prototype()

@@ -26,7 +26,7 @@ def _one_line_error(result, text):
     assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.output
 
 
-# (1) RNG states come back from a real checkpoint file, whatever they were loaded as
+# RNG states come back from a real checkpoint file, whatever dtype or device they were loaded as
 def test_restore_rng_from_a_saved_checkpoint_repeats_the_draws(tmp_path):
     torch.manual_seed(5)
     torch.save({"model": {}, **rng_state(torch.device("cpu"))}, tmp_path / "last.pt")
@@ -35,7 +35,7 @@ def test_restore_rng_from_a_saved_checkpoint_repeats_the_draws(tmp_path):
     ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
     restore_rng(ckpt, torch.device("cpu"))
     assert torch.equal(torch.rand(4), expected)
-    # a state that is not a CPU ByteTensor made torch.set_rng_state raise "RNG state must be a
+    # a state that is not a CPU ByteTensor makes torch.set_rng_state raise "RNG state must be a
     # torch.ByteTensor" (a CUDA tensor after map_location=cuda); the CPU's stand-in is another dtype
     with pytest.raises(TypeError, match="ByteTensor"):
         torch.set_rng_state(ckpt["rng"].to(torch.int16))
@@ -61,7 +61,8 @@ def test_one_resolver_for_every_room():
             search_resolver("cuda")
 
 
-# (2)/(8) one GPU per worker on each host, from the sorted addresses of that host
+# GPU-per-worker assignment: each worker of a host takes the GPU of its rank among that host's sorted
+# addresses, whatever the listing order and however the workers are named
 def test_gpu_slots_spread_workers_of_a_host_over_its_gpus():
     a = ["tcp://10.0.0.2:41000", "tcp://10.0.0.1:39999", "tcp://10.0.0.1:40001", "tcp://10.0.0.2:40500",
          "tcp://10.0.0.1:40000"]
@@ -75,7 +76,7 @@ def test_gpu_slots_spread_workers_of_a_host_over_its_gpus():
         gpu_slot(a[0], a, 0)
 
 
-# (3) a resumed run may change --device and nothing else
+# resume: a resumed run may change --device and nothing else; any other option is a one-line error
 @pytest.mark.usefixtures("single_thread")
 def test_search_resume_may_change_the_device_only(tmp_path):
     planted_store(tmp_path / "s.zarr", "joint", n=96)
@@ -105,7 +106,7 @@ def test_train_and_finetune_resume_refuse_options_they_would_ignore(tmp_path):
     assert r.exit_code == 0, r.output
 
 
-# (6) the GradScaler state crosses devices only where both sides have one
+# the GradScaler state crosses devices (CPU <-> CUDA resume) only where both sides have one
 def test_scaler_state_is_loaded_only_into_an_enabled_scaler_and_only_when_saved():
     from pipeline.finetune import restore_scaler
 
@@ -116,14 +117,16 @@ def test_scaler_state_is_loaded_only_into_an_enabled_scaler_and_only_when_saved(
     assert enabled.get_scale() == 2.0
     restore_scaler(enabled, saved.state_dict())
     assert enabled.get_scale() == 512.0
-    with pytest.raises(RuntimeError):  # what the unguarded call did on CUDA
+    with pytest.raises(RuntimeError):  # what loading {} into an enabled scaler does, unguarded
         torch.amp.GradScaler("cpu").load_state_dict({})
     disabled = torch.amp.GradScaler("cpu", enabled=False)
     restore_scaler(disabled, saved.state_dict())  # an AMP run resumed on CPU: nothing to load
     assert not disabled.is_enabled()
 
 
-# (2)/(4)/(7) extraction: the placement the driver decides from what each worker sees
+# extraction's placement, decided by the driver from what each worker sees: one GPU per worker of a
+# host, `auto` CUDA only when every worker has a GPU, `cuda` refused on workers without one, and
+# the compute precision
 def test_place_gives_each_worker_of_a_host_its_own_gpu_and_checks_the_workers():
     from extract.errors import ExtractError
     from extract.job import place

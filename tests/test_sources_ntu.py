@@ -202,7 +202,7 @@ def _ntu_root(tmp_path: Path) -> Path:
 
 def test_source_lists_splits_skips_and_loads(tmp_path: Path) -> None:
     src = NTUSource(_ntu_root(tmp_path), split="mfas", frames=4, size=16, skeleton_frames=32)
-    # missing, empty and bodiless files stay listed (extraction records them as skipped, issue 13);
+    # missing, empty and bodiless files stay listed (extraction records them as skipped);
     # the skip-listed sample is left out
     unreadable = {"S001C001P004R001A004", "S001C001P008R001A005", "S001C001P013R001A006", "S001C003P016R001A008"}
     good = [s for s in src.samples() if s.id not in unreadable]

@@ -14,7 +14,7 @@ extraction folds them back by max over bodies, the merge the network itself appl
 
 One departure, for `tiny` only (``input_bn=True``; `full` leaves it off): a BatchNorm2d per
 coordinate on each stream's input (`point_bn`, `motion_bn`). Frame-to-frame motion is ~50x
-smaller than the pose, and without that rescaling the narrow CPU demo's motion stream started too
+smaller than the pose, and without that rescaling the narrow CPU demo's motion stream starts too
 weak to learn from.
 """
 

@@ -9,7 +9,8 @@ through an identity module of that name, so the tap hooks that read every other 
   given to the model; a node is (D, tokens), the first token ([CLS]) in column 0;
 - image: pixels resized and normalised by bmnas (transformers' image processors need torchvision)
   with the size, mean and std of the directory's ``preprocessor_config.json``; a node is the class
-  token in column 0 followed by the patch grid reduced to ``--grid``² (`reduction.image_tokens`);
+  token in column 0 followed by the patch grid reduced to ``--grid``² (the reduction's
+  `image_tokens` kind);
 - video (VideoMAE's layout): the tubelets' time steps after a max over space, capped by ``--t-max``.
 A directory without ``preprocessor_config.json`` needs ``--input MODALITY=size=N,mean=..,std=..``.
 For pretraining, a linear head reads the last hidden state averaged over tokens (text: real tokens).

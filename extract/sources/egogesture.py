@@ -68,13 +68,13 @@ class EgoGestureSource(ListedSource):
         for csv_path in sorted(labels.glob("*/*/Group*.csv"), key=_natural):
             self._list_group(images, csv_path)
         if not self._samples and not self._problems:
-            raise DataError(f"{labels}: no SubjectNN/SceneK/GroupG.csv annotation files; see the README for the layout")
+            raise DataError(f"{labels}: no SubjectNN/SceneK/GroupG.csv annotation files; see docs/data-sources.md for the layout")
 
     def _first_dir(self, names: tuple[str, ...], what: str) -> Path:
         for name in names:
             if (self.root / name).is_dir():
                 return self.root / name
-        raise DataError(f"{self.root}: no {' or '.join(names)} folder with the {what}; see the README for the EgoGesture layout")
+        raise DataError(f"{self.root}: no {' or '.join(names)} folder with the {what}; see docs/data-sources.md for the EgoGesture layout")
 
     def _list_group(self, images: Path, csv_path: Path) -> None:
         subject_dir, scene = csv_path.parent.parent.name, csv_path.parent.name

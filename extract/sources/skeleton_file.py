@@ -93,7 +93,7 @@ def _parse_regular(lines: list[str]) -> list[np.ndarray] | None:
 def _single_spaced(rows: list[str]) -> bool:
     """Values separated by single spaces only, so that 11 spaces are 12 values: no other
     whitespace or control character, no doubled or edge spaces, no '#' (loadtxt's comments).
-    Substring scans in C: a regular expression doing the same took longer than the parse."""
+    Substring scans in C: a regular expression doing the same takes longer than the parse."""
     block = " ".join(rows)  # a row's edge space becomes a doubled space here
     return (block.isascii() and block.isprintable() and "  " not in block and "#" not in block
             and block[0] != " " and block[-1] != " ")

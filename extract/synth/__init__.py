@@ -1,8 +1,14 @@
-"""Synthetic datasets written in the exact on-disk formats of real ones, so the real readers run.
+"""Synthetic datasets written in the exact on-disk formats of real ones, so the real readers run
+(`generate`, what `bmnas data synth KIND` calls).
 
-``ntu-like``: H.264 videos + NTU ``.skeleton`` files with NTU names (see :mod:`extract.synth.ntu_like`).
-``mmimdb-like``: an HDF5 file in MM-IMDB's layout (see :mod:`extract.synth.mmimdb_like`).
-Each writes ``bmnas_synth.json`` (generating factors and unimodal accuracy ceilings) beside the data.
+- ``ntu-like`` (:mod:`extract.synth.ntu_like`): H.264 ``_rgb.avi`` videos + NTU ``.skeleton`` files
+  with NTU names, whose label needs both modalities; ``factors.csv`` holds the per-sample factors.
+- ``mmimdb-like`` (:mod:`extract.synth.mmimdb_like`): poster JPEGs and UTF-8 plot texts listed in
+  ``manifest.jsonl`` with ``classes.txt`` (a manifest source), and the same movies as an HDF5 file in
+  MM-IMDB's layout; the plot sentences come from :mod:`extract.synth.plots`.
+
+Each writes ``bmnas_synth.json`` beside the data: the generating factors and the ceilings of what one
+modality, or both, can reach (accuracy for ``ntu-like``, weighted F1 for ``mmimdb-like``).
 """
 
 from __future__ import annotations

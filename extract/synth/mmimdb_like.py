@@ -67,7 +67,7 @@ def generate_mmimdb_like(
     ids = [f"{i:07d}" for i in range(samples)]
     for folder in ("posters", "plots"):
         (out / folder).mkdir(exist_ok=True)
-    text_rng = np.random.default_rng([seed, 1])  # its own stream: the HDF5 stays as it was before plots existed
+    text_rng = np.random.default_rng([seed, 1])  # own stream: the HDF5 does not depend on the plots
     with h5py.File(out / "multimodal_imdb.hdf5", "w") as f:
         images = f.create_dataset("images", (samples, 3, height, width), np.float32,
                                   chunks=(1, 3, height, width), compression="gzip", compression_opts=1)

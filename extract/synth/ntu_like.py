@@ -5,16 +5,17 @@ Label = (visual factor v, motion factor m, cross-modal factor x):
   and full with the same frequency (invisible in the skeleton). The pulse is what survives the
   cache's parameter-free reduction (max over H, W keeps how strongly a colour is present, not where),
   so a fusion network that compares cached video and skeleton features over time can see the phase
-  (a pulse of ±25 % left too little of it in the tiny backbones' taps to learn from 600 samples).
+  (the pulse runs from dark to full: a weak pulse leaves too little of it in the tiny backbones' taps
+  to learn from 600 samples).
   The pulse leads the disk's position by a quarter period: it follows the limb's *velocity*, because
-  the skeleton taps of the tiny HCN keep joint motion rather than joint position (its motion stream;
-  measured on the demo cache, R² of the limb's wave from skeleton_1: velocity 0.52, position 0.12).
-  With the pulse in phase with the limb's position, cached video and skeleton features were a
-  quarter period apart, their products over time averaged out, and fused networks stayed at 50 %.
+  the skeleton taps of the tiny HCN keep joint motion rather than joint position (its motion stream:
+  on the demo cache skeleton_1 explains the limb's velocity far better than its position). A pulse
+  in phase with the limb's position would put cached video and skeleton features a quarter period
+  apart, their products over time would average out, and fused networks would stay at the ceiling
+  of both modalities without the cross-modal term (1/2).
   The disk (radius 17-24 % of the frame) and the limb's swing (0.35-0.5 m) are large enough that the
-  wave survives every seed's tiny backbones: with 12-17 % and 0.25-0.4 m, one demo seed of five kept
-  R² 0.40 (pulse from video_1) and 0.33 (velocity from skeleton_1) and its fused networks reached
-  53-65 %; with these sizes that seed kept 0.67 and 0.44 (0.73 from skeleton_2) and reached 97.7 %;
+  wave survives every seed's tiny backbones (with a smaller disk and swing, some seeds' taps keep too
+  little of it and their fused networks fall far short);
 - m: which limb, along which axis, oscillates in the skeleton (invisible in the video);
 - x: whether the disk's oscillation and the limb's oscillation are in phase or in anti-phase.
   Both share a random frequency and each has a uniformly random phase on its own, so x cannot
