@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fusion_search.errors import SearchError
 from fusion_search.primitives import PRIMITIVES
@@ -121,6 +121,21 @@ def _parse(data: Any, src: str) -> Genotype:
     def bad(msg: str) -> SearchError:
         return SearchError(f"{src}: {msg}")
 
+    _check_header(data, bad)
+    nodes = data["nodes"]
+    if not isinstance(data["cells"], list) or not data["cells"]:
+        raise bad("cells must be a non-empty list")
+    cells = [_parse_cell(k, cell, nodes, bad) for k, cell in enumerate(data["cells"])]
+    out = data["output"]
+    names = [cell_name(k) for k in range(len(cells))]
+    if not isinstance(out, list) or not out or not all(o in names for o in out) or len(set(out)) != len(out):
+        raise bad(f"output must list distinct cells among {', '.join(names)}")
+    return Genotype(data["task"], data["num_classes"], tuple(nodes), data["C"], data["L"], data["multiplier"],
+                    tuple(cells), tuple(out))
+
+
+def _check_header(data: Any, bad: Callable[[str], SearchError]) -> None:
+    """Format, version, the fields, task, sizes and node names: everything but the cells."""
     if not isinstance(data, dict):
         raise bad("expected a JSON object with \"format\": \"bmnas-genotype\"")
     if data.get("format") != FORMAT:
@@ -144,46 +159,41 @@ def _parse(data: Any, src: str) -> Genotype:
         raise bad("nodes must be a non-empty list of distinct node names")
     if any(n.startswith("cell_") for n in nodes):
         raise bad("node names may not start with 'cell_' (reserved for cells)")
-    if not isinstance(data["cells"], list) or not data["cells"]:
-        raise bad("cells must be a non-empty list")
-    cells = []
-    for k, cell in enumerate(data["cells"]):
-        where = f"cells[{k}]"
-        if not isinstance(cell, dict) or set(cell) != {"inputs", "steps", "concat"}:
-            raise bad(f"{where} must have exactly the fields inputs, steps, concat")
-        preds = list(nodes) + [cell_name(j) for j in range(k)]
-        ins = cell["inputs"]
-        if not isinstance(ins, list) or len(ins) != 2:
-            raise bad(f"{where}.inputs must list two predecessors")
-        for name in ins:
-            if name not in preds:
-                raise bad(f"{where}.inputs names {name!r}, which is neither one of nodes nor an earlier cell")
-        steps = cell["steps"]
-        if not isinstance(steps, list) or not steps:
-            raise bad(f"{where}.steps must be a non-empty list")
-        genes = []
-        for m, step in enumerate(steps):
-            sw = f"{where}.steps[{m}]"
-            if not isinstance(step, dict) or set(step) != {"op", "inputs"}:
-                raise bad(f"{sw} must have exactly the fields op, inputs")
-            if step["op"] not in PRIMITIVES:
-                raise bad(f"{sw}.op {step['op']!r} is not a primitive ({', '.join(PRIMITIVES)})")
-            si = step["inputs"]
-            if not isinstance(si, list) or len(si) != 2 or not all(_is_int(i) and 0 <= i < 2 + m for i in si):
-                raise bad(f"{sw}.inputs must be two inner-node indices in 0..{1 + m} (x, y, earlier steps)")
-            genes.append(StepGene(step["op"], (si[0], si[1])))
-        concat = cell["concat"]
-        n_inner = 2 + len(steps)
-        if (not isinstance(concat, list) or not concat or len(set(map(str, concat))) != len(concat)
-                or not all(_is_int(i) and 0 <= i < n_inner for i in concat)):
-            raise bad(f"{where}.concat must list distinct inner-node indices in 0..{n_inner - 1}")
-        cells.append(CellGene((ins[0], ins[1]), tuple(genes), tuple(concat)))
-    out = data["output"]
-    names = [cell_name(k) for k in range(len(cells))]
-    if not isinstance(out, list) or not out or not all(o in names for o in out) or len(set(out)) != len(out):
-        raise bad(f"output must list distinct cells among {', '.join(names)}")
-    return Genotype(data["task"], data["num_classes"], tuple(nodes), data["C"], data["L"], data["multiplier"],
-                    tuple(cells), tuple(out))
+
+
+def _parse_cell(k: int, cell: Any, nodes: list[str], bad: Callable[[str], SearchError]) -> CellGene:
+    """Cell k: two predecessors among the nodes and earlier cells, its Steps, its concat."""
+    where = f"cells[{k}]"
+    if not isinstance(cell, dict) or set(cell) != {"inputs", "steps", "concat"}:
+        raise bad(f"{where} must have exactly the fields inputs, steps, concat")
+    preds = list(nodes) + [cell_name(j) for j in range(k)]
+    ins = cell["inputs"]
+    if not isinstance(ins, list) or len(ins) != 2:
+        raise bad(f"{where}.inputs must list two predecessors")
+    for name in ins:
+        if name not in preds:
+            raise bad(f"{where}.inputs names {name!r}, which is neither one of nodes nor an earlier cell")
+    steps = cell["steps"]
+    if not isinstance(steps, list) or not steps:
+        raise bad(f"{where}.steps must be a non-empty list")
+    genes = [_parse_step(f"{where}.steps[{m}]", m, step, bad) for m, step in enumerate(steps)]
+    concat = cell["concat"]
+    n_inner = 2 + len(steps)
+    if (not isinstance(concat, list) or not concat or len(set(map(str, concat))) != len(concat)
+            or not all(_is_int(i) and 0 <= i < n_inner for i in concat)):
+        raise bad(f"{where}.concat must list distinct inner-node indices in 0..{n_inner - 1}")
+    return CellGene((ins[0], ins[1]), tuple(genes), tuple(concat))
+
+
+def _parse_step(where: str, m: int, step: Any, bad: Callable[[str], SearchError]) -> StepGene:
+    if not isinstance(step, dict) or set(step) != {"op", "inputs"}:
+        raise bad(f"{where} must have exactly the fields op, inputs")
+    if step["op"] not in PRIMITIVES:
+        raise bad(f"{where}.op {step['op']!r} is not a primitive ({', '.join(PRIMITIVES)})")
+    si = step["inputs"]
+    if not isinstance(si, list) or len(si) != 2 or not all(_is_int(i) and 0 <= i < 2 + m for i in si):
+        raise bad(f"{where}.inputs must be two inner-node indices in 0..{1 + m} (x, y, earlier steps)")
+    return StepGene(step["op"], (si[0], si[1]))
 
 
 def check_against_store(genotype: Genotype, store_nodes: Sequence[str], task: str, num_classes: int,

@@ -183,16 +183,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         return _run_stages(cfg)
 
 
-def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
+def _data_and_cache(cfg: DemoConfig, stages: "_Stages", data: "DemoData", out: Path) -> Any:
+    """The first three stages: synthetic raw data, pretrained tiny backbones, the extracted store;
+    returns the raw data's source."""
     from extract.synth import generate
 
-    out = Path(cfg.out)
-    _claim_out(cfg, out)
     raw, store = out / "raw", out / "features.zarr"
-    data = DEMO_DATA[cfg.dataset]
-    stages = _Stages(6 if data.unimodal_on_cache else 7)
-    t_start = time.perf_counter()
-
     classes = f", {cfg.classes} classes" if cfg.dataset == "ntu-like" else ""
     stages.run(f"synthetic {cfg.dataset} data: {cfg.samples} samples{classes}",
                lambda: (raw / "bmnas_synth.json").is_file(),
@@ -210,6 +206,19 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
                lambda: _store_complete(store),
                lambda: _extract(cfg, source, data, checkpoints, store),
                f"{store} is complete")
+    return source
+
+
+def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
+    out = Path(cfg.out)
+    _claim_out(cfg, out)
+    store = out / "features.zarr"
+    data = DEMO_DATA[cfg.dataset]
+    stages = _Stages(6 if data.unimodal_on_cache else 7)
+    t_start = time.perf_counter()
+
+    source = _data_and_cache(cfg, stages, data, out)
+    backbones = data.backbones
     search_dir = out / "search"
     stages.run("BM-NAS search on the cache",
                lambda: (search_dir / "genotype.json").is_file(),

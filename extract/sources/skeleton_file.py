@@ -107,74 +107,87 @@ def _all_numeric(values: list[str]) -> bool:
     return True
 
 
-def _parse_exact(path: Path, lines: list[str]) -> list[np.ndarray]:
-    """The line-by-line parser: same result as the fast one, and the error that names the line."""
-    pos = 0
+class _Lines:
+    """A cursor over a .skeleton file's lines whose errors name the file and line."""
 
-    def take(count: int, what: str) -> list[str]:
-        nonlocal pos
-        if pos >= len(lines):
+    def __init__(self, path: Path, lines: list[str]) -> None:
+        self.path, self.lines, self.pos = path, lines, 0
+
+    def take(self, count: int, what: str) -> list[str]:
+        if self.pos >= len(self.lines):
             raise DataError(
-                f"{path}:{pos + 1}: file ends where {what} was expected; the file is truncated — "
+                f"{self.path}:{self.pos + 1}: file ends where {what} was expected; the file is truncated — "
                 "re-extract it or add its id to the skip list"
             )
-        vals = lines[pos].split()
-        pos += 1
+        vals = self.lines[self.pos].split()
+        self.pos += 1
         if len(vals) != count:
             raise DataError(
-                f"{path}:{pos}: expected {count} value(s) for {what}, found {len(vals)}; "
+                f"{self.path}:{self.pos}: expected {count} value(s) for {what}, found {len(vals)}; "
                 "this is not a valid NTU .skeleton file — re-extract it or add its id to the skip list"
             )
         return vals
 
-    def number(vals: list[str], what: str, cast=float):
+    def number(self, vals: list[str], what: str, cast=float) -> list:
         try:
             return [cast(v) for v in vals]
         except ValueError:
             raise DataError(
-                f"{path}:{pos}: non-numeric {what} {' '.join(vals)[:80]!r}; the file is corrupt — "
+                f"{self.path}:{self.pos}: non-numeric {what} {' '.join(vals)[:80]!r}; the file is corrupt — "
                 "re-extract it or add its id to the skip list"
             ) from None
 
-    (num_frames,) = number(take(1, "the frame count"), "frame count", int)
+    def count(self, what: str, name: str) -> int:
+        (n,) = self.number(self.take(1, what), name, int)
+        return n
+
+    def corrupt(self, what: str) -> DataError:
+        return DataError(f"{self.path}:{self.pos}: {what}; the file is corrupt — re-extract it")
+
+
+def _parse_exact(path: Path, lines: list[str]) -> list[np.ndarray]:
+    """The line-by-line parser: same result as the fast one, and the error that names the line."""
+    cur = _Lines(path, lines)
+    num_frames = cur.count("the frame count", "frame count")
     if num_frames < 0:
         raise DataError(f"{path}:1: frame count {num_frames}; the file is corrupt — re-extract it")
     frames: list[np.ndarray] = []
-    joints_per_body: int | None = None
+    joints: list[int | None] = [None]  # joints per body, fixed by the first body of the file
     for f in range(num_frames):
-        (num_bodies,) = number(take(1, f"the body count of frame {f + 1}"), "body count", int)
+        num_bodies = cur.count(f"the body count of frame {f + 1}", "body count")
         if num_bodies < 0:
-            raise DataError(f"{path}:{pos}: body count {num_bodies}; the file is corrupt — re-extract it")
-        bodies = []
-        for b in range(num_bodies):
-            number(take(INFO_VALUES, f"the info line of body {b + 1} in frame {f + 1}"), "body info")
-            (nj,) = number(take(1, "the joint count"), "joint count", int)
-            if nj <= 0:
-                raise DataError(f"{path}:{pos}: joint count {nj}; the file is corrupt — re-extract it")
-            if joints_per_body is None:
-                joints_per_body = nj
-            elif nj != joints_per_body:
-                raise DataError(
-                    f"{path}:{pos}: joint count {nj} differs from {joints_per_body} earlier in the file; "
-                    "the file is corrupt — re-extract it"
-                )
-            first = pos
-            rows = [take(JOINT_VALUES, f"joint {j + 1} of body {b + 1} in frame {f + 1}")[:3] for j in range(nj)]
-            try:  # only x y z are used; the other 9 values are checked for their count only
-                bodies.append(np.asarray(rows, dtype=np.float32))
-            except ValueError:
-                bad = next(i for i, r in enumerate(rows) if not _all_numeric(r))
-                pos = first + bad + 1
-                number(rows[bad], "joint coordinates")
-        shape = (num_bodies, joints_per_body or NUM_JOINTS, 3)
+            raise cur.corrupt(f"body count {num_bodies}")
+        bodies = [_parse_body(cur, f, b, joints) for b in range(num_bodies)]
+        shape = (num_bodies, joints[0] or NUM_JOINTS, 3)
         frames.append(np.stack(bodies) if bodies else np.zeros(shape, np.float32))
-    rest = [i for i in range(pos, len(lines)) if lines[i].strip()]
+    rest = [i for i in range(cur.pos, len(lines)) if lines[i].strip()]
     if rest:
         raise DataError(
             f"{path}:{rest[0] + 1}: unexpected content after the {num_frames} frames the header declares; "
             "the frame count is wrong — re-extract the file"
         )
     return frames
+
+
+def _parse_body(cur: _Lines, f: int, b: int, joints: list[int | None]) -> np.ndarray:
+    """Body b of frame f: its info line, joint count (the file's first fixes it) and x y z per joint."""
+    cur.number(cur.take(INFO_VALUES, f"the info line of body {b + 1} in frame {f + 1}"), "body info")
+    nj = cur.count("the joint count", "joint count")
+    if nj <= 0:
+        raise cur.corrupt(f"joint count {nj}")
+    if joints[0] is None:
+        joints[0] = nj
+    elif nj != joints[0]:
+        raise cur.corrupt(f"joint count {nj} differs from {joints[0]} earlier in the file")
+    first = cur.pos
+    rows = [cur.take(JOINT_VALUES, f"joint {j + 1} of body {b + 1} in frame {f + 1}")[:3] for j in range(nj)]
+    try:  # only x y z are used; the other 9 values are checked for their count only
+        return np.asarray(rows, dtype=np.float32)
+    except ValueError:
+        bad = next(i for i, r in enumerate(rows) if not _all_numeric(r))
+        cur.pos = first + bad + 1
+        cur.number(rows[bad], "joint coordinates")
+        raise
 
 
 def skeleton_array(path: str | Path, frames: int = 32, max_bodies: int = 2, center: bool = True) -> np.ndarray:

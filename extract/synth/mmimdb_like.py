@@ -59,11 +59,7 @@ def generate_mmimdb_like(
     image_bits = (rng.random((samples, N_BITS)) < BIT_P).astype(np.uint8)
     text_bits = (rng.random((samples, N_BITS)) < BIT_P).astype(np.uint8)
     genres = genres_of(image_bits, text_bits)
-    directions = rng.normal(0, 1, (N_BITS + 4, TEXT_DIM)).astype(np.float32)
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    distract = (rng.random((samples, 4)) < 0.5).astype(np.float32)
-    features = (np.hstack([text_bits.astype(np.float32), distract]) * rng.uniform(0.6, 1.0, (samples, N_BITS + 4))) @ directions
-    features += rng.normal(0, 0.25 / np.sqrt(TEXT_DIM) * 4, features.shape)
+    features = _text_features(rng, text_bits)
     ids = [f"{i:07d}" for i in range(samples)]
     for folder in ("posters", "plots"):
         (out / folder).mkdir(exist_ok=True)
@@ -80,7 +76,28 @@ def generate_mmimdb_like(
         f["genres"] = genres
         f["imdb_ids"] = np.array([i.encode() for i in ids])
     write_manifest(out, ids, genres)
-    meta = {
+    meta = _metadata(samples, seed, (3, height, width), image_bits, text_bits, genres)
+    meta["generation_seconds"] = round(time.perf_counter() - t0, 2)
+    (out / SYNTH_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _text_features(rng: np.random.Generator, text_bits: np.ndarray) -> np.ndarray:
+    """The HDF5's text features: each set theme a unit direction (plus 4 random distractors), scaled
+    and with noise."""
+    samples = len(text_bits)
+    directions = rng.normal(0, 1, (N_BITS + 4, TEXT_DIM)).astype(np.float32)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    distract = (rng.random((samples, 4)) < 0.5).astype(np.float32)
+    features = (np.hstack([text_bits.astype(np.float32), distract]) * rng.uniform(0.6, 1.0, (samples, N_BITS + 4))) @ directions
+    features += rng.normal(0, 0.25 / np.sqrt(TEXT_DIM) * 4, features.shape)
+    return features
+
+
+def _metadata(samples: int, seed: int, image_shape: tuple[int, int, int], image_bits: np.ndarray,
+              text_bits: np.ndarray, genres: np.ndarray) -> dict[str, Any]:
+    """bmnas_synth.json: the format, the factors and the one-modality ceilings."""
+    return {
         "kind": "mmimdb-like",
         "format": "raw posters/<id>.jpg + plots/<id>.txt listed in manifest.jsonl; and MM-IMDB "
                   "multimodal_imdb.hdf5 (images float32 Caffe BGR - mean, features, genres, imdb_ids)",
@@ -88,7 +105,7 @@ def generate_mmimdb_like(
         "num_classes": len(GENRES),
         "class_names": GENRES,
         "seed": seed,
-        "image": {"shape": [3, height, width]},
+        "image": {"shape": list(image_shape)},
         "text": {"dim": TEXT_DIM},
         "factors": {
             "image_bits": f"{N_BITS} coloured panels (3x2 grid), each present with p={BIT_P}",
@@ -98,10 +115,7 @@ def generate_mmimdb_like(
             "cross": [list(c) for c in CROSS],
         },
         "ceilings": weighted_f1_ceilings(image_bits, text_bits, genres),
-        "generation_seconds": round(time.perf_counter() - t0, 2),
     }
-    (out / SYNTH_META).write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
 
 
 def write_poster(path: Path, rgb: np.ndarray) -> None:

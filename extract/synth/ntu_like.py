@@ -124,21 +124,8 @@ def generate_ntu_like(
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(samples) % classes)
     names = _names(rng, labels)
-    rows = []
-    for i, (name, label) in enumerate(zip(names, labels)):
-        x, rest = int(label % 2), int(label // 2)
-        v, m = rest // n_m, rest % n_m
-        sample_rng = np.random.default_rng([seed, i])
-        freq = sample_rng.uniform(0.75, 1.75)  # cycles per clip
-        phase = sample_rng.uniform(0, 2 * np.pi)
-        t = np.arange(frames) / frames
-        angle = 2 * np.pi * freq * t + phase
-        skeleton_wave = np.sin(angle + np.pi * x)
-        video = render_video(sample_rng, v, np.sin(angle), size, pulse=np.cos(angle))
-        write_video(rgb_dir / f"{name}_rgb.avi", video)
-        write_skeleton(skel_dir / f"{name}.skeleton", render_skeleton(sample_rng, m, n_m, skeleton_wave), sample_rng)
-        rows.append({"id": name, "label": int(label), "visual": v, "motion": m, "phase": x,
-                     "freq": round(float(freq), 4), "phase_offset": round(float(phase), 4)})
+    rows = [_write_sample(out, name, int(label), np.random.default_rng([seed, i]), n_m, size, frames)
+            for i, (name, label) in enumerate(zip(names, labels))]
     with open(out / "factors.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -147,6 +134,24 @@ def generate_ntu_like(
     meta["generation_seconds"] = round(time.perf_counter() - t0, 2)
     (out / SYNTH_META).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _write_sample(out: Path, name: str, label: int, sample_rng: np.random.Generator, n_m: int, size: int,
+                  frames: int) -> dict[str, Any]:
+    """One clip and its skeleton file from the label's factors (colour, limb, phase); its factors row."""
+    x, rest = label % 2, label // 2
+    v, m = rest // n_m, rest % n_m
+    freq = sample_rng.uniform(0.75, 1.75)  # cycles per clip
+    phase = sample_rng.uniform(0, 2 * np.pi)
+    t = np.arange(frames) / frames
+    angle = 2 * np.pi * freq * t + phase
+    skeleton_wave = np.sin(angle + np.pi * x)
+    video = render_video(sample_rng, v, np.sin(angle), size, pulse=np.cos(angle))
+    write_video(out / "nturgb+d_rgb" / f"{name}_rgb.avi", video)
+    write_skeleton(out / "nturgb+d_skeletons" / f"{name}.skeleton", render_skeleton(sample_rng, m, n_m, skeleton_wave),
+                   sample_rng)
+    return {"id": name, "label": label, "visual": v, "motion": m, "phase": x,
+            "freq": round(float(freq), 4), "phase_offset": round(float(phase), 4)}
 
 
 def _names(rng: np.random.Generator, labels: np.ndarray) -> list[str]:
