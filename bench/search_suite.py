@@ -118,7 +118,7 @@ def build_store(work: Path, mods: dict[str, np.ndarray], y: np.ndarray, split_se
     ckpts = {}
     for m in mods:
         run = work / "pretrain" / m
-        res = pretrain(source, f"array_{m}", SPEC, str(run), taps=TAPS, epochs=PRETRAIN_EPOCHS, batch_size=32, lr=3e-3,
+        res = pretrain(source, f"array_{m}", SPEC, str(run), tap_choice=list(TAPS), epochs=PRETRAIN_EPOCHS, batch_size=32, lr=3e-3,
                        device="cpu", progress=False, seed=split_seed)
         print(f"    pretrain {m}: best {res.metric} {res.best_score:.3f}", flush=True)
         ckpts[m] = res.checkpoint

@@ -16,9 +16,10 @@ from extract.config import ExtractConfig, ReductionConfig
 from extract.errors import ExtractError
 from pipeline.cli_backbones import backbone_options, input_fields, pairs, tap_list
 from pipeline.cli_resume import check_resume_options, given_device
+from pipeline.configs import PretrainConfig
 
 KINDS = ("ntu", "mmimdb", "egogesture", "manifest")
-_X = ExtractConfig()  # the defaults of `bmnas extract`'s options
+_X, _P = ExtractConfig(), PretrainConfig()  # the defaults of `bmnas extract`'s and `pretrain`'s options
 
 
 def _source_options(values: tuple[str, ...]) -> dict:
@@ -61,19 +62,19 @@ def _source_args(f, data_required: bool = True):
               help="Layers to tap (required for a torch module: its head reads the deepest).")
 @click.option("--input", "input_text", default=None, metavar="KEY=VALUE,...",
               help="Fields of the prepared input replacing the backbone's default (e.g. size=64,frames=16).")
-@click.option("--setting", default="full", show_default=True, help="Backbone width/depth setting: full or tiny.")
+@click.option("--setting", default=_P.setting, show_default=True, help="Backbone width/depth setting: full or tiny.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="New run directory to write.")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--epochs", default=_P.epochs, show_default=True)
+@click.option("--batch-size", default=_P.batch_size, show_default=True)
+@click.option("--lr", default=_P.lr, show_default=True)
+@click.option("--weight-decay", default=_P.weight_decay, show_default=True)
 @click.option("--checkpoint", default=None, type=click.Path(path_type=Path), help="Start from this local state_dict.")
 @click.option("--inflate-from", default=None, type=click.Path(path_type=Path),
               help="Start inflated_resnet50 from local 2D ResNet-50 weights (e.g. ImageNet resnet50.pth).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--loader-workers", default=0, show_default=True, help="torch DataLoader worker processes.")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_P.device, show_default=True)
+@click.option("--loader-workers", default=_P.num_workers, show_default=True, help="torch DataLoader worker processes.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default=_P.on_error, show_default=True)
+@click.option("--seed", default=_P.seed, show_default=True)
 @click.option("--keep-in-memory", is_flag=True,
               help="Keep decoded inputs in RAM after the first epoch (small data sets only).")
 @click.option("--resume", type=click.Path(), help="Continue the killed pretraining run in this directory.")
@@ -98,8 +99,8 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, taps_text, i
                        init_checkpoint=str(checkpoint) if checkpoint else None,
                        inflate_from=str(inflate_from) if inflate_from else None, num_workers=loader_workers,
                        on_error=on_error, seed=seed, keep_in_memory=keep_in_memory, source_location=where,
-                       taps=tap_list(taps_text or "") or None,
-                       input_fields=input_fields(input_text) if input_text else None)
+                       tap_choice=tap_list(taps_text or "") or None,
+                       input=input_fields(input_text) if input_text else {})
     click.echo(f"best {res.metric} {res.best_score:.4f} at epoch {res.best_epoch}; checkpoint {res.checkpoint} "
                f"(sha256 {res.checkpoint_sha256[:12]})")
 

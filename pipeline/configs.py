@@ -1,4 +1,4 @@
-"""The settings of the train and finetune stages: one dataclass each, the defaults in one place.
+"""The settings of the pretrain, train and finetune stages: one dataclass each, the defaults in one place.
 
 Why a module of its own: the command line takes its options' defaults from these fields, and must
 not import torch to print its help (the optimiser is built on demand).
@@ -84,3 +84,35 @@ class FinetuneConfig(Schedule):
     amp: bool = True
     loader_workers: int = 2  # DataLoader processes decoding raw samples
     kind: str = "finetune"
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that determines a pretraining run (with the source: its result). The first group
+    is what a user sets; the second is recorded when the run starts (config.yaml holds both)."""
+
+    backbone: str = ""
+    modality: str = ""
+    setting: str = "full"
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0                   # DataLoader processes (--loader-workers)
+    on_error: str = "fail"
+    keep_in_memory: bool = False
+    init_checkpoint: str | None = None     # --checkpoint: start from these weights
+    inflate_from: str | None = None        # 2D ResNet-50 weights for inflated_resnet50
+    tap_choice: list[str] | None = None    # --taps (a torch module's head reads the deepest)
+    input: dict[str, Any] = field(default_factory=dict)  # --input fields replacing the default preparation
+    kind: str = "pretrain"
+    source: str = "source"
+    source_location: dict[str, Any] | None = None  # how `bmnas pretrain` opened the source (for --resume)
+    task: str = ""
+    num_classes: int = 0
+    input_dim: int | None = None
+    metric: str = ""
+    init_sha256: str | None = None
+    taps: list[dict[str, Any]] = field(default_factory=list)  # the resolved tap specs

@@ -21,9 +21,9 @@ once per epoch), no gradient clipping; batches with fewer than two readable rows
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,7 @@ from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new
                                   load_training_state, run_log, save_training_state, start_run)
 from fusion_search.schedule import weight_optimizer
 from stores.device import resolve_device
+from pipeline.configs import PretrainConfig
 from stores.lock import holds_lock
 from stores.files import write_json_atomic
 
@@ -59,6 +60,7 @@ class PretrainResult:
     epochs: list[dict]
 
 
+PRETRAIN_FIELDS = {f.name for f in fields(PretrainConfig)}
 OLD_LAYOUT = ("last.pt", "config.json")  # the root files of a pretrain run in older versions' flat layout
 
 
@@ -74,23 +76,23 @@ class _Parts:
     init_sha256: str | None
 
 
-def _build(source: Any, cfg: dict[str, Any], device: str, *, initialise: bool) -> _Parts:
+def _build(source: Any, cfg: PretrainConfig, device: str, *, initialise: bool) -> _Parts:
     """The model (initial weights from --checkpoint/--inflate-from when `initialise`) and the loaders."""
-    modality, setting, batch_size = cfg["modality"], cfg["setting"], cfg["batch_size"]
-    spec = resolve_backbone(cfg["backbone"], modality, cfg.get("tap_choice"))
-    inp = spec.input_for(setting, cfg.get("input"))
+    modality, setting, batch_size = cfg.modality, cfg.setting, cfg.batch_size
+    spec = resolve_backbone(cfg.backbone, modality, cfg.tap_choice)
+    inp = spec.input_for(setting, cfg.input)
     if modality not in source.modalities:
         raise ExtractError(f"source {source.name!r} has no modality {modality!r} (it has {', '.join(source.modalities)})")
-    if cfg["on_error"] not in ("fail", "skip"):
-        raise ExtractError(f"--on-error must be fail or skip, not {cfg['on_error']!r}")
+    if cfg.on_error not in ("fail", "skip"):
+        raise ExtractError(f"--on-error must be fail or skip, not {cfg.on_error!r}")
     resolve_device(device, ExtractError)  # a bad --device fails before any data is read
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     samples = source.samples()
     train = [s for s in samples if s.split == "train"]
     val = [s for s in samples if s.split == "val"]
     if not train:
         raise DataError(f"source {source.name!r} has no train samples")
-    skip, keep = cfg["on_error"] == "skip", cfg["keep_in_memory"]
+    skip, keep = cfg.on_error == "skip", cfg.keep_in_memory
     train_ds = LabelledSamples(source, train, modality, spec, inp, skip, keep=keep)
     first = next((train_ds[i] for i in range(min(len(train_ds), 32)) if train_ds[i] is not None), None)
     if first is None:
@@ -98,72 +100,49 @@ def _build(source: Any, cfg: dict[str, Any], device: str, *, initialise: bool) -
     input_dim = int(first[0].shape[-1]) if modality == "text" else None
     model = spec.build(setting, source.num_classes, modality, input_dim, example=first[0])
     init_sha = None
-    if cfg["inflate_from"]:
-        if cfg["backbone"] != "inflated_resnet50":
+    if cfg.inflate_from:
+        if cfg.backbone != "inflated_resnet50":
             raise ExtractError("--inflate-from takes 2D ResNet-50 weights for inflated_resnet50 only")
-        init_sha = inflate_checkpoint(model, cfg["inflate_from"], head=spec.head) if initialise else None
-    elif cfg["init_checkpoint"] and initialise:
-        init_sha = load_checkpoint(model, cfg["init_checkpoint"], head=spec.head)
+        init_sha = inflate_checkpoint(model, cfg.inflate_from, head=spec.head) if initialise else None
+    elif cfg.init_checkpoint and initialise:
+        init_sha = load_checkpoint(model, cfg.init_checkpoint, head=spec.head)
     dev = resolve_device(device, ExtractError)
     model.to(dev)
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=cfg["num_workers"],
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=cfg.num_workers,
                         collate_fn=collate_samples, drop_last=len(train) > batch_size)
     eval_loader = DataLoader(LabelledSamples(source, val, modality, spec, inp, skip, keep=keep),
-                             batch_size=batch_size, num_workers=cfg["num_workers"],
+                             batch_size=batch_size, num_workers=cfg.num_workers,
                              collate_fn=collate_samples) if val else loader
     return _Parts(model, loader, eval_loader, dev, input_dim, init_sha)
 
 
 @holds_lock("out_dir", "run directory")
-def pretrain(
-    source: Any,
-    modality: str,
-    backbone: str,
-    out_dir: str,
-    *,
-    setting: str = "full",
-    epochs: int = 10,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    device: str = "auto",
-    init_checkpoint: str | None = None,
-    inflate_from: str | None = None,
-    num_workers: int = 0,
-    on_error: str = "fail",
-    seed: int = 0,
-    progress: bool = True,
-    keep_in_memory: bool = False,
-    source_location: dict[str, Any] | None = None,
-    on_epoch: Callable[[int], None] | None = None,
-    taps: Sequence[str] | None = None,
-    input_fields: dict[str, Any] | None = None,
-) -> PretrainResult:
+def pretrain(source: Any, modality: str, backbone: str, out_dir: str, *,
+             source_location: dict[str, Any] | None = None, on_epoch: Callable[[int], None] | None = None,
+             progress: bool = True, **settings: Any) -> PretrainResult:
     """Train ``backbone`` + head on ``modality`` of ``source`` into the new run directory ``out_dir``;
-    keep the best epoch on val.
+    keep the best epoch on val. ``settings`` are PretrainConfig fields (setting, epochs, lr, ...).
 
-    ``backbone`` is any backbone spec (`extract.backbones.specs`); a torch module needs ``taps``, its
-    head reads the deepest. ``input_fields`` replace fields of the backbone's input (``--input``).
+    ``backbone`` is any backbone spec (`extract.backbones.specs`); a torch module needs taps
+    (``tap_choice``), its head reads the deepest; ``input`` replaces fields of the backbone's input.
 
     ``source_location`` ({"path", "kind", "split", "options"}, as `bmnas pretrain` opened the source)
     is recorded so that `--resume` can reopen it. ``on_epoch(epoch)`` is called after each epoch's
     state is on disk (tests kill a run there)."""
-    cfg = {"kind": "pretrain", "backbone": backbone, "setting": setting, "modality": modality,
-           "source": getattr(source, "name", "source"), "source_location": source_location,
-           "task": source.task, "num_classes": source.num_classes, "epochs": epochs, "batch_size": batch_size,
-           "lr": lr, "weight_decay": weight_decay, "seed": seed, "device": device, "num_workers": num_workers,
-           "on_error": on_error, "keep_in_memory": keep_in_memory,
-           "init_checkpoint": init_checkpoint, "inflate_from": inflate_from,
-           "tap_choice": list(taps) if taps else None, "input": dict(input_fields or {})}
-    spec = resolve_backbone(backbone, modality, taps)
-    cfg["backbone"] = spec.name  # an hf: path made absolute, so a resume finds it from anywhere
+    cfg = PretrainConfig(backbone=backbone, modality=modality, source=getattr(source, "name", "source"),
+                         source_location=source_location, task=source.task, num_classes=source.num_classes,
+                         **settings)
+    cfg.tap_choice = list(cfg.tap_choice) if cfg.tap_choice else None
+    cfg.input = dict(cfg.input or {})
+    spec = resolve_backbone(backbone, modality, cfg.tap_choice)
+    cfg.backbone = spec.name  # an hf: path made absolute, so a resume finds it from anywhere
     out = check_new_run(out_dir, "pretrain")
-    parts = _build(source, cfg, device, initialise=True)  # every user error before the run directory is written
-    metric = ("val_" if parts.eval_loader is not parts.loader else "train_") + \
+    parts = _build(source, cfg, cfg.device, initialise=True)  # every user error before the run directory is written
+    cfg.metric = ("val_" if parts.eval_loader is not parts.loader else "train_") + \
         ("f1_weighted" if source.task == "multilabel" else "accuracy")
-    cfg.update(device=str(parts.device), input_dim=parts.input_dim, metric=metric, init_sha256=parts.init_sha256,
-               taps=[asdict(t) for t in spec.tap_specs(setting, list(taps) if taps else None)])
-    start_run(out, cfg)
+    cfg.device, cfg.input_dim, cfg.init_sha256 = str(parts.device), parts.input_dim, parts.init_sha256
+    cfg.taps = [asdict(t) for t in spec.tap_specs(cfg.setting, cfg.tap_choice)]
+    start_run(out, asdict(cfg))
     return _train(cfg, parts, out, False, progress, on_epoch)
 
 
@@ -181,14 +160,15 @@ def resume_pretrain(run_dir: str | os.PathLike, *, source: Any = None, device: s
                            "--checkpoint, or start the run again into a new --out")
     if not (run / CONFIG).is_file():
         raise ExtractError(f"--resume {run}: no {CONFIG} there; is it a run directory of `bmnas pretrain`?")
-    cfg = yaml.safe_load((run / CONFIG).read_text()) or {}
-    if cfg.get("kind") != "pretrain":
-        raise ExtractError(f"--resume {run}: not a pretrain run (kind {cfg.get('kind')!r})")
+    data = yaml.safe_load((run / CONFIG).read_text()) or {}
+    if data.get("kind") != "pretrain":
+        raise ExtractError(f"--resume {run}: not a pretrain run (kind {data.get('kind')!r})")
+    cfg = PretrainConfig(**{k: v for k, v in data.items() if k in PRETRAIN_FIELDS})
     if not (run / LAST).is_file():
         raise ExtractError(f"--resume {run}: no {LAST}; the run stopped before its first epoch ended, start it again")
     if source is None:
-        source = _reopen_source(run, cfg.get("source_location"))
-    parts = _build(source, cfg, device or cfg["device"], initialise=False)
+        source = _reopen_source(run, cfg.source_location)
+    parts = _build(source, cfg, device or cfg.device, initialise=False)
     return _train(cfg, parts, run, True, progress, on_epoch)
 
 
@@ -202,12 +182,12 @@ def _reopen_source(run: Path, location: dict[str, Any] | None) -> Any:
     return open_source(location["path"], location.get("kind"), **opts)
 
 
-def _train(cfg: dict[str, Any], parts: _Parts, out: Path, resume: bool, progress: bool,
+def _train(cfg: PretrainConfig, parts: _Parts, out: Path, resume: bool, progress: bool,
            on_epoch: Callable[[int], None] | None) -> PretrainResult:
     """The epochs of `engine.fit`, with best-on-eval selection, metrics.jsonl and last.pt after each."""
-    model, dev, task, metric = parts.model, parts.device, cfg["task"], cfg["metric"]
-    opt, sched = weight_optimizer(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], lr_min=0.0,
-                                  restart_period=max(1, cfg["epochs"]), restart_mult=1)
+    model, dev, task, metric = parts.model, parts.device, cfg.task, cfg.metric
+    opt, sched = weight_optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, lr_min=0.0,
+                                  restart_period=max(1, cfg.epochs), restart_mult=1)
     state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": [], "best_loss": None}
     if resume:
         ckpt = load_training_state(out / LAST, model, opt, sched, dev, ("epoch", "best", "best_epoch", "sha", "history"))
@@ -239,12 +219,12 @@ def _train(cfg: dict[str, Any], parts: _Parts, out: Path, resume: bool, progress
         if resume:
             log.info("resumed after epoch %d", state["epoch"])
         else:
-            log.info("pretrain %s (%s) on %s of %s, device %s", cfg["backbone"], cfg["setting"], cfg["modality"],
-                     cfg["source"], dev)
+            log.info("pretrain %s (%s) on %s of %s, device %s", cfg.backbone, cfg.setting, cfg.modality,
+                     cfg.source, dev)
         fit(model, lambda epoch: (b for b in parts.loader if b is not None and len(b[1]) >= 2),  # BatchNorm: 2 rows
             lambda z, y: loss_fn(task, z, y), opt, None,
-            FitOptions(epochs=cfg["epochs"], start_epoch=state["epoch"], steps_per_epoch=len(parts.loader),
-                       to_device=on_device, on_epoch=end_epoch, progress=progress, desc=f"pretrain {cfg['backbone']}"))
+            FitOptions(epochs=cfg.epochs, start_epoch=state["epoch"], steps_per_epoch=len(parts.loader),
+                       to_device=on_device, on_epoch=end_epoch, progress=progress, desc=f"pretrain {cfg.backbone}"))
     best, best_epoch, sha = state["best"], state["best_epoch"], state["sha"]
     summary = {"best_epoch": best_epoch, metric: best, "checkpoint": str(out / "best.pt"), "checkpoint_sha256": sha}
     write_json_atomic(out / "summary.json", summary)

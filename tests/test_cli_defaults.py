@@ -9,7 +9,7 @@ import pytest
 
 from extract.config import ExtractConfig
 from pipeline.cli import cli
-from pipeline.configs import FinetuneConfig, TrainConfig
+from pipeline.configs import FinetuneConfig, PretrainConfig, TrainConfig
 
 
 
@@ -29,7 +29,8 @@ def _defaults(cls) -> dict:
 
 
 @pytest.mark.parametrize("command,cls", [("extract", ExtractConfig), ("train", TrainConfig),
-                                         ("finetune", FinetuneConfig), ("ablate", TrainConfig)])
+                                         ("finetune", FinetuneConfig), ("ablate", TrainConfig),
+                                         ("pretrain", PretrainConfig)])
 def test_option_defaults_are_the_config_defaults(command, cls):
     fields = _defaults(cls)
     checked = []
