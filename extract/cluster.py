@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 TRIM = "MALLOC_TRIM_THRESHOLD_"
 _USER_TRIM = os.environ.get(TRIM)  # read before any dask nanny of this process sets it
@@ -68,3 +69,20 @@ def connect(scheduler: str | None, workers: int, threads_per_worker: int = 1, ti
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def on_worker() -> Any | None:
+    """The dask worker this code runs on, with torch given that worker's thread count (not the whole
+    machine's); None elsewhere, where the caller's thread setting stays."""
+    if "distributed" not in sys.modules:  # not on a dask worker: skip importing it (~0.3 s)
+        return None
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # distributed is imported, but this is not a worker
+        return None
+    import torch
+
+    torch.set_num_threads(max(1, worker.state.nthreads))
+    return worker

@@ -24,6 +24,7 @@ import torch
 from extract.backbones import BackboneSpec, InputSpec, TapSpec, resolve_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint
+from extract.cluster import on_worker
 from extract.reduction import ReductionConfig
 from stores import open_writer
 
@@ -319,18 +320,6 @@ def _prefetched(plans: list[tuple], load: Callable[[tuple], Any]) -> Iterator[tu
             yield plan, got
 
 
-def _use_worker_threads() -> None:
-    """On a dask worker torch gets the worker's thread count; elsewhere the caller's setting stays."""
-    if "distributed" not in sys.modules:  # not on a dask worker: skip importing it (~0.3 s)
-        return
-    from distributed import get_worker
-
-    try:
-        torch.set_num_threads(max(1, get_worker().state.nthreads))
-    except ValueError:  # distributed is imported, but this is not a worker
-        pass
-
-
 def _batch_plans(writer: Any, chunks: list[int], batch_size: int) -> list[tuple[int, slice, int, int]]:
     """(chunk, its rows, batch start, batch stop) for every batch, chunk by chunk."""
     plans = []
@@ -350,7 +339,7 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
     on_error="fail" a chunk holding an unreadable sample is not written and its result carries
     the failure; chunks after it are not started.
     """
-    _use_worker_threads()
+    on_worker()
     writer = open_writer(store_path)
     address = worker_address()
     device = placement.device_for(address)

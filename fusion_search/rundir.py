@@ -60,6 +60,25 @@ def start_run(run: Path, config: dict[str, Any]) -> None:
     write_yaml_atomic(run / CONFIG, config)
 
 
+def read_config(run: str | os.PathLike, error: type[Exception] = SearchError, hint: str = "") -> dict[str, Any]:
+    """A run directory's config.yaml as a mapping; `error` (the caller's room's class) names the file
+    when it is missing or is not a YAML mapping, followed by `hint`."""
+    import yaml
+
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise error(f"{run}: no {CONFIG}{'; ' + hint if hint else ''}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not readable YAML ({str(exc).splitlines()[0]}); restore it from a copy") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{path}: not a mapping of settings; restore it from a copy")
+    return data
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as fh:
         fh.write(json.dumps(record) + "\n")

@@ -63,7 +63,8 @@ from fusion_search.history import plot_history, plot_metrics, read_jsonl
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
 from fusion_search.metrics import PRIMARY, loss_fn
 from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
-from fusion_search.rundir import CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs, run_log, start_run
+from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs,
+                                  read_config, run_log, start_run)
 from fusion_search.schedule import weight_optimizer
 from stores import StoreError, open_store
 from stores.device import restore_rng, rng_state
@@ -171,12 +172,8 @@ class _RunFiles:
 
 def load_run_config(run_dir: str | os.PathLike) -> SearchConfig:
     """The resolved config of an existing run (for --resume)."""
-    import yaml
-
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise SearchError(f"--resume {run_dir}: no config.yaml there; is it a run directory of `bmnas search`?")
-    return config_from_mapping(yaml.safe_load(path.read_text()) or {}, str(path))
+    data = read_config(run_dir, SearchError, "is it a run directory of `bmnas search`?")
+    return config_from_mapping(data, str(Path(run_dir) / CONFIG))
 
 
 @holds_lock("out", "run directory")

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from extract.cluster import connect
+from extract.cluster import connect, on_worker
 from fusion_search.baselines import baseline_genotype
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, inner_name
@@ -71,16 +71,10 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
     (`stores.device.gpu_slot`, as extraction), and only its share of that GPU's memory for banks."""
     import torch
 
-    try:  # a dask worker: torch gets the worker's threads, not the whole machine
-        from distributed import get_worker
-
-        worker = get_worker()
-        torch.set_num_threads(max(1, worker.state.nthreads))
-        if settings.get("device", "auto") != "cpu" and torch.cuda.is_available():
-            index, sharing = gpu_slot(worker.address, workers, torch.cuda.device_count())
-            claim_gpu(index, 1.0 / sharing)
-    except (ImportError, ValueError):
-        pass
+    worker = on_worker()
+    if worker is not None and settings.get("device", "auto") != "cpu" and torch.cuda.is_available():
+        index, sharing = gpu_slot(worker.address, workers, torch.cuda.device_count())
+        claim_gpu(index, 1.0 / sharing)
     run = Path(run_dir)
     done = run / f"metrics_{split}.json"
     if done.is_file():

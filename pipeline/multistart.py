@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import yaml
 
-from extract.cluster import connect
+from extract.cluster import connect, on_worker
 from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.errors import SearchError
 from fusion_search.data import open_split, resolve_device
@@ -209,20 +209,9 @@ def _report(echo, found: dict) -> dict:
     return found
 
 
-def _worker_threads() -> None:
-    """On a dask worker torch gets the worker's threads, not the whole machine."""
-    try:
-        import torch
-        from distributed import get_worker
-
-        torch.set_num_threads(max(1, get_worker().state.nthreads))
-    except (ImportError, ValueError):
-        pass
-
-
 def _search_seed(shared: dict, seed: int, run_dir: str) -> dict:
     """One seed's search into its own run directory, resumed when it was started before."""
-    _worker_threads()
+    on_worker()
     run = Path(run_dir)
     if run.exists() and not (run / "config.yaml").is_file():
         shutil.rmtree(run)  # killed before it wrote its config: nothing to keep
@@ -234,7 +223,7 @@ def _search_seed(shared: dict, seed: int, run_dir: str) -> dict:
 
 def _rescore(shared: dict, genotype_dict: dict, run_dir: str) -> list[float]:
     """Val scores of fresh scoring runs of one genotype (cached in the seed's run directory)."""
-    _worker_threads()
+    on_worker()
     cfg = SearchConfig(**shared)
     genotype = Genotype.from_dict(genotype_dict, run_dir)
     cache = Path(run_dir) / "final_score.json"

@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.utils.data import DataLoader
 
 from extract.backbones import resolve_backbone
@@ -38,8 +37,8 @@ from extract.sources.registry import open_source
 from fusion_search.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.metrics import PRIMARY, loss_fn, split_metrics
 from fusion_search.events import EpochEvents
-from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, improves, keep_epochs,
-                                  load_training_state, run_log, save_training_state, start_run)
+from fusion_search.rundir import (LAST, METRICS, append_jsonl, check_new_run, improves, keep_epochs,
+                                  load_training_state, read_config, run_log, save_training_state, start_run)
 from fusion_search.schedule import weight_optimizer
 from stores.device import resolve_device
 from pipeline.configs import PretrainConfig
@@ -158,9 +157,7 @@ def resume_pretrain(run_dir: str | os.PathLike, *, source: Any = None, device: s
         raise ExtractError(f"--resume {run}: a pretrain run of the earlier layout (last.pt and config.json at its "
                            "root), which this version does not continue: its best.pt stays usable with "
                            "--checkpoint, or start the run again into a new --out")
-    if not (run / CONFIG).is_file():
-        raise ExtractError(f"--resume {run}: no {CONFIG} there; is it a run directory of `bmnas pretrain`?")
-    data = yaml.safe_load((run / CONFIG).read_text()) or {}
+    data = read_config(run, ExtractError, "is it a run directory of `bmnas pretrain`?")
     if data.get("kind") != "pretrain":
         raise ExtractError(f"--resume {run}: not a pretrain run (kind {data.get('kind')!r})")
     cfg = PretrainConfig(**{k: v for k, v in data.items() if k in PRETRAIN_FIELDS})

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import yaml
 
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, show
 from fusion_search.history import plot_history, read_jsonl
 from fusion_search.metrics import PRIMARY
+from fusion_search.rundir import read_config
 from stores.files import write_text_atomic
 
 _SKIP = {"split", "task", "run_kind"}
@@ -30,10 +30,7 @@ _SKIP = {"split", "task", "run_kind"}
 
 def _run_info(run: Path) -> dict[str, Any]:
     """Kind, config, genotype path and metrics of a run directory."""
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise SearchError(f"{run}: no config.yaml; give train, finetune or search run directories")
-    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    cfg = read_config(run, SearchError, "give train, finetune or search run directories")
     kind = cfg.get("kind", "search")
     metrics = {p.stem[len("metrics_"):]: json.loads(p.read_text()) for p in sorted(run.glob("metrics_*.json"))}
     return {"run": run, "kind": kind, "config": cfg, "genotype": run / "genotype.json",
@@ -50,7 +47,7 @@ def _arch_history(info: dict[str, Any]) -> tuple[Path | None, dict | None]:
         parent = Path(src).resolve().parent
         for d in (parent, parent.parent):
             if (d / "arch_history.jsonl").is_file() and (d / "config.yaml").is_file():
-                return d / "arch_history.jsonl", yaml.safe_load((d / "config.yaml").read_text()) or {}
+                return d / "arch_history.jsonl", read_config(d)
     return None, None
 
 

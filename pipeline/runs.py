@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from fusion_search.data import SplitData, default_memory_budget
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, check_against_store
+from fusion_search.rundir import read_config
 from pipeline.configs import DEFAULT_EPOCHS
 from stores import FeatureBank, FeatureStore, StoreError, open_store
 
@@ -42,12 +42,10 @@ def check_run_options(epochs: int | None, train_on: str, settings: dict[str, Any
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The config.yaml of a train or finetune run directory, as a mapping with its `kind`."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise SearchError(f"{run_dir}: no config.yaml; is it a run directory of `bmnas train` or `bmnas finetune`?")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict) or data.get("kind") not in ("train", "finetune"):
-        raise SearchError(f"{path}: not the config of a train/finetune run (a search run? evaluate a train run)")
+    data = read_config(run_dir, SearchError, "is it a run directory of `bmnas train` or `bmnas finetune`?")
+    if data.get("kind") not in ("train", "finetune"):
+        raise SearchError(f"{Path(run_dir) / 'config.yaml'}: not the config of a train/finetune run (a search run? "
+                          "evaluate a train run)")
     return data
 
 

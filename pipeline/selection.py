@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from fusion_search.baselines import baseline_genotype, unimodal_genotype
+from fusion_search.derive import node_modalities
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype
 
@@ -43,7 +44,7 @@ class Candidate:
 def fixed_genotypes(template: Genotype) -> dict[str, Genotype]:
     """Late fusion and each modality alone, with the template's Cells, C and L (late fusion only
     where the nodes hold two modalities or more)."""
-    modalities = sorted({n.rsplit("_", 1)[0] for n in template.nodes if n.rsplit("_", 1)[-1].isdigit()})
+    modalities = sorted({m for n, m in zip(template.nodes, node_modalities(template.nodes)) if m != n})
     out: dict[str, Genotype] = {}
     if len(modalities) > 1:
         out[LATE] = baseline_genotype(LATE, list(template.nodes), template.task, template.num_classes,
