@@ -60,6 +60,28 @@ def start_run(run: Path, config: dict[str, Any]) -> None:
     write_yaml_atomic(run / CONFIG, config)
 
 
+# what a run directory can hold before its first epoch ends (the checkpoint is written last)
+UNSTARTED_FILES = frozenset({CONFIG, "log.txt", "genotype.json", "metrics.jsonl", "arch_history.jsonl", "best.pt",
+                             "checkpoints", "genotypes", "plots", "tensorboard"})
+
+
+def discard_unstarted(run: Path) -> None:
+    """Remove a run directory that a killed process left before its first epoch ended (no last.pt):
+    nothing in it is worth keeping, and the run starts again into it. Refused when it holds a
+    checkpoint or anything a run does not write before one, so nothing a user put there is deleted."""
+    import shutil
+
+    if not run.exists():
+        return
+    if (run / LAST).is_file():
+        raise SearchError(f"{run} holds a checkpoint: continue it with --resume {run}")
+    foreign = sorted(p.name for p in run.iterdir() if p.name not in UNSTARTED_FILES)
+    if foreign:
+        raise SearchError(f"{run} holds {', '.join(foreign[:3])}, which no unstarted run writes; move it away "
+                          "or choose another directory")
+    shutil.rmtree(run)
+
+
 def read_config(run: str | os.PathLike, error: type[Exception] = SearchError, hint: str = "") -> dict[str, Any]:
     """A run directory's config.yaml as a mapping; `error` (the caller's room's class) names the file
     when it is missing or is not a YAML mapping, followed by `hint`."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +32,7 @@ from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, inner_name
 from fusion_search.metrics import PRIMARY
 from pipeline.evaluate import evaluate_run
-from fusion_search.rundir import LAST
+from fusion_search.rundir import LAST, discard_unstarted
 from pipeline.configs import DEFAULT_EPOCHS
 from pipeline.runs import open_store_checked
 from pipeline.train import resume_training, train_on_cache
@@ -82,8 +81,7 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
     if (run / LAST).is_file():
         resume_training(run, evaluate_test=False)
     else:
-        if run.exists():
-            shutil.rmtree(run)  # killed before its first epoch: nothing to keep
+        discard_unstarted(run)
         train_on_cache(store_path, genotype_path, run, evaluate_test=False, **settings)
     return evaluate_run(run, split, plots=False)
 

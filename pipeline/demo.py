@@ -15,7 +15,6 @@ rerun reuses what is done ("cache hit" lines) and a killed demo resumes where it
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,7 +285,7 @@ def _claim_out(cfg: DemoConfig, out: Path) -> None:
 
 
 def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) -> None:
-    from fusion_search.rundir import LAST
+    from fusion_search.rundir import LAST, discard_unstarted
     from pipeline.pretrain import pretrain, resume_pretrain
 
     for modality, backbone in backbones.items():
@@ -297,7 +296,7 @@ def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) ->
         if (run / LAST).is_file():
             res = resume_pretrain(run, source=source, progress=True)
         else:
-            shutil.rmtree(run, ignore_errors=True)  # killed before its first epoch ended: nothing to keep
+            discard_unstarted(run)
             res = pretrain(source, modality, backbone, str(run), setting="tiny", epochs=cfg.pretrain_epochs[modality],
                            batch_size=32, lr=cfg.pretrain_lr, seed=cfg.seed, device="cpu", progress=True,
                            keep_in_memory=True)

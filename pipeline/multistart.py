@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +37,7 @@ from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.errors import SearchError
 from fusion_search.data import open_split, resolve_device
 from fusion_search.genotype import Genotype
+from fusion_search.rundir import discard_unstarted
 from fusion_search.search import run_search, score_runs
 from pipeline.selection import CANDIDATES, Candidate, candidates_lines, candidates_record, choose, fixed_genotypes
 from stores import open_store
@@ -214,7 +214,7 @@ def _search_seed(shared: dict, seed: int, run_dir: str) -> dict:
     on_worker()
     run = Path(run_dir)
     if run.exists() and not (run / "config.yaml").is_file():
-        shutil.rmtree(run)  # killed before it wrote its config: nothing to keep
+        discard_unstarted(run)  # killed before it wrote its config
     cfg = SearchConfig(**{**shared, "seed": seed})
     res = run_search(cfg, run, resume=run.exists())
     return {"seed": seed, "genotype": res.genotype.to_dict(), "search_score": res.best_score,

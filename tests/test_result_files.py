@@ -81,3 +81,29 @@ def test_json_yaml_and_npy_round_trip(tmp_path):
     write_npy_atomic(tmp_path / "logits_test.npy", arr)
     assert np.array_equal(np.load(tmp_path / "logits_test.npy"), arr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "logits_test.npy"]
+
+
+def test_an_unstarted_run_is_discarded_and_a_users_folder_is_refused(tmp_path):
+    """What a killed run left before its first epoch is removed so it can start again; a folder holding
+    anything else (or a checkpoint to resume) is refused, and nothing in it is deleted."""
+    from fusion_search.errors import SearchError
+    from fusion_search.rundir import LAST, discard_unstarted
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("kind: train\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    discard_unstarted(run)
+    assert not run.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("kind: train\n")
+    (mine / "notes.txt").write_text("my notes")
+    with pytest.raises(SearchError, match="notes.txt"):
+        discard_unstarted(mine)
+    assert (mine / "notes.txt").read_text() == "my notes"
+    (tmp_path / "started" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "started" / LAST).write_bytes(b"x")
+    with pytest.raises(SearchError, match="--resume"):
+        discard_unstarted(tmp_path / "started")
+    assert (tmp_path / "started" / LAST).is_file()
