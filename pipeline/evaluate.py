@@ -155,8 +155,9 @@ def _first_example(data: SplitData) -> Any:
     return feats
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
-                 batch_size: int | None = None, plots: bool = True) -> dict[str, Any]:
-    """Evaluate a run's kept checkpoint (best on val, or last for train+val) on `split`; returns the metrics."""
+                 batch_size: int | None = None, plots: bool = True, store: Any = None) -> dict[str, Any]:
+    """Evaluate a run's kept checkpoint (best on val, or last for train+val) on `split`; returns the
+    metrics. `store`: the train run's store when the caller has it open and checked already."""
     run = Path(run_dir)
     cfg = read_run_config(run)
     if cfg["kind"] == "finetune":
@@ -164,7 +165,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
     if not (run / BEST).is_file():
         raise SearchError(f"{run}: no {BEST}; the run has not finished an epoch yet")
     genotype = Genotype.load(run / "genotype.json")
-    store = open_store_checked(cfg["store"], genotype, str(run / "genotype.json"))
+    store = store or open_store_checked(cfg["store"], genotype, str(run / "genotype.json"))
     if len(store.splits.get(split, ())) == 0:
         raise SearchError(f"--split {split}: the store {store.path} has no rows there "
                           f"(splits: {', '.join(store.splits) or 'none'})")

@@ -43,6 +43,7 @@ from fusion_search.rundir import LAST, EpochBook, abs_path, check_new_run, run_l
 from pipeline.evaluate import evaluate_run
 from pipeline.configs import TRAIN_ON, TrainConfig
 from pipeline.runs import check_run_options, open_splits, open_store_checked, read_run_config
+from stores import FeatureStore
 from stores.lock import holds_lock
 
 def _validate(cfg: TrainConfig) -> None:
@@ -58,25 +59,26 @@ def _validate(cfg: TrainConfig) -> None:
 
 @holds_lock("out_dir", "run directory")
 def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                   epochs: int | None = None, batch_size: int = 96, seed: int = 0, device: str = "auto",
-                   train_on: str = "train", progress: bool = False, evaluate_test: bool = True,
+                   epochs: int | None = None, progress: bool = False, evaluate_test: bool = True,
                    **settings: Any) -> dict[str, Any]:
     """Train `genotype_path` on `store_path` into the new run directory `out_dir`; returns the summary.
 
-    `epochs=None` means 30 with `train_on="train"`; `train+val` needs a fixed count (no val to stop on).
-    Extra `settings` are TrainConfig fields (lr, weight_decay, dropout, grad_clip, memory_budget_gb, ...).
+    `settings` are TrainConfig fields (batch_size, seed, device, train_on, lr, dropout, ...; their
+    defaults are TrainConfig's). `epochs=None` means DEFAULT_EPOCHS with `train_on="train"`;
+    `train+val` needs a fixed count (no val to stop on).
     """
-    epochs = check_run_options(epochs, train_on, settings, TrainConfig, "training")
+    epochs = check_run_options(epochs, settings.get("train_on", TrainConfig.train_on), settings, TrainConfig,
+                               "training")
     # absolute paths: `evaluate`, `report` and resume work from any directory
-    cfg = TrainConfig(store=abs_path(store_path), genotype=abs_path(genotype_path), epochs=epochs, batch_size=batch_size,
-                      seed=seed, device=device, train_on=train_on, **settings)
+    cfg = TrainConfig(**{**settings, "store": abs_path(store_path), "genotype": abs_path(genotype_path),
+                         "epochs": epochs})
     _validate(cfg)
     run = check_new_run(out_dir, "train")
     genotype = Genotype.load(genotype_path)
-    open_store_checked(cfg.store, genotype, str(genotype_path))
+    store = open_store_checked(cfg.store, genotype, str(genotype_path))
     start_run(run, dataclasses.asdict(cfg))
     genotype.save(run / "genotype.json")
-    return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test)
+    return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test, store=store)
 
 
 @holds_lock("run_dir", "run directory")
@@ -99,16 +101,18 @@ def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evalu
 
 
 def _train(cfg: TrainConfig, genotype: Genotype, run: Path, *, resume: bool, progress: bool,
-           evaluate_test: bool) -> dict[str, Any]:
+           evaluate_test: bool, store: FeatureStore | None = None) -> dict[str, Any]:
+    """The run's epochs and its test evaluation, on `store` (opened and checked once per command)."""
+    store = store or open_store_checked(cfg.store, genotype, str(run / "genotype.json"))
     with run_log(run, "train") as log, EpochEvents(run) as events:
-        return _loop(cfg, genotype, run, (log, events), resume, progress, evaluate_test)
+        return _loop(cfg, genotype, run, store, (log, events), resume, progress, evaluate_test)
 
 
-def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, outputs: tuple[logging.Logger, EpochEvents],
-          resume: bool, progress: bool, evaluate_test: bool) -> dict[str, Any]:
+def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, store: FeatureStore,
+          outputs: tuple[logging.Logger, EpochEvents], resume: bool, progress: bool,
+          evaluate_test: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
-    store = open_store_checked(cfg.store, genotype, str(run / "genotype.json"))
     task, key = store.task, PRIMARY[store.task]
     device = resolve_device(cfg.device)
     nodes = genotype.used_nodes()
@@ -145,7 +149,7 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, outputs: tuple[loggin
     summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on,
                             "num_parameters": count_parameters(model), "test": None})
     if evaluate_test and len(store.splits.get("test", ())) > 0:
-        summary["test"] = evaluate_run(run, "test")
+        summary["test"] = evaluate_run(run, "test", store=store)
         log.info("test (checkpoint of epoch %d): %s %.4f", summary["best_epoch"], key,
                  summary["test"].get(key, float("nan")))
     return summary
