@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,13 +30,31 @@ def evaluate(model: nn.Module, data: SplitData, task: str, batch_size: int) -> d
     return split_metrics(task, logits, labels)
 
 
-def train_epochs(model: nn.Module, train: SplitData, task: str, *, epochs: int, batch_size: int, seed: int,
-                 lr: float = 1e-3, weight_decay: float = 3e-4, grad_clip: float = 5.0) -> None:
-    """The short schedule that scores a genotype: Adam, one cosine cycle over all `epochs` down to lr / 1000."""
-    opt, sched = weight_optimizer(model.parameters(), lr=lr, weight_decay=weight_decay, lr_min=lr * 1e-3,
-                                  restart_period=epochs, restart_mult=1)
-    fit(model, lambda epoch: train.batches(batch_size, seed, epoch), lambda z, y: loss_fn(task, z, y), opt, sched,
-        FitOptions(epochs=epochs, grad_clip=grad_clip, steps_per_epoch=steps_per_epoch(train.num_rows, batch_size)))
+@dataclass(frozen=True)
+class ScoringRecipe:
+    """The short training that scores a genotype: Adam, one cosine cycle over the epochs down to lr / 1000,
+    at least `min_steps` optimiser steps (small splits do not score an untrained net)."""
+
+    epochs: int = 2
+    min_steps: int = 300
+    batch_size: int = 96
+    lr: float = 1e-3
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    dropout: float = 0.2
+
+    def epochs_for(self, rows: int) -> int:
+        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch(rows, self.batch_size)))
+
+
+def train_epochs(model: nn.Module, train: SplitData, task: str, recipe: ScoringRecipe, seed: int) -> None:
+    """Train `model` on `train` by `recipe` (batches in the order of `seed`)."""
+    epochs = recipe.epochs_for(train.num_rows)
+    opt, sched = weight_optimizer(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                  lr_min=recipe.lr * 1e-3, restart_period=epochs, restart_mult=1)
+    fit(model, lambda epoch: train.batches(recipe.batch_size, seed, epoch), lambda z, y: loss_fn(task, z, y), opt,
+        sched, FitOptions(epochs=epochs, grad_clip=recipe.grad_clip,
+                          steps_per_epoch=steps_per_epoch(train.num_rows, recipe.batch_size)))
 
 
 def scoring_seed(index: int, genotype: Genotype) -> int:
@@ -44,21 +63,16 @@ def scoring_seed(index: int, genotype: Genotype) -> int:
 
 
 def score_genotype(genotype: Genotype, train: SplitData, val: SplitData, node_shapes, *, task: str,
-                   seeds: int = 1, first_seed: int = 0, epochs: int = 2, min_steps: int = 300,
-                   batch_size: int = 96, lr: float = 1e-3, weight_decay: float = 3e-4, grad_clip: float = 5.0,
-                   dropout: float = 0.2) -> list[float]:
+                   recipe: ScoringRecipe, seeds: int = 1, first_seed: int = 0) -> list[float]:
     """Val scores of `seeds` short trainings of the genotype's FoundNetwork (scoring runs
     `first_seed` .. `first_seed + seeds - 1`); the global torch RNG is left as it was."""
     device = val.device
-    per_epoch = math.ceil(train.num_rows / batch_size)
-    n_epochs = max(epochs, math.ceil(min_steps / per_epoch))
     scores = []
     for index in range(first_seed, first_seed + seeds):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             seed = scoring_seed(index, genotype)
             torch.manual_seed(seed)
-            net = FoundNetwork(genotype, node_shapes, dropout).to(device)
-            train_epochs(net, train, task, epochs=n_epochs, batch_size=batch_size, seed=seed, lr=lr,
-                         weight_decay=weight_decay, grad_clip=grad_clip)
-            scores.append(float(evaluate(net, val, task, batch_size)[PRIMARY[task]]))
+            net = FoundNetwork(genotype, node_shapes, recipe.dropout).to(device)
+            train_epochs(net, train, task, recipe, seed)
+            scores.append(float(evaluate(net, val, task, recipe.batch_size)[PRIMARY[task]]))
     return scores

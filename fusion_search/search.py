@@ -56,7 +56,7 @@ from fusion_search.data import SplitData, TensorBatch, open_split, resolve_devic
 from fusion_search.errors import SearchError
 from fusion_search.derive import node_modalities, uniform_op_variants
 from fusion_search.engine import EpochTotals, FitOptions, Step, fit, steps_per_epoch
-from fusion_search.evaluation import evaluate, score_genotype
+from fusion_search.evaluation import ScoringRecipe, evaluate, score_genotype
 from fusion_search.events import EpochEvents, entropies
 from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics, read_jsonl
@@ -365,10 +365,9 @@ def score_runs(cfg: SearchConfig, genotype: Genotype, train: SplitData, val: Spl
                task: str, *, runs: int, first: int) -> list[float]:
     """Val scores of scoring runs `first` .. `first + runs - 1` of a genotype, trained with the
     search's scoring settings (the one place those settings meet `score_genotype`)."""
-    return score_genotype(genotype, train, val, node_shapes, task=task, seeds=runs, first_seed=first,
-                          epochs=cfg.score_epochs, min_steps=cfg.score_min_steps, batch_size=cfg.batch_size,
-                          lr=cfg.weight_lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                          dropout=cfg.dropout)
+    recipe = ScoringRecipe(epochs=cfg.score_epochs, min_steps=cfg.score_min_steps, batch_size=cfg.batch_size,
+                           lr=cfg.weight_lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, dropout=cfg.dropout)
+    return score_genotype(genotype, train, val, node_shapes, task=task, recipe=recipe, seeds=runs, first_seed=first)
 
 
 def _save_checkpoint(path: Path, cfg, model, w_opt, a_opt, sched, state, device) -> None:
