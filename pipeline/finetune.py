@@ -44,25 +44,25 @@ from stores.lock import holds_lock
 
 @holds_lock("out_dir", "run directory")
 def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequence[dict[str, Any]],
-             out_dir: str | os.PathLike, *, store: str | None = None, source_kind: str | None = None,
-             source_split: str | None = None,
-             source_opts: dict[str, Any] | None = None, setting: str = "full", init_from: str | None = None,
-             epochs: int | None = None, batch_size: int = 16, accumulate: int = 1, device: str = "auto",
-             train_on: str = "train", seed: int = 0, progress: bool = False, evaluate_test: bool = True,
-             setting_given: bool = False, **settings: Any) -> dict[str, Any]:
+             out_dir: str | os.PathLike, *, epochs: int | None = None, progress: bool = False,
+             evaluate_test: bool = True, setting_given: bool = False, **settings: Any) -> dict[str, Any]:
     """Fine-tune backbones and fusion jointly from raw data into the new run directory `out_dir`.
 
     `backbones`: per modality {modality, backbone (a spec), checkpoint, taps, setting, input}, as
-    extraction takes them. With `store`, the store's record gives every backbone, its checkpoint (and
-    sha256, checked), taps, input, setting and the reduction; `backbones` then override fields of it,
-    and `setting_given` lays `setting` over every recorded backbone.
-    Extra `settings` are FinetuneConfig fields (lr, backbone_lr_scale, amp, loader_workers, freeze_bn,
-    t_max, grid, ...).
+    extraction takes them. `settings` are FinetuneConfig fields (store, source_kind, source_split,
+    source_opts, setting, init_from, batch_size, lr, backbone_lr_scale, amp, loader_workers, ...;
+    their defaults are FinetuneConfig's). With `store`, the store's record gives every backbone, its
+    checkpoint (and sha256, checked), taps, input, setting and the reduction; `backbones` then
+    override fields of it, and `setting_given` lays `setting` over every recorded backbone.
     """
     bbs = [_named(dict(b)) for b in backbones]
+    store, source_opts = settings.pop("store", None), settings.pop("source_opts", None)
+    setting = settings.pop("setting", FinetuneConfig.setting)
+    init_from = settings.pop("init_from", None)
     if store is not None:
         bbs, source_opts = _from_store(store, bbs, settings, source_opts, setting if setting_given else None)
-    epochs = check_run_options(epochs, train_on, settings, FinetuneConfig, "finetune")
+    epochs = check_run_options(epochs, settings.get("train_on", FinetuneConfig.train_on), settings, FinetuneConfig,
+                               "finetune")
     for b in bbs:  # absolute paths: evaluate and resume work from any directory
         if b.get("taps"):
             b["taps"] = list(b["taps"])
@@ -71,12 +71,10 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     mods = [b["modality"] for b in bbs]
     if len(set(mods)) != len(mods):
         raise SearchError(f"--backbone: one backbone per modality (got {', '.join(mods)})")
-    cfg = FinetuneConfig(genotype=abs_path(genotype_path), source=abs_path(source_path), source_kind=source_kind,
-                         source_split=source_split, source_opts=dict(source_opts or {}), backbones=bbs,
-                         setting=setting, init_from=abs_path(init_from) if init_from else None, epochs=epochs,
-                         store=abs_path(store) if store else None,
-                         batch_size=batch_size, accumulate=accumulate, device=device, train_on=train_on, seed=seed,
-                         **settings)
+    cfg = FinetuneConfig(**settings, genotype=abs_path(genotype_path), source=abs_path(source_path),
+                         source_opts=dict(source_opts or {}), backbones=bbs, setting=setting,
+                         init_from=abs_path(init_from) if init_from else None, epochs=epochs,
+                         store=abs_path(store) if store else None)
     if cfg.train_on not in TRAIN_ON:
         raise SearchError(f"--train-on {cfg.train_on!r}: use train or train+val")
     for name in ("epochs", "batch_size", "accumulate"):
