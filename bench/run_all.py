@@ -1,4 +1,5 @@
-"""Run every benchmark and write bench/results.md (machine, date, each script's output).
+"""Run every benchmark and add its outputs to bench/results.md, the one dated record: a section with
+the machine, date and command, then each script's output (earlier sections are kept).
 
     python bench/run_all.py            # what `make bench` runs
     python bench/run_all.py --quick    # smaller sizes, for a smoke check
@@ -19,6 +20,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from stores.files import write_text_atomic  # noqa: E402
 
 # (script, full-size args, quick args)
 BENCHES = [
@@ -50,13 +54,13 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="script names to run (default: all)")
     ap.add_argument("--out", default=str(HERE / "results.md"))
     args = ap.parse_args()
-    parts = [f"# Benchmark results\n\n- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
+    parts = [f"\n## run_all.py ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC})\n\n"
              f"- machine: {_machine()}\n- command: `python bench/run_all.py{' --quick' if args.quick else ''}`\n"]
     for script, full, quick in BENCHES:
         if args.only and script not in args.only:
             continue
         if not (HERE / script).exists():
-            parts.append(f"\n## {script}\n\nnot present in this checkout.\n")
+            parts.append(f"\n### {script}\n\nnot present in this checkout.\n")
             continue
         cmd = [sys.executable, str(HERE / script)] + (quick if args.quick else full)
         print(f"== {' '.join(cmd[1:])}", flush=True)
@@ -66,10 +70,12 @@ def main() -> None:
         print(proc.stdout[-4000:], proc.stderr[-2000:] if proc.returncode else "", flush=True)
         status = "" if proc.returncode == 0 else f" — FAILED (exit {proc.returncode})"
         body = proc.stdout.strip() + ("\n" + proc.stderr.strip()[-3000:] if proc.returncode else "")
-        parts.append(f"\n## {script}{status}\n\n`python bench/{script} {' '.join(cmd[2:])}` · {secs:.0f} s\n\n"
+        parts.append(f"\n### {script}{status}\n\n`python bench/{script} {' '.join(cmd[2:])}` · {secs:.0f} s\n\n"
                      f"```\n{body}\n```\n")
-    Path(args.out).write_text("".join(parts))
-    print(f"wrote {args.out}")
+    out = Path(args.out)
+    before = out.read_text() if out.is_file() else "# Benchmark results\n"
+    write_text_atomic(out, before.rstrip("\n") + "\n" + "".join(parts))
+    print(f"added to {args.out}")
 
 
 if __name__ == "__main__":
