@@ -32,9 +32,9 @@ from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, inner_name
 from fusion_search.metrics import PRIMARY
 from pipeline.evaluate import evaluate_run
-from fusion_search.rundir import LAST, discard_unstarted
+from fusion_search.rundir import LAST, abs_path, discard_unstarted
 from pipeline.configs import DEFAULT_EPOCHS
-from pipeline.runs import open_store_checked
+from pipeline.runs import open_store_checked, read_run_config
 from pipeline.train import resume_training, train_on_cache
 from stores.device import claim_gpu, gpu_slot
 from stores.files import write_json_atomic, write_text_atomic
@@ -76,6 +76,8 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
         claim_gpu(index, 1.0 / sharing)
     run = Path(run_dir)
     done = run / f"metrics_{split}.json"
+    if (run / LAST).is_file():
+        _check_same_run(run, store_path, genotype_path, settings)
     if done.is_file():
         return json.loads(done.read_text())
     if (run / LAST).is_file():
@@ -84,6 +86,19 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
         discard_unstarted(run)
         train_on_cache(store_path, genotype_path, run, evaluate_test=False, **settings)
     return evaluate_run(run, split, plots=False)
+
+
+def _check_same_run(run: Path, store_path: str, genotype_path: str, settings: dict[str, Any]) -> None:
+    """A run reused or resumed must be the one asked for: the same store, genotype and settings (the
+    device may differ); else its figures would stand for another training."""
+    cfg = read_run_config(run)
+    wanted = {**settings, "store": abs_path(store_path)}
+    changed = sorted(k for k, v in wanted.items() if k != "device" and k in cfg and cfg[k] != v)
+    if Genotype.load(run / "genotype.json").key() != Genotype.load(genotype_path).key():
+        changed.append("genotype")
+    if changed:
+        raise SearchError(f"{run} was trained with other {', '.join(changed)} than this run asks for; "
+                          "give a new --out (or the settings it was made with)")
 
 
 def _tasks(store, template: Genotype, template_path: Path, out: Path,

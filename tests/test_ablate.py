@@ -36,7 +36,12 @@ def test_ablate_two_seeds_on_dask(tmp_path):
     # rerun: finished runs are reused, not retrained
     ckpt = tmp_path / "abl" / "runs" / "aoa" / "seed_0" / "checkpoints" / "best.pt"
     before = ckpt.stat().st_mtime_ns
-    res = CliRunner().invoke(cli, ["ablate", "--store", str(tmp_path / "s.zarr"), "--genotype", str(tmp_path / "g.json"),
-                                   "--out", str(tmp_path / "abl"), "--seeds", "2", "--epochs", "1", "--workers", "1"])
+    args = ["ablate", "--store", str(tmp_path / "s.zarr"), "--genotype", str(tmp_path / "g.json"),
+            "--out", str(tmp_path / "abl"), "--seeds", "2", "--epochs", "1", "--workers", "1", "--batch-size", "24"]
+    res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert ckpt.stat().st_mtime_ns == before and "| Searched |" in res.output
+    # a rerun asking for other settings is refused, not answered with the old runs' figures
+    res = CliRunner().invoke(cli, args[:-1] + ["96"])
+    assert res.exit_code == 2 and "was trained with other batch_size" in res.output
+    assert ckpt.stat().st_mtime_ns == before
