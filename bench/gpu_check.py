@@ -234,7 +234,7 @@ def _set_epochs(run: Path, epochs: int) -> None:
 
 @check
 def train_kill_resume(tmp: Path) -> str:
-    from fusion_search.rundir import LAST
+    from fusion_search.training.rundir import LAST
     from pipeline.train import resume_training, train_on_cache
 
     store, g = _train_setup(tmp)

@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 from extract.backbones import get_backbone  # noqa: E402
 from extract.backbones.taps import TapReader  # noqa: E402
 from fusion_search.architect import Architect  # noqa: E402
-from fusion_search.engine import train_step  # noqa: E402
+from fusion_search.training.engine import train_step  # noqa: E402
 from fusion_search.hypernet import Hypernet, HypernetSpec  # noqa: E402
-from fusion_search.metrics import loss_fn  # noqa: E402
+from fusion_search.training.metrics import loss_fn  # noqa: E402
 from stores import write_store_from_arrays  # noqa: E402
 
 CONFIGS = {  # batch: search batch from the cache; loop_batch: batch with backbones in the loop

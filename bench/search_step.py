@@ -28,11 +28,11 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from fusion_search.architect import Architect  # noqa: E402
-from fusion_search.engine import train_step  # noqa: E402
+from fusion_search.training.engine import train_step  # noqa: E402
 from fusion_search.found_network import FoundNetwork, count_parameters  # noqa: E402
 from fusion_search.genotype import Genotype  # noqa: E402
 from fusion_search.hypernet import Hypernet, HypernetSpec  # noqa: E402
-from fusion_search.metrics import loss_fn  # noqa: E402
+from fusion_search.training.metrics import loss_fn  # noqa: E402
 from fusion_search.primitives import Primitive  # noqa: E402
 
 REFERENCE_MS = 227.0  # official implementation, per step, 2-core machine, without reshape layers

@@ -154,7 +154,7 @@ def rows_for(store: Path, search_dir: Path) -> dict[str, Path]:
 def run_store(name: str, out: Path, split_seed: int, workers: int, cache: Path | None = None) -> dict:
     """One store (built from a dataset, or an existing `cache`): search, then every row's trainings."""
     from fusion_search.config import SearchConfig
-    from fusion_search.metrics import PRIMARY
+    from fusion_search.training.metrics import PRIMARY
     from pipeline.ablate import train_runs
     from stores import open_store
     from pipeline.multistart import run_multistart

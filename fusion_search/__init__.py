@@ -9,7 +9,9 @@ epoch and their heatmaps).
 Genotypes: `derive` (eqs. 3 and 11, top-2 β, candidates, op variants), `genotype` (format v1,
 validation, show), `render` (dot / matplotlib), `found_network` (the discrete net), `baselines`
 (the paper's baselines and ablation rows as genotypes), `evaluation` (split metrics, genotype scoring).
-Training core: `engine` (`fit`, `predict`), `metrics`, `schedule` (Adam + cosine warm restarts),
-`rundir` (the run directory of search, train, finetune and pretrain), `run_checkpoint` (last.pt and
-best.pt). `errors` holds SearchError. Imports only `stores` from this project.
+The training core is the subpackage `training` (`engine`: `fit`, `predict`, `FitOptions`; `metrics`;
+`schedule`: Adam + cosine warm restarts; `rundir`: the run directory of search, train, finetune and
+pretrain; `run_checkpoint`: last.pt and best.pt; `events`: TensorBoard scalars), below the rest:
+it imports nothing of the search space. `errors` holds SearchError. Imports only `stores` from
+this project.
 """

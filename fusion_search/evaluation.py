@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from fusion_search.data import SplitData
-from fusion_search.engine import FitOptions, fit, predict, steps_per_epoch
+from fusion_search.training.engine import FitOptions, fit, predict, steps_per_epoch
 from fusion_search.found_network import FoundNetwork
 from fusion_search.genotype import Genotype
-from fusion_search.metrics import PRIMARY, loss_fn, split_metrics
-from fusion_search.schedule import weight_optimizer
+from fusion_search.training.metrics import PRIMARY, loss_fn, split_metrics
+from fusion_search.training.schedule import weight_optimizer
 
 
 def evaluate(model: nn.Module, data: SplitData, task: str, batch_size: int) -> dict[str, float]:

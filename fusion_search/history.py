@@ -7,19 +7,12 @@ search settled on each choice.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from fusion_search.genotype import cell_name, inner_name
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _heatmap(ax, data: np.ndarray, xlabels: Sequence[str], title: str) -> None:

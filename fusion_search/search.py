@@ -55,17 +55,17 @@ from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.data import SplitData, TensorBatch, open_split, resolve_device
 from fusion_search.errors import SearchError
 from fusion_search.derive import node_modalities, uniform_op_variants
-from fusion_search.engine import EpochTotals, FitOptions, Step, fit, steps_per_epoch
+from fusion_search.training.engine import EpochTotals, FitOptions, Step, fit, steps_per_epoch
 from fusion_search.evaluation import ScoringRecipe, evaluate, score_genotype
-from fusion_search.events import EpochEvents, entropies
+from fusion_search.training.events import EpochEvents, entropies
 from fusion_search.genotype import Genotype
-from fusion_search.history import plot_history, plot_metrics, read_jsonl
+from fusion_search.history import plot_history, plot_metrics
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
-from fusion_search.metrics import PRIMARY, loss_fn
-from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
-from fusion_search.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs,
-                                  read_config, run_log, start_run)
-from fusion_search.schedule import weight_optimizer
+from fusion_search.training.metrics import PRIMARY, loss_fn
+from fusion_search.training.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from fusion_search.training.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs,
+                                  read_config, read_jsonl, run_log, start_run)
+from fusion_search.training.schedule import weight_optimizer
 from stores import StoreError, open_store
 from stores.device import restore_rng, rng_state
 from stores.lock import holds_lock
@@ -150,7 +150,7 @@ class _SearchEpochs:
 
 
 class _RunFiles:
-    """The search's files in its run directory (`fusion_search.rundir` owns the shared ones)."""
+    """The search's files in its run directory (`fusion_search.training.rundir` owns the shared ones)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

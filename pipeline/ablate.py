@@ -30,9 +30,9 @@ from extract.cluster import connect, on_worker
 from fusion_search.baselines import baseline_genotype
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, inner_name
-from fusion_search.metrics import PRIMARY
+from fusion_search.training.metrics import PRIMARY
 from pipeline.evaluate import evaluate_run
-from fusion_search.rundir import LAST, abs_path, discard_unstarted
+from fusion_search.training.rundir import LAST, abs_path, discard_unstarted
 from pipeline.configs import DEFAULT_EPOCHS
 from pipeline.runs import open_store_checked, read_run_config
 from pipeline.train import resume_training, train_on_cache

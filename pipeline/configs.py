@@ -34,7 +34,7 @@ class Schedule:
 
     def optimizer(self, params: Any) -> tuple[Any, Any]:
         """The paper's Adam and cosine warm restarts over `params` (tensors or param-group dicts)."""
-        from fusion_search.schedule import weight_optimizer
+        from fusion_search.training.schedule import weight_optimizer
 
         return weight_optimizer(params, lr=self.lr, weight_decay=self.weight_decay, lr_min=self.lr_min,
                                 restart_period=self.restart_period, restart_mult=self.restart_mult)

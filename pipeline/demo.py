@@ -285,7 +285,7 @@ def _claim_out(cfg: DemoConfig, out: Path) -> None:
 
 
 def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) -> None:
-    from fusion_search.rundir import LAST, discard_unstarted
+    from fusion_search.training.rundir import LAST, discard_unstarted
     from pipeline.pretrain import pretrain, resume_pretrain
 
     for modality, backbone in backbones.items():

@@ -28,14 +28,14 @@ import torch
 from torch import nn
 
 from fusion_search.data import SplitData, resolve_device
-from fusion_search.engine import predict
+from fusion_search.training.engine import predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
-from fusion_search.metrics import confusion_matrix, multiclass_f1_macro, per_class_f1, split_metrics
-from fusion_search.run_checkpoint import load_run_checkpoint
+from fusion_search.training.metrics import confusion_matrix, multiclass_f1_macro, per_class_f1, split_metrics
+from fusion_search.training.run_checkpoint import load_run_checkpoint
 from pipeline.joint_model import Built, RawSamples, build_model, load_finetune_config, raw_loader, to_device
-from fusion_search.rundir import BEST
+from fusion_search.training.rundir import BEST
 from stores.files import write_json_atomic, write_npy_atomic, write_text_atomic
 from pipeline.runs import open_splits, open_store_checked, read_run_config
 

@@ -26,14 +26,14 @@ import torch
 
 from extract.backbones import resolve_backbone
 from fusion_search.data import resolve_device
-from fusion_search.engine import EpochTotals, FitOptions, fit, predict
+from fusion_search.training.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import count_parameters
 from fusion_search.genotype import Genotype
-from fusion_search.metrics import PRIMARY, loss_fn
-from fusion_search.run_checkpoint import load_run_checkpoint
-from fusion_search.events import EpochEvents
-from fusion_search.rundir import BEST, LAST, EpochBook, abs_path, check_new_run, run_log, start_run
+from fusion_search.training.metrics import PRIMARY, loss_fn
+from fusion_search.training.run_checkpoint import load_run_checkpoint
+from fusion_search.training.events import EpochEvents
+from fusion_search.training.rundir import BEST, LAST, EpochBook, abs_path, check_new_run, run_log, start_run
 from pipeline.evaluate import evaluate_finetune_run, task_metrics
 from pipeline.configs import TRAIN_ON, FinetuneConfig
 from pipeline.joint_model import (Built, JointModel, backbones_from_store, build_model, load_finetune_config,

@@ -37,7 +37,7 @@ from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.errors import SearchError
 from fusion_search.data import open_split, resolve_device
 from fusion_search.genotype import Genotype
-from fusion_search.rundir import discard_unstarted
+from fusion_search.training.rundir import discard_unstarted
 from fusion_search.search import run_search, score_runs
 from pipeline.selection import CANDIDATES, Candidate, candidates_lines, candidates_record, choose, fixed_genotypes
 from stores import open_store

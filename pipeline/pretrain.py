@@ -2,7 +2,7 @@
 
 BM-NAS assumes pretrained unimodal backbones; this stage makes them: train on the train split,
 keep the weights with the best validation score (ties: the lower validation loss), and write the one
-run directory (`fusion_search.rundir`: config.yaml, log.txt, metrics.jsonl, checkpoints/last.pt) plus its product
+run directory (`fusion_search.training.rundir`: config.yaml, log.txt, metrics.jsonl, checkpoints/last.pt) plus its product
 ``best.pt`` at the root (a plain state_dict that `bmnas extract --checkpoint` loads) and
 ``summary.json`` when finished.
 
@@ -13,7 +13,7 @@ uninterrupted run on the same device (the CUDA RNG is saved too when used); a fi
 returned as is. A directory in the flat layout of older versions (``last.pt`` and ``config.json`` at
 its root) is refused in one line naming what to do.
 
-Training: Adam with one cosine cycle over the epochs down to 0 (`fusion_search.schedule`, stepped
+Training: Adam with one cosine cycle over the epochs down to 0 (`fusion_search.training.schedule`, stepped
 once per epoch), no gradient clipping; batches with fewer than two readable rows are skipped
 (BatchNorm). The data side (prepared samples) is `extract.labelled_samples`.
 """
@@ -34,12 +34,12 @@ from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkp
 from extract.errors import DataError, ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
 from extract.sources.registry import open_source
-from fusion_search.engine import EpochTotals, FitOptions, fit, predict
-from fusion_search.metrics import PRIMARY, loss_fn, split_metrics
-from fusion_search.events import EpochEvents
-from fusion_search.rundir import (LAST, METRICS, append_jsonl, check_new_run, improves, keep_epochs,
+from fusion_search.training.engine import EpochTotals, FitOptions, fit, predict
+from fusion_search.training.metrics import PRIMARY, loss_fn, split_metrics
+from fusion_search.training.events import EpochEvents
+from fusion_search.training.rundir import (LAST, METRICS, append_jsonl, check_new_run, improves, keep_epochs,
                                   load_training_state, read_config, run_log, save_training_state, start_run)
-from fusion_search.schedule import weight_optimizer
+from fusion_search.training.schedule import weight_optimizer
 from stores.device import resolve_device
 from pipeline.configs import PretrainConfig
 from stores.lock import holds_lock

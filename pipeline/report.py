@@ -20,9 +20,9 @@ import numpy as np
 
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, show
-from fusion_search.history import plot_history, read_jsonl
-from fusion_search.metrics import PRIMARY
-from fusion_search.rundir import read_config
+from fusion_search.history import plot_history
+from fusion_search.training.metrics import PRIMARY
+from fusion_search.training.rundir import read_config, read_jsonl
 from stores.files import write_text_atomic
 
 _SKIP = {"split", "task", "run_kind"}

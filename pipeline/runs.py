@@ -17,7 +17,7 @@ import torch
 from fusion_search.data import SplitData, default_memory_budget
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, check_against_store
-from fusion_search.rundir import read_config
+from fusion_search.training.rundir import read_config
 from pipeline.configs import DEFAULT_EPOCHS
 from stores import FeatureBank, FeatureStore, StoreError, open_store
 

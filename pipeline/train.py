@@ -3,7 +3,7 @@
 Two protocols (paper §3.4):
 - `train_on="train"` (default): train on the train split, evaluate on val after every epoch, keep the
   checkpoint with the best val score (accuracy / weighted F1; ties: the lower val loss,
-  `fusion_search.rundir.improves`), evaluate that one on test;
+  `fusion_search.training.rundir.improves`), evaluate that one on test;
 - `train_on="train+val"`: the paper's final protocol, train on train ∪ val for a fixed number of
   epochs (no model selection, so `epochs` must be given) and evaluate the last weights on test.
 
@@ -15,7 +15,7 @@ killed run resumed with `resume=True` ends with the same weights as an uninterru
   config.yaml            kind: train + resolved settings (what resume and evaluate read)
   genotype.json          the genotype trained (a copy: the run stays valid if the original moves)
   log.txt, metrics.jsonl one JSON line per epoch (train loss/accuracy, val metrics, lr, seconds)
-  tensorboard/           the same numbers as TensorBoard scalars (`fusion_search.events`)
+  tensorboard/           the same numbers as TensorBoard scalars (`fusion_search.training.events`)
   checkpoints/last.pt    model, optimiser, scheduler, RNG, best score (for resume)
   checkpoints/best.pt    {"model", "epoch", "score"}: the weights `evaluate` and `finetune` load
   metrics_test.json ...  written by `pipeline.evaluate.evaluate_run` at the end
@@ -32,14 +32,14 @@ from typing import Any
 import torch
 
 from fusion_search.data import resolve_device
-from fusion_search.engine import EpochTotals, FitOptions, fit, steps_per_epoch
+from fusion_search.training.engine import EpochTotals, FitOptions, fit, steps_per_epoch
 from fusion_search.errors import SearchError
 from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
-from fusion_search.metrics import PRIMARY, loss_fn
-from fusion_search.events import EpochEvents
-from fusion_search.rundir import LAST, EpochBook, abs_path, check_new_run, run_log, start_run
+from fusion_search.training.metrics import PRIMARY, loss_fn
+from fusion_search.training.events import EpochEvents
+from fusion_search.training.rundir import LAST, EpochBook, abs_path, check_new_run, run_log, start_run
 from pipeline.evaluate import evaluate_run
 from pipeline.configs import TRAIN_ON, TrainConfig
 from pipeline.runs import check_run_options, open_splits, open_store_checked, read_run_config

@@ -20,9 +20,9 @@ from extract.backbones import resolve_backbone
 from extract.checkpoints import load_checkpoint
 from extract.errors import ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
-from fusion_search.engine import predict
-from fusion_search.metrics import PRIMARY, split_metrics
-from fusion_search.rundir import CONFIG
+from fusion_search.training.engine import predict
+from fusion_search.training.metrics import PRIMARY, split_metrics
+from fusion_search.training.rundir import CONFIG
 from stores.files import write_json_atomic
 
 

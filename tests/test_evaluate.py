@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from fusion_search.metrics import confusion_matrix, f1_scores, multiclass_f1_macro, per_class_f1
+from fusion_search.training.metrics import confusion_matrix, f1_scores, multiclass_f1_macro, per_class_f1
 from pipeline.evaluate import task_metrics, write_evaluation
 
 # multiclass: 6 samples, 4 classes (class 3 never occurs)

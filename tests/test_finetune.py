@@ -24,7 +24,7 @@ from pipeline.evaluate import evaluate_run
 from pipeline.finetune import finetune
 from pipeline.configs import FinetuneConfig
 from pipeline.joint_model import build_model
-from fusion_search.rundir import BEST
+from fusion_search.training.rundir import BEST
 from pipeline.train import train_on_cache
 
 
@@ -93,7 +93,7 @@ def test_joint_model_computes_the_cached_features(chain):
 def test_init_from_starts_the_fusion_network_at_the_train_runs_weights(chain):
     """--init-from: fine-tuning starts from the very network `bmnas train` fitted on the cache (the
     features match, above; here the weights), and a run of another genotype is refused."""
-    from fusion_search.run_checkpoint import load_run_checkpoint
+    from fusion_search.training.run_checkpoint import load_run_checkpoint
     from pipeline.finetune import _init_fusion
 
     d, store, g, backbones = chain

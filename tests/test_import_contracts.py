@@ -1,5 +1,5 @@
-"""Imports run one way (stores < extract | fusion_search < pipeline, no cycles inside a package):
-the contracts in setup.cfg, checked by the real `lint-imports`."""
+"""Imports run one way (stores < extract | fusion_search < pipeline; the training core below the
+search; no cycles inside a package): the contracts in setup.cfg, checked by the real `lint-imports`."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _break(tmp_path: Path, module: str, code: str) -> subprocess.CompletedProces
 def test_the_project_keeps_its_import_contracts():
     r = _lint_imports(ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 kept, 0 broken" in r.stdout, r.stdout
+    assert "4 kept, 0 broken" in r.stdout, r.stdout
 
 
 def test_a_backward_import_breaks_the_layers(tmp_path):
@@ -51,3 +51,10 @@ def test_a_cycle_inside_a_package_breaks_the_contract(tmp_path):
                "\n\ndef _late():\n    from stores import verify  # noqa: F401  (a function-local import still counts)\n")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "No cycles are allowed in stores" in r.stdout, r.stdout
+
+
+def test_the_training_core_may_not_reach_into_the_search(tmp_path):
+    r = _break(tmp_path, "fusion_search/training/metrics.py",
+               "\nfrom fusion_search import genotype  # noqa: E402,F401  (the violation)\n")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "fusion_search.training.metrics -> fusion_search.genotype" in r.stdout, r.stdout

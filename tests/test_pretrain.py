@@ -19,8 +19,8 @@ from extract.sources.mmimdb import MMIMDBSource
 from extract.sources.ntu import NTUSource
 from extract.synth import generate
 from fusion_search.errors import SearchError
-from fusion_search.metrics import f1_scores
-from fusion_search.rundir import LAST
+from fusion_search.training.metrics import f1_scores
+from fusion_search.training.rundir import LAST
 from pipeline.cli import cli
 from pipeline.pretrain import pretrain, resume_pretrain
 from stores import open_store

@@ -44,7 +44,7 @@ def _raw_writes(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_no_result_file_is_written_outside_the_one_writer():
     allowed = {"stores/files.py",  # the writer itself
-               "fusion_search/run_checkpoint.py"}  # checkpoints: torch.save through their own atomic rename
+               "fusion_search/training/run_checkpoint.py"}  # checkpoints: torch.save through their own atomic rename
     raw = [hit for pkg in ("pipeline", "fusion_search", "stores") for p in sorted((ROOT / pkg).rglob("*.py"))
            if str(p.relative_to(ROOT)) not in allowed for hit in _raw_writes(p)]
     assert raw == [], "write these through stores.files: " + "; ".join(raw)
@@ -87,7 +87,7 @@ def test_an_unstarted_run_is_discarded_and_a_users_folder_is_refused(tmp_path):
     """What a killed run left before its first epoch is removed so it can start again; a folder holding
     anything else (or a checkpoint to resume) is refused, and nothing in it is deleted."""
     from fusion_search.errors import SearchError
-    from fusion_search.rundir import LAST, discard_unstarted
+    from fusion_search.training.rundir import LAST, discard_unstarted
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

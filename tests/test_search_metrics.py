@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusion_search.metrics import accuracy, compute_metrics, f1_scores, loss_fn, topk_accuracy
+from fusion_search.training.metrics import accuracy, compute_metrics, f1_scores, loss_fn, topk_accuracy
 
 
 def test_accuracy_and_topk_by_hand():

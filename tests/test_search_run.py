@@ -12,7 +12,7 @@ from fusion_search.config import SearchConfig
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype
 from fusion_search.hypernet import Hypernet, HypernetSpec
-from fusion_search.metrics import loss_fn
+from fusion_search.training.metrics import loss_fn
 from fusion_search.search import run_search
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -17,7 +17,7 @@ from tensorboardX.proto import event_pb2
 from _search_data import planted_store, single_thread  # noqa: F401
 from _train_data import searched_genotype, small_store
 from fusion_search.config import SearchConfig
-from fusion_search.events import EVENTS, entropies
+from fusion_search.training.events import EVENTS, entropies
 from fusion_search.search import run_search
 from pipeline.train import resume_training, train_on_cache
 

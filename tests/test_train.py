@@ -15,7 +15,7 @@ from fusion_search.genotype import Genotype
 from pipeline.cli import cli
 from stores import open_store
 from pipeline.evaluate import evaluate_run
-from fusion_search.rundir import BEST, LAST
+from fusion_search.training.rundir import BEST, LAST
 from pipeline.train import resume_training, train_on_cache
 from _train_data import NODES, searched_genotype, small_store
 
@@ -51,7 +51,7 @@ def test_a_saturated_val_metric_keeps_the_epoch_of_lowest_val_loss(setup):
 
 
 def test_improves_orders_metric_then_loss_and_never_takes_nan():
-    from fusion_search.rundir import improves
+    from fusion_search.training.rundir import improves
 
     assert improves(0.9, 5.0, 0.8, 0.1) and not improves(0.8, 0.01, 0.9, 5.0)
     assert improves(0.9, 0.2, 0.9, 0.3) and not improves(0.9, 0.3, 0.9, 0.2)

@@ -108,7 +108,7 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], loss: LossF
     """Train `model` for epochs `options.start_epoch` .. `options.epochs - 1` on `batches(epoch)`.
 
     `scheduler` is stepped with fractional epochs (`epoch + done / steps_per_epoch`) after every
-    optimiser step, as the paper's cosine warm restarts want (`fusion_search.schedule`); None: no
+    optimiser step, as the paper's cosine warm restarts want (`fusion_search.training.schedule`); None: no
     schedule."""
     from tqdm import tqdm
 

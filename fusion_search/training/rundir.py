@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from fusion_search.errors import SearchError
-from fusion_search.history import read_jsonl
-from fusion_search.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from fusion_search.training.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from stores.device import restore_rng, rng_state
 from stores.files import write_text_atomic, write_yaml_atomic
 
@@ -99,6 +98,13 @@ def read_config(run: str | os.PathLike, error: type[Exception] = SearchError, hi
     if not isinstance(data, dict):
         raise error(f"{path}: not a mapping of settings; restore it from a copy")
     return data
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (metrics.jsonl, arch_history.jsonl); none when it is absent."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
