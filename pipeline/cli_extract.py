@@ -14,11 +14,11 @@ import click
 
 from extract.config import ExtractConfig, ReductionConfig
 from extract.errors import ExtractError
+from extract.sources.registry import KINDS
 from pipeline.cli_backbones import backbone_options, input_fields, pairs, tap_list
 from pipeline.cli_resume import check_resume_options, given_device
 from pipeline.configs import PretrainConfig
 
-KINDS = ("ntu", "mmimdb", "egogesture", "manifest")
 _X, _P = ExtractConfig(), PretrainConfig()  # the defaults of `bmnas extract`'s and `pretrain`'s options
 
 

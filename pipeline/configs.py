@@ -107,6 +107,7 @@ class PretrainConfig:
     inflate_from: str | None = None        # 2D ResNet-50 weights for inflated_resnet50
     tap_choice: list[str] | None = None    # --taps (a torch module's head reads the deepest)
     input: dict[str, Any] = field(default_factory=dict)  # --input fields replacing the default preparation
+    # recorded when the run starts (not settable: PRETRAIN_SETTABLE ends above)
     kind: str = "pretrain"
     source: str = "source"
     source_location: dict[str, Any] | None = None  # how `bmnas pretrain` opened the source (for --resume)
@@ -116,3 +117,7 @@ class PretrainConfig:
     metric: str = ""
     init_sha256: str | None = None
     taps: list[dict[str, Any]] = field(default_factory=list)  # the resolved tap specs
+
+
+PRETRAIN_SETTABLE = ("backbone", "modality", "setting", "epochs", "batch_size", "lr", "weight_decay", "seed", "device",
+                     "num_workers", "on_error", "keep_in_memory", "init_checkpoint", "inflate_from", "tap_choice", "input")

@@ -41,7 +41,7 @@ from fusion_search.training.rundir import (LAST, METRICS, append_jsonl, check_ne
                                   load_training_state, read_config, run_log, save_training_state, start_run)
 from fusion_search.training.schedule import weight_optimizer
 from stores.device import resolve_device
-from pipeline.configs import PretrainConfig
+from pipeline.configs import PRETRAIN_SETTABLE, PretrainConfig
 from stores.lock import holds_lock
 from stores.files import write_json_atomic
 
@@ -120,7 +120,8 @@ def pretrain(source: Any, modality: str, backbone: str, out_dir: str, *,
              source_location: dict[str, Any] | None = None, on_epoch: Callable[[int], None] | None = None,
              progress: bool = True, **settings: Any) -> PretrainResult:
     """Train ``backbone`` + head on ``modality`` of ``source`` into the new run directory ``out_dir``;
-    keep the best epoch on val. ``settings`` are PretrainConfig fields (setting, epochs, lr, ...).
+    keep the best epoch on val. ``settings`` are the settable PretrainConfig fields
+    (`PRETRAIN_SETTABLE`: setting, epochs, lr, ...); the recorded ones are the run's to fill.
 
     ``backbone`` is any backbone spec (`extract.backbones.specs`); a torch module needs taps
     (``tap_choice``), its head reads the deepest; ``input`` replaces fields of the backbone's input.
@@ -128,6 +129,10 @@ def pretrain(source: Any, modality: str, backbone: str, out_dir: str, *,
     ``source_location`` ({"path", "kind", "split", "options"}, as `bmnas pretrain` opened the source)
     is recorded so that `--resume` can reopen it. ``on_epoch(epoch)`` is called after each epoch's
     state is on disk (tests kill a run there)."""
+    unknown = sorted(set(settings) - set(PRETRAIN_SETTABLE))
+    if unknown:
+        raise ExtractError(f"pretrain setting(s) {', '.join(unknown)}: not settable; use "
+                           f"{', '.join(PRETRAIN_SETTABLE[2:])} (taps: tap_choice, input fields: input)")
     cfg = PretrainConfig(backbone=backbone, modality=modality, source=getattr(source, "name", "source"),
                          source_location=source_location, task=source.task, num_classes=source.num_classes,
                          **settings)

@@ -22,7 +22,7 @@ from extract.errors import ExtractError
 from extract.labelled_samples import LabelledSamples, collate_samples
 from fusion_search.training.engine import predict
 from fusion_search.training.metrics import PRIMARY, split_metrics
-from fusion_search.training.rundir import CONFIG
+from fusion_search.training.rundir import CONFIG, read_config
 from stores.files import write_json_atomic
 
 
@@ -34,7 +34,8 @@ def evaluate_pretrained(source: Any, run_dir: str | Path, split: str = "test", *
     ckpt = run / "best.pt"
     if cfg_path is None or not ckpt.is_file():
         raise ExtractError(f"{run}: not a finished pretraining run (needs {CONFIG} and best.pt)")
-    cfg = yaml.safe_load(cfg_path.read_text())  # JSON is YAML
+    # a run of the flat layout has config.json (JSON is YAML); every other run config.yaml
+    cfg = read_config(run, ExtractError) if cfg_path.name == CONFIG else yaml.safe_load(cfg_path.read_text())
     spec = resolve_backbone(cfg["backbone"], cfg["modality"], cfg.get("tap_choice"))
     inp = spec.input_for(cfg["setting"], cfg.get("input"))
     samples = [s for s in source.samples() if s.split == split]

@@ -158,6 +158,9 @@ def test_pretrain_bad_options(ntu, tmp_path):
     with pytest.raises(ExtractError, match="inflated_resnet50 only"):
         pretrain(src, "skeleton", "hcn", str(tmp_path / "r"), setting="tiny", inflate_from="x.pth", device="cpu",
                  progress=False)
+    with pytest.raises(ExtractError, match="taps: not settable.*tap_choice"):  # a recorded field, not a setting
+        pretrain(src, "skeleton", "hcn", str(tmp_path / "r"), setting="tiny", taps=["conv5"], progress=False)
+    assert not (tmp_path / "r").exists()
     with pytest.raises(BackboneError, match="reads image, not 'video'"):
         pretrain(src, "video", "vgg19", str(tmp_path / "r"), setting="tiny", device="cpu", progress=False)
     r = CliRunner().invoke(cli, ["pretrain", str(ntu), "--modality", "text", "--backbone", "maxout_mlp",

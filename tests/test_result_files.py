@@ -107,3 +107,15 @@ def test_an_unstarted_run_is_discarded_and_a_users_folder_is_refused(tmp_path):
     with pytest.raises(SearchError, match="--resume"):
         discard_unstarted(tmp_path / "started")
     assert (tmp_path / "started" / LAST).is_file()
+
+
+def test_a_temporary_file_a_kill_left_does_not_block_the_restart(tmp_path):
+    from stores.files import write_text_atomic
+    from fusion_search.training.rundir import discard_unstarted
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_text_atomic(run / "config.yaml", "kind: train\n")
+    (run / "genotype.json.0123456789ab.partial").write_text('{"form')  # killed mid-write
+    discard_unstarted(run)
+    assert not run.exists()

@@ -64,6 +64,13 @@ UNSTARTED_FILES = frozenset({CONFIG, "log.txt", "genotype.json", "metrics.jsonl"
                              "checkpoints", "genotypes", "plots", "tensorboard"})
 
 
+def _stem(name: str) -> str:
+    """A file's name without the temporary suffix of `stores.files.replace_atomic` (NAME.<hex>.partial),
+    which a kill mid-write leaves."""
+    parts = name.rsplit(".", 2)
+    return parts[0] if len(parts) == 3 and parts[2] == "partial" else name
+
+
 def discard_unstarted(run: Path) -> None:
     """Remove a run directory that a killed process left before its first epoch ended (no last.pt):
     nothing in it is worth keeping, and the run starts again into it. Refused when it holds a
@@ -74,7 +81,7 @@ def discard_unstarted(run: Path) -> None:
         return
     if (run / LAST).is_file():
         raise SearchError(f"{run} holds a checkpoint: continue it with --resume {run}")
-    foreign = sorted(p.name for p in run.iterdir() if p.name not in UNSTARTED_FILES)
+    foreign = sorted(p.name for p in run.iterdir() if _stem(p.name) not in UNSTARTED_FILES)
     if foreign:
         raise SearchError(f"{run} holds {', '.join(foreign[:3])}, which no unstarted run writes; move it away "
                           "or choose another directory")
