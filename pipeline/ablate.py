@@ -33,7 +33,7 @@ from fusion_search.genotype import Genotype, inner_name
 from fusion_search.training.metrics import PRIMARY
 from pipeline.evaluate import evaluate_run
 from fusion_search.training.rundir import LAST, abs_path, discard_unstarted
-from pipeline.configs import DEFAULT_EPOCHS
+from pipeline.configs import DEFAULT_EPOCHS, TrainConfig
 from pipeline.runs import open_store_checked, read_run_config
 from pipeline.train import resume_training, train_on_cache
 from stores.device import claim_gpu, gpu_slot
@@ -146,10 +146,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def run_ablation(store_path: str, genotype_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                 seeds: int | Sequence[int] = 5, epochs: int | None = None, batch_size: int = 96,
-                 device: str = "auto", train_on: str = "train", workers: int | None = None,
+                 seeds: int | Sequence[int] = 5, epochs: int | None = None, workers: int | None = None,
                  scheduler: str | None = None, **settings: Any) -> Path:
-    """Train every Table 6/7 row over `seeds` (a count -> 0..n-1, or a list); returns ablation.md."""
+    """Train every Table 6/7 row over `seeds` (a count -> 0..n-1, or a list); returns ablation.md.
+    `settings` are TrainConfig fields (batch_size, device, train_on, lr, ...; TrainConfig's defaults)."""
+    train_on = settings.setdefault("train_on", TrainConfig.train_on)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise SearchError(f"--seeds {seeds!r}: give a positive count or distinct seeds")
@@ -163,8 +164,7 @@ def run_ablation(store_path: str, genotype_path: str | os.PathLike, out_dir: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = _tasks(store, template, Path(genotype_path), out, seed_list)
-    per_seed = [dict(settings, epochs=epochs, batch_size=batch_size, device=device, train_on=train_on, seed=s)
-                for _, s, _, _ in tasks]
+    per_seed = [dict(settings, epochs=epochs, seed=s) for _, s, _, _ in tasks]
     results = train_runs(tasks, per_seed, store_path, split, workers, scheduler)
     key = PRIMARY[store.task]
     by_row: dict[str, dict[str, Any]] = {}
