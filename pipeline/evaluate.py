@@ -20,6 +20,7 @@ import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -69,14 +70,37 @@ def task_metrics(task: str, num_classes: int, logits: np.ndarray, labels: np.nda
 def _class_names(names: Sequence[str] | None, k: int) -> list[str]:
     return list(names) if names and len(names) == k else [str(i) for i in range(k)]
 
-def write_evaluation(run_dir: str | os.PathLike, split: str, *, task: str, num_classes: int, logits: np.ndarray,
-                     labels: np.ndarray, sample_ids: Sequence[str] | None, num_parameters: int,
-                     latency: float | None, seconds: float, class_names: Sequence[str] | None = None,
+@dataclass(frozen=True)
+class SplitPredictions:
+    """What a model predicted on one split: logits and labels row by row, with the split's sample ids
+    and the task's class names (None: the row numbers, class indices)."""
+
+    task: str
+    num_classes: int
+    logits: np.ndarray
+    labels: np.ndarray
+    sample_ids: Sequence[str] | None = None
+    class_names: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What the predictions cost: the model's parameters, one sample's latency, the split's seconds."""
+
+    num_parameters: int
+    latency: float | None
+    seconds: float
+
+
+def write_evaluation(run_dir: str | os.PathLike, split: str, preds: SplitPredictions, cost: ModelCost, *,
                      extra: Mapping[str, Any] | None = None, plots: bool = True) -> dict[str, Any]:
     """Write every evaluation file of one split (see module docstring); returns the flat metrics.
 
     `plots=False` skips the confusion-matrix image (ablations evaluate dozens of runs)."""
     run = Path(run_dir)
+    task, num_classes, logits, labels = preds.task, preds.num_classes, preds.logits, preds.labels
+    sample_ids, class_names = preds.sample_ids, preds.class_names
+    num_parameters, latency, seconds = cost.num_parameters, cost.latency, cost.seconds
     names = _class_names(class_names, num_classes)
     n = len(labels)
     metrics: dict[str, Any] = {"split": split, "task": task, **task_metrics(task, num_classes, logits, labels),
@@ -181,10 +205,10 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
     rows = store.split_rows(split)
     ids = store.sample_ids
     sample_ids = [str(ids[r]) for r in rows] if ids is not None else [str(r) for r in rows]
-    return write_evaluation(run, split, task=store.task, num_classes=store.num_classes, logits=logits,
-                            labels=labels, sample_ids=sample_ids, num_parameters=count_parameters(model),
-                            latency=latency_ms(model, _first_example(data)), seconds=seconds,
-                            class_names=store.class_names,
+    return write_evaluation(run, split,
+                            SplitPredictions(store.task, store.num_classes, logits, labels, sample_ids,
+                                             store.class_names),
+                            ModelCost(count_parameters(model), latency_ms(model, _first_example(data)), seconds),
                             extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "train"}, plots=plots)
 
 def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
@@ -209,10 +233,11 @@ def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, de
     ids = [s.id for s in built.source.samples() if s.split == split]
     x, _ = RawSamples(built.source, [s for s in built.source.samples() if s.split == split][:1], built.specs)[0]
     example = {m: t[None].to(dev) for m, t in x.items()}
-    return write_evaluation(run, split, task=built.source.task, num_classes=built.source.num_classes, logits=logits,
-                            labels=labels, sample_ids=ids, num_parameters=count_parameters(model),
-                            latency=latency_ms(model, example, repeats=5, warmup=1), seconds=seconds,
-                            class_names=getattr(built.source, "class_names", None),
+    return write_evaluation(run, split,
+                            SplitPredictions(built.source.task, built.source.num_classes, logits, labels, ids,
+                                             getattr(built.source, "class_names", None)),
+                            ModelCost(count_parameters(model), latency_ms(model, example, repeats=5, warmup=1),
+                                      seconds),
                             extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "finetune",
                                    "fusion_parameters": count_parameters(model.fusion)}, plots=plots)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fusion_search.training.metrics import confusion_matrix, f1_scores, multiclass_f1_macro, per_class_f1
-from pipeline.evaluate import task_metrics, write_evaluation
+from pipeline.evaluate import ModelCost, SplitPredictions, task_metrics, write_evaluation
 
 # multiclass: 6 samples, 4 classes (class 3 never occurs)
 Y = np.array([0, 0, 1, 2, 2, 2])
@@ -66,9 +66,8 @@ def test_task_metrics_loss_and_top5_by_hand():
 
 def test_write_evaluation_files(tmp_path):
     logits = np.eye(4, dtype=np.float32)[P] * 3.0
-    m = write_evaluation(tmp_path, "val", task="multiclass", num_classes=4, logits=logits, labels=Y,
-                         sample_ids=[f"id{i}" for i in range(6)], num_parameters=123, latency=1.5, seconds=0.1,
-                         class_names=["a", "b", "c", "d"])
+    m = write_evaluation(tmp_path, "val", SplitPredictions("multiclass", 4, logits, Y, [f"id{i}" for i in range(6)],
+                                                           ["a", "b", "c", "d"]), ModelCost(123, 1.5, 0.1))
     saved = json.loads((tmp_path / "metrics_val.json").read_text())
     assert saved == m and all(not isinstance(v, (dict, list)) for v in saved.values())  # flat
     assert saved["accuracy"] == pytest.approx(4 / 6) and saved["num_samples"] == 6 and saved["num_parameters"] == 123
@@ -78,9 +77,9 @@ def test_write_evaluation_files(tmp_path):
     assert saved_cm.tolist() == confusion_matrix(P, Y, 4).tolist()
     assert (tmp_path / "confusion_val.png").stat().st_size > 1000
     assert json.loads((tmp_path / "per_class_f1_val.json").read_text())["c"] == pytest.approx(0.8)
-    ml = write_evaluation(tmp_path, "test", task="multilabel", num_classes=3,
-                          logits=np.where(PRED, 1.0, -1.0).astype(np.float32), labels=TRUTH.astype(np.uint8),
-                          sample_ids=None, num_parameters=7, latency=None, seconds=0.0, class_names=None)
+    logits = np.where(PRED, 1.0, -1.0).astype(np.float32)
+    ml = write_evaluation(tmp_path, "test", SplitPredictions("multilabel", 3, logits, TRUTH.astype(np.uint8)),
+                          ModelCost(7, None, 0.0))
     assert ml["f1_weighted"] == pytest.approx(10 / 15) and "accuracy" not in ml
     rows = list(csv.DictReader((tmp_path / "predictions_test.csv").open()))
     assert rows[1]["labels"] == "1" and rows[1]["predictions"] == "1 2" and rows[3]["predictions"] == ""
