@@ -29,7 +29,7 @@ from extract.cluster import connect
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.config import ExtractConfig, ReductionConfig
 from extract.worker import INIT_SEED, PRECISIONS, ChunkResult, Entry, Placement, run_chunks, warm_up
-from stores import NodeSpec, StoreError, create_store, open_writer
+from stores import NodeSpec, StoreError, create_store, is_bmnas_store, open_writer
 from stores.device import DEVICES, gpu_slot
 from stores.files import disk_full
 from stores.lock import holds_lock
@@ -221,8 +221,8 @@ def _reopen(out: str, prov: dict):
     try:
         writer = open_writer(Path(out))
     except StoreError as exc:
-        raise ExtractError(f"{out} exists and is not a feature store this run can resume ({exc}); "
-                           "pass --overwrite to replace it") from None
+        raise ExtractError(f"{out} is a bmnas store this run cannot resume ({exc}); "
+                           "pass --overwrite to replace it, or choose another --out") from None
     old = _comparable(writer.attrs.get("extraction") or {})
     new = _comparable(prov)
     if old != new:
@@ -230,6 +230,17 @@ def _reopen(out: str, prov: dict):
         raise ExtractError(f"{out} was extracted with other settings ({', '.join(diff)} differ); "
                            "pass --overwrite to replace it, or choose another --out")
     return writer
+
+
+def _check_out(out: str) -> None:
+    """Refuse an --out that exists and is not a bmnas store before any work starts: resuming or
+    overwriting is only for a store bmnas made, and nothing else there is ever deleted."""
+    path = Path(out)
+    if not (path.exists() or path.is_symlink()) or is_bmnas_store(path) and not path.is_symlink():
+        return
+    what = "a file" if path.is_file() else "a folder" if path.is_dir() else "something"
+    raise ExtractError(f"--out {out} is {what} that is not a bmnas feature store; bmnas neither writes "
+                       "into it nor deletes it (--overwrite included): choose another --out")
 
 
 def _check_writable(out: str) -> None:
@@ -382,6 +393,7 @@ def extract(source: Any, out: str, backbones: Sequence[BackboneChoice], config: 
                     "--batch-size": cfg.batch_size, "--workers": cfg.workers,
                     "--threads-per-worker": cfg.threads_per_worker}, cfg.on_error, backbones)
     place(cfg.device, cfg.precision, cfg.dtype, {})  # bad option values fail before any work
+    _check_out(out)
     samples = source.samples()
     if not samples:
         raise DataError(f"source {getattr(source, 'name', '?')!r} lists no samples")

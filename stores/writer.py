@@ -8,6 +8,7 @@ chunk, so processes writing disjoint row chunks never touch the same file.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -37,15 +38,31 @@ def _compressor(codec: str, dtype: str) -> BloscCodec:
     return BloscCodec(cname=codec, clevel=3, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
 
 
+def is_bmnas_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder bmnas made as a feature store: its root ``zarr.json`` carries the
+    format marker (written with the group itself, so even a store killed while being created has it)."""
+    meta = Path(path) / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(attrs, dict) and isinstance(attrs.get(S.ATTRS_KEY), dict) \
+        and attrs[S.ATTRS_KEY].get("format") == S.FORMAT
+
+
 def _prepare_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    """The path of a new store; with `overwrite`, an existing bmnas store there is removed first.
+
+    Why only a bmnas store: `--overwrite` is for replacing a cache made with other settings, and a
+    folder or file without the format marker is the user's, which no bmnas command deletes."""
     path = Path(path)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         if not overwrite:
             raise StoreError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        if path.is_symlink() or not path.is_dir() or not is_bmnas_store(path):
+            raise StoreError(f"{path} is not a bmnas feature store, so overwrite will not delete it; "
+                             "choose another path (or remove it yourself)")
+        shutil.rmtree(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not os.access(parent if parent.exists() else Path("."), os.W_OK):
         raise StoreError(f"cannot write the store at {path}: {parent} is not writable")
@@ -232,14 +249,6 @@ def create_store(
         raise StoreError(f"node names must be non-empty and unique, got {names}")
     compressor = _compressor(codec, dtype)
     path = _prepare_path(path, overwrite)
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    for node in nodes:
-        arr = group.create_array(f"{S.FEATURES}/{node.name}", shape=(num_samples, node.channels, node.length),
-                                 chunks=(rows_per_chunk, node.channels, node.length), dtype=dtype,
-                                 compressors=compressor, fill_value=np.nan)
-        arr.attrs.update(dict(node.attrs))
-    group.create_array(S.COMPLETION, shape=(S.num_chunks(num_samples, rows_per_chunk),), chunks=(1,),
-                       dtype=np.uint8, fill_value=0)
     attrs: dict[str, Any] = {"format": S.FORMAT, "version": S.VERSION, "task": task,
                              "num_classes": int(num_classes), "nodes": names}
     if class_names is not None:
@@ -248,7 +257,14 @@ def create_store(
         attrs["dataset"] = dataset
     if extraction is not None:
         attrs["extraction"] = dict(extraction)
-    group.attrs[S.ATTRS_KEY] = attrs
+    group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={S.ATTRS_KEY: attrs})
+    for node in nodes:
+        arr = group.create_array(f"{S.FEATURES}/{node.name}", shape=(num_samples, node.channels, node.length),
+                                 chunks=(rows_per_chunk, node.channels, node.length), dtype=dtype,
+                                 compressors=compressor, fill_value=np.nan)
+        arr.attrs.update(dict(node.attrs))
+    group.create_array(S.COMPLETION, shape=(S.num_chunks(num_samples, rows_per_chunk),), chunks=(1,),
+                       dtype=np.uint8, fill_value=0)
     return StoreWriter(path)
 
 
