@@ -32,7 +32,7 @@ class ExtractConfig:
     """How an extraction runs. The defaults of `bmnas extract`'s options are these fields' defaults."""
 
     reduction: ReductionConfig = ReductionConfig()
-    dtype: str = "float16"
+    dtype: str = "auto"  # per node: float16 while the probe stays below 1/8 of its range, else float32
     rows_per_chunk: int = 64
     chunks_per_task: int = 1
     codec: str = "zstd"
@@ -42,7 +42,7 @@ class ExtractConfig:
     workers: int = 2
     threads_per_worker: int = 1
     device: str = "auto"  # checked on the workers (a head node needs no GPU)
-    precision: str = "auto"  # the forward's compute precision; auto: float16 autocast on CUDA for a float16 store
+    precision: str = "auto"  # the forward's compute precision; auto: float16 autocast on CUDA for all-float16 nodes
     on_error: str = "fail"
     overwrite: bool = False
     progress: bool = True

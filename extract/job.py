@@ -11,6 +11,7 @@ completion record are skipped, except chunks holding skipped samples, which are 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from contextlib import ExitStack
@@ -28,6 +29,7 @@ from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_weig
 from extract.cluster import connect
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.config import ExtractConfig, ReductionConfig
+from extract.dtypes import DTYPE_CHOICES, choose_dtype, peak_magnitude, unstorable_message
 from extract.worker import INIT_SEED, PRECISIONS, ChunkResult, Entry, Placement, run_chunks, warm_up
 from stores import NodeSpec, StoreError, create_store, is_bmnas_store, open_writer
 from stores.device import DEVICES, gpu_slot
@@ -74,6 +76,7 @@ class ExtractResult:
     startup_seconds: float = 0.0  # starting/connecting the dask cluster, not in samples_per_s
     cpu_seconds: float = 0.0  # CPU time of the processes running the tasks while samples_per_s was timed
     devices: dict[str, str] = field(default_factory=dict)  # worker address ("local" without dask) -> its device
+    dtypes: dict[str, str] = field(default_factory=dict)  # node -> its store dtype (--dtype auto decides per node)
 
     @property
     def compression(self) -> float:
@@ -136,10 +139,12 @@ def _probe(source: Any, ids: list[str], choice: BackboneChoice, reduction: Reduc
     taps = [replace(t, channels=int(out[t.name].shape[1])) for t in taps]  # probed, never asked of the user
     nodes = tuple(f"{choice.modality}_{i + 1}" for i in range(len(taps)))
     lengths = tuple(int(out[t.name].shape[-1]) for t in taps)
+    peaks = tuple(peak_magnitude(out[t.name].float().numpy()) if out[t.name].isfinite().all() else math.inf
+                  for t in taps)
     ckpt = str(Path(choice.checkpoint).resolve()) if choice.checkpoint else None
     return Entry(choice.modality, spec.name, choice.setting, ckpt, tuple(taps), nodes,
                  num_classes, input_dim, lengths, tuple(item.shape), str(item.dtype).replace("torch.", ""),
-                 choice.inflate, inp), sha
+                 choice.inflate, inp, peaks), sha
 
 
 def _init(e: Entry) -> str:
@@ -217,7 +222,9 @@ def _comparable(prov: dict) -> dict:
 
 
 def _reopen(out: str, prov: dict):
-    """The writer of an existing store made with the same settings (resume), else an ExtractError."""
+    """The writer of an existing store made with the same settings (resume); None for a store made
+    with other settings that holds no complete chunk (nothing to lose: this run replaces it, so a
+    run refused on its first chunk, e.g. for --dtype, reruns with the fix); else an ExtractError."""
     try:
         writer = open_writer(Path(out))
     except StoreError as exc:
@@ -225,11 +232,20 @@ def _reopen(out: str, prov: dict):
                            "pass --overwrite to replace it, or choose another --out") from None
     old = _comparable(writer.attrs.get("extraction") or {})
     new = _comparable(prov)
+    if old != new and len(writer.missing_chunks()) == writer.num_chunks:
+        return None
     if old != new:
         diff = [k for k in SAME_KEYS if old.get(k) != new.get(k)]
         raise ExtractError(f"{out} was extracted with other settings ({', '.join(diff)} differ); "
                            "pass --overwrite to replace it, or choose another --out")
     return writer
+
+
+def _forward_dtype(entries: list[Entry], requested: str) -> str:
+    """float16 when every node is stored in float16 (a float16 forward then loses nothing the store
+    keeps), else float32: what precision `auto` is decided by."""
+    chosen = {choose_dtype(requested, p) for e in entries for p in e.peaks}
+    return "float16" if chosen == {"float16"} else "float32"
 
 
 def _check_out(out: str) -> None:
@@ -257,15 +273,15 @@ def _create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, 
     """A new, empty store with one node per tap and the per-node provenance attrs."""
     specs = []
     for e, sha in zip(entries, shas):
-        for tap, node, length in zip(e.taps, e.nodes, e.lengths):
-            specs.append(NodeSpec(node, tap.channels, length, {
+        for tap, node, length, peak in zip(e.taps, e.nodes, e.lengths, e.peaks):
+            specs.append(NodeSpec(node, tap.channels, length, dtype=choose_dtype(cfg.dtype, peak), attrs={
                 "modality": e.modality, "backbone": e.backbone, "setting": e.setting, "layer": tap.name,
                 "module": tap.module, "kind": tap.kind, "checkpoint": e.checkpoint,
                 "checkpoint_sha256": sha, "init": _init(e), "input": e.input.as_dict(),
-                "reduction": prov["reduction"]}))
+                "reduction": prov["reduction"], "probe_peak": peak}))
     try:
         writer = create_store(out, task=source.task, num_classes=source.num_classes, nodes=specs,
-                              num_samples=n, dtype=cfg.dtype, rows_per_chunk=cfg.rows_per_chunk, codec=cfg.codec,
+                              num_samples=n, rows_per_chunk=cfg.rows_per_chunk, codec=cfg.codec,
                               class_names=getattr(source, "class_names", None),
                               dataset=getattr(source, "name", None), extraction=prov, overwrite=cfg.overwrite)
     except (StoreError, OSError) as exc:
@@ -391,7 +407,7 @@ def extract(source: Any, out: str, backbones: Sequence[BackboneChoice], config: 
     cfg = replace(config or ExtractConfig(), **options)
     _check_options({"--rows-per-chunk": cfg.rows_per_chunk, "--chunks-per-task": cfg.chunks_per_task,
                     "--batch-size": cfg.batch_size, "--workers": cfg.workers,
-                    "--threads-per-worker": cfg.threads_per_worker}, cfg.on_error, backbones)
+                    "--threads-per-worker": cfg.threads_per_worker}, cfg.on_error, cfg.dtype, backbones)
     place(cfg.device, cfg.precision, cfg.dtype, {})  # bad option values fail before any work
     _check_out(out)
     samples = source.samples()
@@ -408,17 +424,20 @@ def extract(source: Any, out: str, backbones: Sequence[BackboneChoice], config: 
     # connect or start the cluster first: a scheduler that does not answer leaves no files behind
     runner = _Runner(cfg.use_dask, cfg.scheduler, cfg.workers, cfg.threads_per_worker, cfg.timeout)
     try:
-        placement = place(cfg.device, cfg.precision, cfg.dtype, runner.gpus(cfg.device))
+        placement = place(cfg.device, cfg.precision, _forward_dtype(entries, cfg.dtype), runner.gpus(cfg.device))
         prov = _provenance(entries, shas, cfg, len(ids), source, placement)
-        writer = _reopen(out, prov) if resumed else _create(out, entries, shas, prov, source, len(ids), cfg)
+        writer = _reopen(out, prov) if resumed else None
+        if writer is None:  # a new store, or one holding no complete chunk made with other settings
+            resumed, fresh = False, replace(cfg, overwrite=cfg.overwrite or Path(out).exists())
+            writer = _create(out, entries, shas, prov, source, len(ids), fresh)
         run = _run_tasks(runner, writer, tally, cfg, (source, ids, tuple(entries), placement), resumed)
     finally:
         runner.close()
         if tally.bar is not None:
             tally.bar.close()
-    tally.raise_first_failure(writer)
+    tally.raise_first_failure(writer, placement.precision)
     _finalize(writer, source, samples, tally.skipped)
-    return _result(writer, entries, tally, cfg.dtype, len(ids), run, run["t0"] - t_start)
+    return _result(writer, entries, tally, len(ids), run, run["t0"] - t_start)
 
 
 def _run_tasks(runner: _Runner, writer: Any, tally: "_Tally", cfg: ExtractConfig, job: tuple,
@@ -440,23 +459,26 @@ def _run_tasks(runner: _Runner, writer: Any, tally: "_Tally", cfg: ExtractConfig
             "cpu": runner.cpu_seconds() - cpu0, "t0": t0}
 
 
-def _result(writer: Any, entries: list[Entry], tally: "_Tally", dtype: str, n: int, run: dict[str, Any],
+def _result(writer: Any, entries: list[Entry], tally: "_Tally", n: int, run: dict[str, Any],
             startup: float) -> ExtractResult:
-    raw = sum(n * c * t * np.dtype(dtype).itemsize for e in entries for c, t in e.shapes().values())
+    dtypes = writer.node_dtypes()
+    raw = sum(n * c * t * np.dtype(dtypes[node]).itemsize for e in entries for node, (c, t) in e.shapes().items())
     seconds, rows_run = run["seconds"], tally.rows_run
     return ExtractResult(str(writer.path), {k: v for e in entries for k, v in e.shapes().items()},
                          writer.num_chunks, run["chunks"], rows_run, seconds,
                          rows_run / seconds if seconds > 0 else 0.0, _dir_bytes(Path(writer.path) / "features"), raw,
-                         tally.skipped, tally.built, startup, run["cpu"], tally.devices)
+                         tally.skipped, tally.built, startup, run["cpu"], tally.devices, dtypes)
 
 
-def _check_options(counts: dict[str, Any], on_error: str, backbones: Sequence[BackboneChoice]) -> None:
+def _check_options(counts: dict[str, Any], on_error: str, dtype: str, backbones: Sequence[BackboneChoice]) -> None:
     """Refuse option values a run cannot use, before the store is touched."""
     for option, value in counts.items():
         if not isinstance(value, int) or value < 1:
             raise ExtractError(f"{option} {value!r}: use a positive integer")
     if on_error not in ON_ERROR:
         raise ExtractError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
+    if dtype not in DTYPE_CHOICES:
+        raise ExtractError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
     if not backbones:
         raise BackboneError("give at least one backbone (--backbone MODALITY=NAME)")
     mods = [b.modality for b in backbones]
@@ -490,13 +512,18 @@ class _Tally:
                 self.bar.update(1)
         return not self.failures
 
-    def raise_first_failure(self, writer: Any) -> None:
+    def raise_first_failure(self, writer: Any, precision: str) -> None:
         """The first failure as one error saying what is kept and how to go on."""
         if not self.failures:
             return
         first = self.failures[0]
         done = writer.num_chunks - len(writer.missing_chunks())
         kept = f"{done}/{writer.num_chunks} chunks are complete and kept"
+        if first.unstorable is not None:
+            then = ("fix it and rerun the same command to resume" if first.unstorable["produced"] else
+                    "a rerun with the fix replaces a store without complete chunks (with some, add --overwrite)")
+            raise ExtractError(f"{unstorable_message(first.unstorable, precision)}. Nothing non-finite was "
+                               f"written; {kept}; {then}")
         if first.task_error is not None:
             raise ExtractError(f"an extraction task failed: {first.task_error}. {kept}; rerun the same command "
                                "to resume")

@@ -25,6 +25,7 @@ from extract.backbones import BackboneSpec, InputSpec, TapSpec, resolve_backbone
 from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint
 from extract.cluster import on_worker
+from extract.dtypes import unstorable
 from extract.reduction import ReductionConfig
 from stores import open_writer
 
@@ -46,6 +47,7 @@ class Entry:
     input_dtype: str = "float32"
     inflate: bool = False  # checkpoint is a 2D ResNet-50 state_dict to centre-inflate
     input: InputSpec = InputSpec()  # what each sample is prepared to (the setting's, with --input fields)
+    peaks: tuple[float, ...] = ()  # largest |value| of each tap in the probe forward (--dtype auto decides by it)
 
     def spec(self) -> BackboneSpec:
         """The backbone declaration, resolved in this process (a dask worker resolves it once)."""
@@ -201,19 +203,34 @@ def _forward(entries, loaded_by_entry, inputs: dict[str, torch.Tensor]) -> dict[
     return feats
 
 
+def _unstorable(entries: tuple[Entry, ...], feats: dict[str, np.ndarray], dtypes: dict[str, str],
+                ids: list[str]) -> dict | None:
+    """The first node of a batch whose values are not finite in its store dtype (`ids`: the batch's
+    readable samples), checked before the chunk can be written."""
+    for entry in entries:
+        for tap, node in zip(entry.taps, entry.nodes):
+            rec = unstorable(node, f"{tap.name} of {entry.backbone}", feats[node], dtypes[node], ids)
+            if rec is not None:
+                return rec
+    return None
+
+
 @dataclass
 class ChunkResult:
     """What one chunk's extraction reports to the job (plain fields: it crosses dask).
 
     `failed` is the unreadable sample that stopped the chunk under --on-error fail (a record like
-    `skipped`'s: id, path, modality, reason, row); `task_error` says why a whole dask task failed
-    (a worker died or a bug) when no chunk could report for itself."""
+    `skipped`'s: id, path, modality, reason, row); `unstorable` the batch whose features hold NaN/Inf
+    in their node's store dtype (`extract.dtypes.unstorable`), which stops the run whatever --on-error
+    says; `task_error` says why a whole dask task failed (a worker died or a bug) when no chunk could
+    report for itself."""
 
     chunk: int
     rows: int
     seconds: float
     skipped: list[dict] = field(default_factory=list)
     failed: dict | None = None
+    unstorable: dict | None = None
     task_error: str | None = None
     pid: int = 0
     models_built: int = 0
@@ -222,7 +239,7 @@ class ChunkResult:
 
     @property
     def ok(self) -> bool:
-        return self.failed is None and self.task_error is None
+        return self.failed is None and self.unstorable is None and self.task_error is None
 
 
 class _Chunk:
@@ -233,6 +250,12 @@ class _Chunk:
         self.data = {n: np.full((rows.stop - rows.start,) + s, np.nan, np.float32) for n, s in shapes.items()}
         self.skipped: list[dict] = []
         self.failed: dict | None = None
+        self.unstorable: dict | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether this chunk must not be written (an unreadable sample under fail, or unstorable values)."""
+        return self.failed is not None or self.unstorable is not None
 
     def note_errors(self, errors: list[dict], start: int, on_error: str) -> None:
         """Record a batch's unreadable samples (row numbers relative to the batch start)."""
@@ -252,8 +275,9 @@ class _Chunk:
     def result(self, where: tuple[str, str] = ("", "")) -> "ChunkResult":
         """The chunk's record; `where` is (worker address, device) for the extraction summary."""
         res = ChunkResult(self.k, self.rows.stop - self.rows.start, time.perf_counter() - self.t0,
-                          skipped=[] if self.failed else self.skipped, failed=self.failed)
-        if not self.failed:
+                          skipped=[] if self.stopped else self.skipped, failed=self.failed,
+                          unstorable=self.unstorable)
+        if not self.stopped:
             res.pid, res.models_built = os.getpid(), LOADS["count"]
             res.worker, res.device = where[0] or "local", where[1]
         return res
@@ -337,7 +361,8 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
     One `ChunkResult` per chunk (skips, failure, seconds): passed to ``on_chunk`` as each chunk
     lands when given (returning False stops the pipeline), else returned at the end. With
     on_error="fail" a chunk holding an unreadable sample is not written and its result carries
-    the failure; chunks after it are not started.
+    the failure; so is a chunk whose features are not finite in their node's store dtype, whatever
+    on_error says. Chunks after it are not started.
     """
     on_worker()
     writer = open_writer(store_path)
@@ -346,6 +371,7 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
     where = (address, str(device))
     loaded = {e: get_model(e, reduction, device, placement.precision) for e in entries}
     shapes = {n: s for e in entries for n, s in e.shapes().items()}
+    dtypes = writer.node_dtypes()
     results = _Results(on_chunk)
     writes = _Writes(writer, results)
     batches = _prefetched(_batch_plans(writer, chunks, batch_size),
@@ -355,11 +381,13 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
         for (k, rows, a, b), (good, inputs, errors) in batches:
             chunk = chunk or _Chunk(k, rows, shapes)
             chunk.note_errors(errors, a, on_error)
-            if chunk.failed:
+            if good and not chunk.stopped:
+                feats = _forward(entries, loaded, inputs)
+                chunk.unstorable = _unstorable(entries, feats, dtypes, [sample_ids[a + r] for r in good])
+                chunk.put(a, good, feats)
+            if chunk.stopped:
                 results.add(chunk.result())
                 break
-            if good:
-                chunk.put(a, good, _forward(entries, loaded, inputs))
             if b == rows.stop:  # chunk done: its data, then its completion record, in the writer thread
                 writes.submit(chunk, where)
                 chunk = None

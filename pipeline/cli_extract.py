@@ -125,7 +125,9 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, taps_text, i
 @click.option("--rows-per-chunk", default=_X.rows_per_chunk, show_default=True)
 @click.option("--chunks-per-task", default=_X.chunks_per_task, show_default=True, help="Row chunks per dask task.")
 @click.option("--batch-size", default=_X.batch_size, show_default=True, help="Samples per forward pass.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=_X.dtype, show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float16", "float32"]), default=_X.dtype, show_default=True,
+              help="Store dtype; auto: float16 for each node whose probe values stay below 1/8 of its range, "
+                   "else float32.")
 @click.option("--codec", type=click.Choice(["zstd", "lz4"]), default=_X.codec, show_default=True)
 @click.option("--t-max", default=_X.reduction.t_max, show_default=True, help="Cap on the cached length of video/skeleton taps.")
 @click.option("--grid", default=_X.reduction.grid, show_default=True, help="Image taps: adaptive max to GRID x GRID.")
@@ -137,11 +139,11 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, taps_text, i
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_X.device, show_default=True,
               help="Checked on the workers; each worker of a host takes its own GPU.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "float16"]), default=_X.precision, show_default=True,
-              help="Compute precision of the forward (float16: autocast); auto: float16 on CUDA for a float16 "
-                   "store, else float32. Recorded in the store; a resume must match.")
+              help="Compute precision of the forward (float16: autocast); auto: float16 on CUDA when every "
+                   "node is stored in float16, else float32. Recorded in the store; a resume must match.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default=_X.on_error, show_default=True,
               help="Unreadable sample: stop (fail) or record it and drop it from the splits (skip).")
-@click.option("--overwrite", is_flag=True, help="Replace a store made with other settings.")
+@click.option("--overwrite", is_flag=True, help="Replace a bmnas store made with other settings (never another folder).")
 @click.option("--timeout", default=_X.timeout, show_default=True, help="Seconds to wait for --scheduler.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_opts, inflate_from, tap_opts, input_opts,
@@ -173,6 +175,6 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
     res = extract(src, str(out), choices, cfg)
     click.echo(res.summary())
     for node, (c, t) in res.nodes.items():
-        click.echo(f"  {node:<14} C={c:<5} T={t}")
+        click.echo(f"  {node:<14} C={c:<5} T={t:<4} {res.dtypes.get(node, '')}")
     for s in res.skipped:
         click.echo(f"  skipped {s['id']} ({s['path']}): {s['reason']}")

@@ -3,7 +3,7 @@
 ```
 NAME.zarr/                      zarr v3 group, attrs["bmnas"] = {format, version, task, num_classes,
                                 class_names?, nodes, dataset?, extraction?, skipped?}
-  features/<node>   float16|float32 (N, C, T), chunked along N only
+  features/<node>   float16|float32 (N, C, T), chunked along N only; each node has its own dtype
   labels            int64 (N,) multiclass | uint8 (N, K) multi-hot multilabel
   splits/<name>     int64 sorted unique row indices (train, val, test)
   sample_ids        str (N,)                        optional for bring-your-own stores
@@ -33,12 +33,14 @@ COMPLETION = "completion"
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One cached tap: its node name (``<modality>_<k>``), shape (C, T) and provenance attrs."""
+    """One cached tap: its node name (``<modality>_<k>``), shape (C, T), provenance attrs and, when
+    it differs from the store's, its own dtype (float16 or float32)."""
 
     name: str
     channels: int
     length: int
     attrs: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
 
 
 def num_chunks(num_samples: int, rows_per_chunk: int) -> int:

@@ -172,6 +172,11 @@ class StoreWriter:
                 arrays[name][rows] = slab
             completion[k] = 1
 
+    def node_dtypes(self) -> dict[str, str]:
+        """Each node's dtype as stored (what its values are cast to when a chunk is written)."""
+        arrays, _ = self._open_arrays()
+        return {name: str(arr.dtype) for name, arr in arrays.items()}
+
     def missing_chunks(self) -> list[int]:
         """Row chunks whose completion record is absent: what a resumed extraction must (re)write."""
         done = self._group[S.COMPLETION][:]
@@ -237,17 +242,19 @@ def create_store(
     extraction: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> StoreWriter:
-    """Create an empty store (features filled with NaN, never zeros) ready for chunk writes."""
+    """Create an empty store (features filled with NaN, never zeros) ready for chunk writes;
+    `dtype` is that of every node without one of its own (`NodeSpec.dtype`)."""
     if task not in S.TASKS:
         raise StoreError(f"task {task!r} is not one of {', '.join(S.TASKS)}")
-    if dtype not in S.DTYPES:
-        raise StoreError(f"dtype {dtype!r} is not one of {', '.join(S.DTYPES)}")
+    for want in sorted({dtype, *(n.dtype for n in nodes if n.dtype)}):
+        if want not in S.DTYPES:
+            raise StoreError(f"dtype {want!r} is not one of {', '.join(S.DTYPES)}")
     if num_classes < 1 or num_samples < 1 or rows_per_chunk < 1:
         raise StoreError("num_classes, num_samples and rows_per_chunk must be positive")
     names = [n.name for n in nodes]
     if not names or len(set(names)) != len(names):
         raise StoreError(f"node names must be non-empty and unique, got {names}")
-    compressor = _compressor(codec, dtype)
+    _compressor(codec, dtype)  # an unknown codec is refused before anything is written
     path = _prepare_path(path, overwrite)
     attrs: dict[str, Any] = {"format": S.FORMAT, "version": S.VERSION, "task": task,
                              "num_classes": int(num_classes), "nodes": names}
@@ -259,9 +266,10 @@ def create_store(
         attrs["extraction"] = dict(extraction)
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={S.ATTRS_KEY: attrs})
     for node in nodes:
+        node_dtype = node.dtype or dtype
         arr = group.create_array(f"{S.FEATURES}/{node.name}", shape=(num_samples, node.channels, node.length),
-                                 chunks=(rows_per_chunk, node.channels, node.length), dtype=dtype,
-                                 compressors=compressor, fill_value=np.nan)
+                                 chunks=(rows_per_chunk, node.channels, node.length), dtype=node_dtype,
+                                 compressors=_compressor(codec, node_dtype), fill_value=np.nan)
         arr.attrs.update(dict(node.attrs))
     group.create_array(S.COMPLETION, shape=(S.num_chunks(num_samples, rows_per_chunk),), chunks=(1,),
                        dtype=np.uint8, fill_value=0)

@@ -44,17 +44,23 @@ def _value(key: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tens
     return torch.randn(shape, generator=gen) / math.sqrt(math.prod(shape[1:]))  # std 1/sqrt(fan_in)
 
 
-def official_state(name: str, counters: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state_dict with exactly the listed keys and shapes (without BN counters when not ``counters``)."""
+def official_state(name: str, counters: bool = True, seed: int = 0,
+                   gains: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """A state_dict with exactly the listed keys and shapes (without BN counters when not ``counters``);
+    ``gains`` multiplies the named tensors (activations beyond float16's range, as some real files have)."""
     gen = torch.Generator().manual_seed(seed)
-    return {k: _value(k, s, gen) for k, s in key_list(name).items()
-            if counters or not k.endswith("num_batches_tracked")}
+    state = {k: _value(k, s, gen) for k, s in key_list(name).items()
+             if counters or not k.endswith("num_batches_tracked")}
+    for key, gain in (gains or {}).items():
+        state[key] = state[key] * gain
+    return state
 
 
-def write_official(name: str, folder: Path, counters: bool = True, wrapped: bool = False) -> Path:
+def write_official(name: str, folder: Path, counters: bool = True, wrapped: bool = False,
+                   gains: dict[str, float] | None = None) -> Path:
     """Write the stand-in file under its official name; ``wrapped``: Real-time-GesRec's format,
     ``{"state_dict": {"module.<key>": ...}, "epoch": ..., "arch": ...}``."""
-    state = official_state(name, counters)
+    state = official_state(name, counters, gains=gains)
     obj: object = state
     if wrapped:
         obj = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 30, "arch": "resnext-101"}

@@ -165,6 +165,29 @@ def test_cli_extract_ntu_with_the_official_rgb_and_skeleton_files(tmp_path):
     assert opened.node_shapes["video_4"] == (2048, 1) and opened.node_shapes["video_1"][0] == 512
     assert opened.node_shapes["skeleton_4"] == (512, 1) and opened.node_shapes["skeleton_3"] == (1024, 1)
     assert opened.node_attrs("skeleton_4")["checkpoint_sha256"] != opened.node_attrs("video_4")["checkpoint_sha256"]
+    # --dtype auto: the official file's pooled activations exceed float16's range, so those nodes are
+    # float32 (a float16 cast would hold Inf); the verified store above holds nothing non-finite
+    dtypes = {n: str(opened.array(n).dtype) for n in opened.nodes}
+    assert {n: opened.node_attrs(n)["probe_peak"] < 65504 / 8 for n in opened.nodes} == {
+        n: d == "float16" for n, d in dtypes.items()}
+
+
+@pytest.mark.slow
+def test_official_rgb_file_beyond_float16_never_writes_inf(tmp_path):
+    """A file whose last block reaches past float16 (as some real files do): the default keeps those
+    nodes in float32 and verifies; --dtype float16 is refused in one line naming node and fix."""
+    raw = tmp_path / "ntu"
+    _ok("data", "synth", "ntu-like", raw, "-n", 2, "-k", 2)
+    loud = {"cnn.layer4.2.bn3.weight": 1e6, "cnn.layer4.2.bn3.bias": 1e6}
+    rgb = write_official("ntu_rgb", tmp_path / "ckpt", gains=loud)
+    args = ["extract", str(raw), "--setting", "full", "--backbone", "video=inflated_resnet50",
+            "--checkpoint", f"video={rgb}", "--no-dask", "--batch-size", "2", "--quiet"]
+    r = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "f16.zarr"), "--dtype", "float16"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "node video_3 (tap layer4 of inflated_resnet50)" in r.output and "--dtype float32" in r.output
+    opened = _verified(Path(_ok(*args, "--out", tmp_path / "auto.zarr").split(":")[0]))
+    assert [str(opened.array(f"video_{i}").dtype) for i in range(1, 5)] == ["float16", "float16", "float32", "float32"]
+    assert np.abs(np.asarray(opened.array("video_4")[:], dtype=np.float32)).max() > 65504
 
 
 @pytest.mark.slow
