@@ -37,8 +37,9 @@ from fusion_search.training.metrics import confusion_matrix, multiclass_f1_macro
 from fusion_search.training.run_checkpoint import load_run_checkpoint
 from pipeline.joint_model import Built, RawSamples, build_model, load_finetune_config, raw_loader, to_device
 from fusion_search.training.rundir import BEST
+from fusion_search.training.run import Run
 from stores.files import write_json_atomic, write_npy_atomic, write_text_atomic
-from pipeline.runs import open_splits, open_store_checked, read_run_config
+from pipeline.runs import open_splits, open_store_checked
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, example: Any, repeats: int = 20, warmup: int = 3) -> float:
@@ -179,11 +180,17 @@ def _first_example(data: SplitData) -> Any:
     return feats
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
-                 batch_size: int | None = None, plots: bool = True, store: Any = None) -> dict[str, Any]:
-    """Evaluate a run's kept checkpoint (best on val, or last for train+val) on `split`; returns the
-    metrics. `store`: the train run's store when the caller has it open and checked already."""
-    run = Path(run_dir)
-    cfg = read_run_config(run)
+                 batch_size: int | None = None, plots: bool = True) -> dict[str, Any]:
+    """`bmnas evaluate`: a train or finetune run's kept checkpoint (best on val, or last for train+val)
+    on `split`, holding the run's lock (two evaluations never race on its result files)."""
+    with Run.open(run_dir, ("train", "finetune"), outputs=False) as run:
+        return evaluate_held_run(run.path, run.config, split, device=device, batch_size=batch_size, plots=plots)
+
+
+def evaluate_held_run(run: Path, cfg: dict[str, Any], split: str = "test", *, device: str | None = None,
+                      batch_size: int | None = None, plots: bool = True, store: Any = None) -> dict[str, Any]:
+    """`evaluate_run` for a caller that holds the run already (the end of `train`); `cfg` its config.
+    `store`: the train run's store when the caller has it open and checked already."""
     if cfg["kind"] == "finetune":
         return evaluate_finetune_run(run, split, device=device, batch_size=batch_size, plots=plots)
     if not (run / BEST).is_file():

@@ -18,15 +18,14 @@ killed run resumed with `resume=True` ends with the same weights as an uninterru
   tensorboard/           the same numbers as TensorBoard scalars (`fusion_search.training.events`)
   checkpoints/last.pt    model, optimiser, scheduler, RNG, best score (for resume)
   checkpoints/best.pt    {"model", "epoch", "score"}: the weights `evaluate` and `finetune` load
-  metrics_test.json ...  written by `pipeline.evaluate.evaluate_run` at the end
+  metrics_test.json ...  written by `pipeline.evaluate.evaluate_held_run` at the end
+  run.json               kind, status ("finished" once the test evaluation is written), times, results
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,13 +37,12 @@ from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.training.metrics import PRIMARY, loss_fn
-from fusion_search.training.events import EpochEvents
-from fusion_search.training.rundir import LAST, EpochBook, abs_path, check_new_run, run_log, start_run
-from pipeline.evaluate import evaluate_run
+from fusion_search.training.run import Run
+from fusion_search.training.rundir import abs_path
+from pipeline.evaluate import evaluate_held_run
 from pipeline.configs import TRAIN_ON, TrainConfig
-from pipeline.runs import check_run_options, open_splits, open_store_checked, read_run_config
+from pipeline.runs import check_run_options, open_splits, open_store_checked
 from stores import FeatureStore
-from stores.lock import holds_lock
 
 def _validate(cfg: TrainConfig) -> None:
     if cfg.train_on not in TRAIN_ON:
@@ -57,7 +55,6 @@ def _validate(cfg: TrainConfig) -> None:
         raise SearchError(f"dropout {cfg.dropout!r}: use a value in [0, 1)")
 
 
-@holds_lock("out_dir", "run directory")
 def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                    epochs: int | None = None, progress: bool = False, evaluate_test: bool = True,
                    **settings: Any) -> dict[str, Any]:
@@ -73,43 +70,37 @@ def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: s
     cfg = TrainConfig(**{**settings, "store": abs_path(store_path), "genotype": abs_path(genotype_path),
                          "epochs": epochs})
     _validate(cfg)
-    run = check_new_run(out_dir, "train")
     genotype = Genotype.load(genotype_path)
     store = open_store_checked(cfg.store, genotype, str(genotype_path))
-    start_run(run, dataclasses.asdict(cfg))
-    genotype.save(run / "genotype.json")
-    return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test, store=store)
+    with Run.create(out_dir, "train", dataclasses.asdict(cfg)) as run:
+        genotype.save(run.path / "genotype.json")
+        return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test, store=store)
 
 
-@holds_lock("run_dir", "run directory")
 def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
                     device: str | None = None) -> dict[str, Any]:
     """Continue a killed `train` run from its last completed epoch (a finished run just re-evaluates).
 
     `device` moves the rest of the run (the only setting a resume may change; config.yaml keeps
     the original)."""
-    run = Path(run_dir)
-    data = read_run_config(run)
-    if data.get("kind") != "train":
-        raise SearchError(f"--resume {run}: a finetune run; resume it with `bmnas finetune --resume {run}`")
-    cfg = TrainConfig(**data)
-    cfg.device = device or cfg.device
-    if not (run / LAST).is_file():
-        raise SearchError(f"--resume {run}: no {LAST}; the run stopped before its first epoch ended, start it again")
-    genotype = Genotype.load(run / "genotype.json")
-    return _train(cfg, genotype, run, resume=True, progress=progress, evaluate_test=evaluate_test)
+    with Run.open(run_dir, ("train",)) as run:
+        run.require_checkpoint()
+        cfg = TrainConfig(**run.config)
+        cfg.device = device or cfg.device
+        genotype = Genotype.load(run.path / "genotype.json")
+        return _train(cfg, genotype, run, resume=True, progress=progress, evaluate_test=evaluate_test)
 
 
-def _train(cfg: TrainConfig, genotype: Genotype, run: Path, *, resume: bool, progress: bool,
+def _train(cfg: TrainConfig, genotype: Genotype, run: Run, *, resume: bool, progress: bool,
            evaluate_test: bool, store: FeatureStore | None = None) -> dict[str, Any]:
     """The run's epochs and its test evaluation, on `store` (opened and checked once per command)."""
-    store = store or open_store_checked(cfg.store, genotype, str(run / "genotype.json"))
-    with run_log(run, "train") as log, EpochEvents(run) as events:
-        return _loop(cfg, genotype, run, store, (log, events), resume, progress, evaluate_test)
+    store = store or open_store_checked(cfg.store, genotype, str(run.path / "genotype.json"))
+    summary = _loop(cfg, genotype, run, store, resume, progress, evaluate_test)
+    run.finish(["metrics_test.json"] if summary["test"] is not None else [])
+    return summary
 
 
-def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, store: FeatureStore,
-          outputs: tuple[logging.Logger, EpochEvents], resume: bool, progress: bool,
+def _loop(cfg: TrainConfig, genotype: Genotype, run: Run, store: FeatureStore, resume: bool, progress: bool,
           evaluate_test: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -123,13 +114,12 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, store: FeatureStore,
     model = FoundNetwork(genotype, store.node_shapes, cfg.dropout).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = cfg.optimizer(params)
-    log, events = outputs
-    book = EpochBook(run, key, events)
+    log, book = run.log, run.book(key)
     if resume:
         book.restore(model, opt, sched, device)
         log.info("resumed after epoch %d", book.epoch)
     else:
-        log.info("train %s on %s (%s): %d rows, nodes %s, device %s, %d parameters", run / "genotype.json",
+        log.info("train %s on %s (%s): %d rows, nodes %s, device %s, %d parameters", run.path / "genotype.json",
                  store.path, cfg.train_on, train.num_rows, ",".join(nodes), device, count_parameters(model))
 
     def end_epoch(epoch: int, totals: EpochTotals) -> None:
@@ -149,7 +139,7 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Path, store: FeatureStore,
     summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on,
                             "num_parameters": count_parameters(model), "test": None})
     if evaluate_test and len(store.splits.get("test", ())) > 0:
-        summary["test"] = evaluate_run(run, "test", store=store)
+        summary["test"] = evaluate_held_run(run.path, run.config, "test", store=store)
         log.info("test (checkpoint of epoch %d): %s %.4f", summary["best_epoch"], key,
                  summary["test"].get(key, float("nan")))
     return summary

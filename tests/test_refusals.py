@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_pickle_payload_checkpoints_are_refused(trained, tmp_path):
     _one_line(["evaluate", str(run)], "best.pt is not a readable bmnas checkpoint")
 
 
-def test_search_resume_with_truncated_checkpoint_and_full_disk(trained, tmp_path):
+def test_search_resume_with_truncated_checkpoint_and_full_disk(trained, tmp_path, monkeypatch):
     run = tmp_path / "search"
     r = CliRunner().invoke(cli, ["search", "--store", str(trained / "s.zarr"), "--out", str(run), *SEARCH])
     assert r.exit_code == 0, r.output
@@ -85,8 +86,11 @@ def test_search_resume_with_truncated_checkpoint_and_full_disk(trained, tmp_path
     torch.save({**torch.load(ckpt, weights_only=True), "config": {**torch.load(ckpt, weights_only=True)["config"],
                                                                   "epochs": 2}}, ckpt)
     # the checkpoint's temporary file on a device that is always full: its write fails with ENOSPC
-    ckpt.with_suffix(".tmp").symlink_to("/dev/full")
+    # (the atomic writer's temporary names are unique; a fixed one lets the test put /dev/full there)
+    monkeypatch.setattr("stores.files.uuid.uuid4", lambda: uuid.UUID(int=0))
+    ckpt.with_name(f"{ckpt.name}.{'0' * 12}.partial").symlink_to("/dev/full")
     _one_line(["search", "--resume", str(run)], "no space left on the device")
+    assert torch.load(ckpt, weights_only=True)["config"]["epochs"] == 2  # the previous checkpoint is readable
 
 
 def test_run_path_under_a_file_and_bad_rates(trained, tmp_path):

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from fusion_search.errors import SearchError
+from stores.files import replace_atomic
 
 
 def load_run_checkpoint(path: str | os.PathLike, keys: Sequence[str] = ("model",)) -> dict[str, Any]:
@@ -41,11 +42,8 @@ def load_run_checkpoint(path: str | os.PathLike, keys: Sequence[str] = ("model",
 
 
 def save_run_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
-    """torch.save ``obj`` to ``path`` atomically (through ``path.tmp``)."""
-    path = Path(path)
+    """torch.save ``obj`` to ``path`` through the one atomic writer (a unique temporary file beside it,
+    so a kill mid-write leaves the previous checkpoint readable)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getbuffer())
-    os.replace(tmp, path)
+    replace_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))

@@ -1,0 +1,193 @@
+"""`Run`: the one owner of a run directory's life (search, train, finetune, pretrain).
+
+  config.yaml   the resolved settings and the run's `kind`, written when the run is created
+  run.json      {kind, status, started, ended, bmnas, results}: `status` is "running" from creation
+                and "finished" only when `finish` writes it, last and atomically
+  log.txt, metrics.jsonl, tensorboard/, checkpoints/ (as `fusion_search.training.rundir` says)
+
+A run is in one `state`: "new" (no directory, or an empty one), "unstarted" (created, but killed
+before its first checkpoint: nothing worth keeping), "partial" (a checkpoint to resume from) or
+"finished". Why one owner: "finished", the refusal of a used `--out`, the lock, the settings a
+resume must share, and the restart of an unstarted run each have one meaning and one message,
+whichever stage runs.
+
+Use: `with Run.create(out, kind, config) as run:` (a new run; an unstarted run of the same kind
+there is replaced) or `with Run.open(path, kinds) as run:` (an existing run); the lock is held and
+the log and TensorBoard files are open for the block.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from fusion_search.errors import SearchError
+from fusion_search.training.events import EVENTS, EpochEvents
+from fusion_search.training.rundir import CONFIG, LAST, LOG, METRICS, EpochBook, read_config, run_log
+from stores.files import write_json_atomic, write_yaml_atomic
+from stores.lock import exclusive
+
+RUN_RECORD = "run.json"
+KINDS = ("search", "train", "finetune", "pretrain")
+NEW, UNSTARTED, PARTIAL, FINISHED = "new", "unstarted", "partial", "finished"
+
+# what any run writes before its first checkpoint (a stage adds its own names through `unstarted=`)
+UNSTARTED_FILES = frozenset({CONFIG, RUN_RECORD, LOG, METRICS, EVENTS, "checkpoints", "genotype.json"})
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("bmnas")
+    except Exception:  # noqa: BLE001 - a source checkout that is not installed
+        return "unknown"
+
+
+def _stem(name: str) -> str:
+    """A file's name without the temporary suffix `stores.files.replace_atomic` gives (NAME.<hex>.partial)."""
+    parts = name.rsplit(".", 2)
+    return parts[0] if len(parts) == 3 and parts[2] == "partial" else name
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = ("device",)) -> list[str]:
+    """The names of the settings that differ between two configs (`ignore`d ones aside), sorted."""
+    skip = set(ignore)
+    return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k))
+
+
+class Run:
+    """A run directory held by this process (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, error: type[Exception]) -> None:
+        self.path, self.kind, self.error = Path(path), kind, error
+        self.config: dict[str, Any] = {}
+        self.log: logging.Logger | None = None
+        self.events: EpochEvents | None = None
+        self._open = ExitStack()
+
+    # --- the two ways in -----------------------------------------------------------------------
+
+    @classmethod
+    @contextmanager
+    def create(cls, out: str | os.PathLike, kind: str, config: dict[str, Any], error: type[Exception] = SearchError,
+               unstarted: Iterable[str] = ()) -> Iterator["Run"]:
+        """A new run of `kind` in `out`, config.yaml and run.json written; refused when `out` is a file or
+        holds anything but an unstarted run of this kind (which is replaced: nothing in it is kept)."""
+        run = cls(out, kind, error)
+        run._refuse_file()
+        with exclusive(run.path, "run directory"), run._open:
+            if run.state != NEW:
+                run._replace_unstarted(unstarted)
+            run.path.mkdir(parents=True, exist_ok=True)
+            (run.path / LAST).parent.mkdir(parents=True, exist_ok=True)
+            run.config = {"kind": kind, **{k: v for k, v in config.items() if k != "kind"}}
+            write_yaml_atomic(run.path / CONFIG, run.config)
+            write_json_atomic(run.path / RUN_RECORD, {"kind": kind, "status": "running",
+                                                      "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                      "bmnas": _version()})
+            run._outputs()
+            yield run
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: str | os.PathLike, kinds: Iterable[str] = KINDS, error: type[Exception] = SearchError,
+             outputs: bool = True) -> Iterator["Run"]:
+        """An existing run whose kind is one of `kinds`, locked, its config read (a search run written
+        before configs named their kind counts as "search"); with `outputs`, its log and events open."""
+        kinds = tuple(kinds)
+        probe = cls(path, kinds[0], error)
+        probe._refuse_file()
+        with exclusive(probe.path, "run directory"), probe._open:
+            probe.config = read_config(probe.path, error, f"is it a run directory of `bmnas {kinds[0]}`?")
+            probe.kind = str(probe.config.get("kind", "search"))
+            probe._check_kind(kinds)
+            if outputs:
+                probe._outputs()
+            yield probe
+
+    # --- what a run is --------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """new, unstarted, partial or finished (see the module docstring)."""
+        if not self.path.is_dir() or not any(self.path.iterdir()):
+            return NEW
+        if self.record().get("status") == "finished":
+            return FINISHED
+        return PARTIAL if (self.path / LAST).is_file() else UNSTARTED
+
+    def record(self) -> dict[str, Any]:
+        """run.json as a mapping ({} for a run written before run.json existed, or a damaged one)."""
+        import json
+
+        try:
+            data = json.loads((self.path / RUN_RECORD).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def require_checkpoint(self) -> None:
+        """Refuse a resume of a run that has nothing to resume from."""
+        if not (self.path / LAST).is_file():
+            raise self.error(f"--resume {self.path}: no {LAST}; the run stopped before its first epoch ended, "
+                             f"start it again with `bmnas {self.kind} --out {self.path}`")
+
+    def check_same(self, config: dict[str, Any], what: str, ignore: Iterable[str] = ("device",)) -> None:
+        """Refuse `config` when its settings differ from the run's (one line naming them)."""
+        diff = settings_diff(self.config, config, ignore)
+        if diff:
+            raise self.error(f"{what} {self.path}: made with other settings ({', '.join(diff)} differ); "
+                             "give another directory")
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def book(self, key: str) -> EpochBook:
+        """The per-epoch bookkeeping (best-on-val by `rundir.improves`, best.pt, metrics, last.pt)."""
+        return EpochBook(self.path, key, self.events)
+
+    def write_json(self, name: str, data: Any, indent: int | None = 2) -> Path:
+        """A result file of the run, replaced whole."""
+        path = self.path / name
+        write_json_atomic(path, data, indent=indent)
+        return path
+
+    def finish(self, results: Iterable[str] = ()) -> None:
+        """Mark the run finished: run.json rewritten last, naming the result files."""
+        rec = self.record() or {"kind": self.kind, "bmnas": _version()}
+        rec.update(status="finished", ended=time.strftime("%Y-%m-%dT%H:%M:%S"), results=sorted(results))
+        write_json_atomic(self.path / RUN_RECORD, rec)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _refuse_file(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise self.error(f"--out {self.path} is a file, not a run directory: give a directory path")
+
+    def _replace_unstarted(self, extra: Iterable[str]) -> None:
+        """Remove an unstarted run of this kind (its files only, nothing else there); refuse anything else."""
+        foreign = [p.name for p in self.path.iterdir() if _stem(p.name) not in UNSTARTED_FILES | set(extra)]
+        kind = read_config(self.path, self.error).get("kind", "search") if (self.path / CONFIG).is_file() else None
+        if self.state == UNSTARTED and not foreign and kind in (None, self.kind):
+            shutil.rmtree(self.path)
+            return
+        resume = f" or continue it with `bmnas {self.kind} --resume {self.path}`" if self.state == PARTIAL else ""
+        raise self.error(f"--out {self.path} exists and is not empty: choose a new run directory{resume}")
+
+    def _check_kind(self, kinds: tuple[str, ...]) -> None:
+        if self.kind in kinds:
+            return
+        if self.kind in KINDS:
+            raise self.error(f"{self.path}: a {self.kind} run, not a {' or '.join(kinds)} run; use "
+                             f"`bmnas {self.kind}` with it")
+        raise self.error(f"{self.path / CONFIG}: kind {self.kind!r} is not a bmnas run")
+
+    def _outputs(self) -> None:
+        self.log = self._open.enter_context(run_log(self.path, self.kind))
+        self.events = self._open.enter_context(EpochEvents(self.path))
+
