@@ -11,6 +11,7 @@ what the store records per node, so a cache can be traced to the exact weights.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from extract.errors import BackboneError
+from stores.files import replace_atomic
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
@@ -131,7 +133,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, head: str | None = None)
 
 
 def save_checkpoint(model: nn.Module, path: str | Path) -> str:
-    """Write a plain state_dict (``.safetensors`` when the suffix says so); returns its sha256."""
+    """Write a plain state_dict (``.safetensors`` when the suffix says so) through the one atomic writer
+    (a kill mid-write leaves the previous file whole); returns its sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -140,9 +143,11 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> str:
             from safetensors.torch import save_file
         except ImportError as exc:
             raise BackboneError("writing .safetensors needs the 'safetensors' package") from exc
-        save_file(state, str(path))
+        replace_atomic(path, lambda tmp: save_file(state, str(tmp)))
     else:
-        torch.save(state, path)
+        buf = io.BytesIO()  # through memory: torch.save names its archive after a file's name, so the
+        torch.save(state, buf)  # temporary name would change the bytes (and the sha256) from run to run
+        replace_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
     return sha256_file(path)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,17 +31,15 @@ from fusion_search.found_network import count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.training.metrics import PRIMARY, loss_fn
 from fusion_search.training.run_checkpoint import load_run_checkpoint
-from fusion_search.training.events import EpochEvents
-from fusion_search.training.rundir import BEST, LAST, EpochBook, abs_path, check_new_run, run_log, start_run
+from fusion_search.training.run import Run
+from fusion_search.training.rundir import BEST, abs_path
 from pipeline.evaluate import evaluate_finetune_run, task_metrics
 from pipeline.configs import TRAIN_ON, FinetuneConfig
 from pipeline.joint_model import (Built, JointModel, backbones_from_store, build_model, load_finetune_config,
                                   raw_loader, to_device)
 from pipeline.runs import check_run_options, read_run_config
-from stores.lock import holds_lock
 
 
-@holds_lock("out_dir", "run directory")
 def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequence[dict[str, Any]],
              out_dir: str | os.PathLike, *, epochs: int | None = None, progress: bool = False,
              evaluate_test: bool = True, setting_given: bool = False, **settings: Any) -> dict[str, Any]:
@@ -81,15 +78,32 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
         v = getattr(cfg, name)
         if not isinstance(v, int) or v < 1:
             raise SearchError(f"--{name.replace('_', '-')} {v!r}: use a positive integer")
-    run = check_new_run(out_dir, "finetune")
     genotype = Genotype.load(genotype_path)
     torch.manual_seed(cfg.seed)  # the fusion network's initial weights
     built = build_model(cfg, genotype)  # all user errors (checkpoints, nodes, task) before the run dir exists
+    if cfg.store:
+        _check_source_is_the_stores(cfg.store, cfg.source, built)
     if cfg.init_from:
         _init_fusion(built.model, genotype, cfg.init_from)
-    start_run(run, dataclasses.asdict(cfg))
-    genotype.save(run / "genotype.json")
-    return _run(cfg, genotype, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
+    with Run.create(out_dir, "finetune", dataclasses.asdict(cfg)) as run:
+        genotype.save(run.path / "genotype.json")
+        return _run(cfg, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
+
+
+def _check_source_is_the_stores(store: str, source: str, built: Built) -> None:
+    """Refuse raw data that is not what the store was extracted from (its sample ids are not the
+    store's): fine-tuning would train and report on another data set without a word."""
+    from stores import open_store
+
+    ids = open_store(store).sample_ids
+    if ids is None:
+        return  # a bring-your-own store without ids: nothing to compare
+    known = {str(i) for i in ids}
+    theirs = [s.id for s in built.source.samples()]
+    foreign = [i for i in theirs if i not in known]
+    if foreign:
+        raise SearchError(f"--source {source}: {len(foreign)} of its {len(theirs)} samples are not in --store "
+                          f"{store} (e.g. {foreign[0]}); give the raw data the store was extracted from")
 
 
 def _named(b: dict[str, Any]) -> dict[str, Any]:
@@ -135,18 +149,16 @@ def _from_store(store: str, given: list[dict[str, Any]], settings: dict[str, Any
     return list(by_mod.values()), source_opts if source_opts else dict(prov.get("source_options") or {})
 
 
-@holds_lock("run_dir", "run directory")
 def resume_finetune(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
                     device: str | None = None) -> dict[str, Any]:
     """Continue a killed finetune run after its last completed epoch (`device`: move it, as `resume_training`)."""
-    run = Path(run_dir)
-    cfg = load_finetune_config(run)
-    cfg.device = device or cfg.device
-    if not (run / LAST).is_file():
-        raise SearchError(f"--resume {run}: no {LAST}; the run stopped before its first epoch ended, start it again")
-    genotype = Genotype.load(run / "genotype.json")
-    built = build_model(cfg, genotype, load_checkpoints=False)
-    return _run(cfg, genotype, built, run, resume=True, progress=progress, evaluate_test=evaluate_test)
+    with Run.open(run_dir, ("finetune",)) as run:
+        run.require_checkpoint()
+        cfg = load_finetune_config(run.path)
+        cfg.device = device or cfg.device
+        genotype = Genotype.load(run.path / "genotype.json")
+        built = build_model(cfg, genotype, load_checkpoints=False)
+        return _run(cfg, built, run, resume=True, progress=progress, evaluate_test=evaluate_test)
 
 
 def _init_fusion(model: JointModel, genotype: Genotype, init_from: str) -> None:
@@ -174,14 +186,15 @@ def restore_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -
         scaler.load_state_dict(state)
 
 
-def _run(cfg: FinetuneConfig, genotype: Genotype, built: Built, run: Path, *, resume: bool, progress: bool,
+def _run(cfg: FinetuneConfig, built: Built, run: Run, *, resume: bool, progress: bool,
          evaluate_test: bool) -> dict[str, Any]:
-    with run_log(run, "finetune") as log, EpochEvents(run) as events:
-        return _loop(cfg, built, run, (log, events), resume, progress, evaluate_test)
+    summary = _loop(cfg, built, run, resume, progress, evaluate_test)
+    run.finish(["metrics_test.json"] if summary["test"] is not None else [])
+    return summary
 
 
-def _loop(cfg: FinetuneConfig, built: Built, run: Path, outputs: tuple[logging.Logger, EpochEvents],
-          resume: bool, progress: bool, evaluate_test: bool) -> dict[str, Any]:
+def _loop(cfg: FinetuneConfig, built: Built, run: Run, resume: bool, progress: bool,
+          evaluate_test: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
     task, key = built.source.task, PRIMARY[built.source.task]
@@ -191,8 +204,7 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, outputs: tuple[logging.L
     opt, sched = cfg.optimizer([{"params": fusion_params, "lr": cfg.lr},
                                 {"params": bb_params, "lr": cfg.lr * cfg.backbone_lr_scale}])
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    log, events = outputs
-    book = EpochBook(run, key, events)
+    log, book = run.log, run.book(key)
     if resume:
         restore_scaler(scaler, book.restore(model, opt, sched, device).get("scaler"))
         log.info("resumed after epoch %d", book.epoch)
@@ -220,7 +232,7 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Path, outputs: tuple[logging.L
     summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on, "num_parameters": count_parameters(model),
                             "fusion_parameters": count_parameters(model.fusion), "test": None})
     if evaluate_test and any(s.split == "test" for s in built.source.samples()):
-        summary["test"] = evaluate_finetune_run(run, "test", built=built)
+        summary["test"] = evaluate_finetune_run(run.path, "test", built=built)
     return summary
 
 

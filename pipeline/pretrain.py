@@ -36,14 +36,12 @@ from extract.labelled_samples import LabelledSamples, collate_samples
 from extract.sources.registry import open_source
 from fusion_search.training.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.training.metrics import PRIMARY, loss_fn, split_metrics
-from fusion_search.training.events import EpochEvents
-from fusion_search.training.rundir import (LAST, METRICS, append_jsonl, check_new_run, improves, keep_epochs,
-                                  load_training_state, read_config, run_log, save_training_state, start_run)
+from fusion_search.training.run import Run
+from fusion_search.training.rundir import (LAST, METRICS, append_jsonl, improves, keep_epochs, load_training_state,
+                                           save_training_state)
 from fusion_search.training.schedule import weight_optimizer
 from stores.device import resolve_device
 from pipeline.configs import PRETRAIN_SETTABLE, PretrainConfig
-from stores.lock import holds_lock
-from stores.files import write_json_atomic
 
 
 @dataclass
@@ -115,7 +113,6 @@ def _build(source: Any, cfg: PretrainConfig, device: str, *, initialise: bool) -
     return _Parts(model, loader, eval_loader, dev, input_dim, init_sha)
 
 
-@holds_lock("out_dir", "run directory")
 def pretrain(source: Any, modality: str, backbone: str, out_dir: str, *,
              source_location: dict[str, Any] | None = None, on_epoch: Callable[[int], None] | None = None,
              progress: bool = True, **settings: Any) -> PretrainResult:
@@ -140,17 +137,15 @@ def pretrain(source: Any, modality: str, backbone: str, out_dir: str, *,
     cfg.input = dict(cfg.input or {})
     spec = resolve_backbone(backbone, modality, cfg.tap_choice)
     cfg.backbone = spec.name  # an hf: path made absolute, so a resume finds it from anywhere
-    out = check_new_run(out_dir, "pretrain")
     parts = _build(source, cfg, cfg.device, initialise=True)  # every user error before the run directory is written
     cfg.metric = ("val_" if parts.eval_loader is not parts.loader else "train_") + \
         ("f1_weighted" if source.task == "multilabel" else "accuracy")
     cfg.device, cfg.input_dim, cfg.init_sha256 = str(parts.device), parts.input_dim, parts.init_sha256
     cfg.taps = [asdict(t) for t in spec.tap_specs(cfg.setting, cfg.tap_choice)]
-    start_run(out, asdict(cfg))
-    return _train(cfg, parts, out, False, progress, on_epoch)
+    with Run.create(out_dir, "pretrain", asdict(cfg), ExtractError, unstarted=("best.pt",)) as run:
+        return _train(cfg, parts, run, False, progress, on_epoch)
 
 
-@holds_lock("run_dir", "run directory")
 def resume_pretrain(run_dir: str | os.PathLike, *, source: Any = None, device: str | None = None,
                     progress: bool = True, on_epoch: Callable[[int], None] | None = None) -> PretrainResult:
     """Continue a killed pretraining run after its last finished epoch (a finished one is returned as is).
@@ -162,16 +157,13 @@ def resume_pretrain(run_dir: str | os.PathLike, *, source: Any = None, device: s
         raise ExtractError(f"--resume {run}: a pretrain run of the earlier layout (last.pt and config.json at its "
                            "root), which this version does not continue: its best.pt stays usable with "
                            "--checkpoint, or start the run again into a new --out")
-    data = read_config(run, ExtractError, "is it a run directory of `bmnas pretrain`?")
-    if data.get("kind") != "pretrain":
-        raise ExtractError(f"--resume {run}: not a pretrain run (kind {data.get('kind')!r})")
-    cfg = PretrainConfig(**{k: v for k, v in data.items() if k in PRETRAIN_FIELDS})
-    if not (run / LAST).is_file():
-        raise ExtractError(f"--resume {run}: no {LAST}; the run stopped before its first epoch ended, start it again")
-    if source is None:
-        source = _reopen_source(run, cfg.source_location)
-    parts = _build(source, cfg, device or cfg.device, initialise=False)
-    return _train(cfg, parts, run, True, progress, on_epoch)
+    with Run.open(run, ("pretrain",), ExtractError) as held:
+        held.require_checkpoint()
+        cfg = PretrainConfig(**{k: v for k, v in held.config.items() if k in PRETRAIN_FIELDS})
+        if source is None:
+            source = _reopen_source(run, cfg.source_location)
+        parts = _build(source, cfg, device or cfg.device, initialise=False)
+        return _train(cfg, parts, held, True, progress, on_epoch)
 
 
 def _reopen_source(run: Path, location: dict[str, Any] | None) -> Any:
@@ -184,10 +176,11 @@ def _reopen_source(run: Path, location: dict[str, Any] | None) -> Any:
     return open_source(location["path"], location.get("kind"), **opts)
 
 
-def _train(cfg: PretrainConfig, parts: _Parts, out: Path, resume: bool, progress: bool,
+def _train(cfg: PretrainConfig, parts: _Parts, run: Run, resume: bool, progress: bool,
            on_epoch: Callable[[int], None] | None) -> PretrainResult:
     """The epochs of `engine.fit`, with best-on-eval selection, metrics.jsonl and last.pt after each."""
     model, dev, task, metric = parts.model, parts.device, cfg.task, cfg.metric
+    out, log, events = run.path, run.log, run.events
     opt, sched = weight_optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, lr_min=0.0,
                                   restart_period=max(1, cfg.epochs), restart_mult=1)
     state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": [], "best_loss": None}
@@ -217,17 +210,16 @@ def _train(cfg: PretrainConfig, parts: _Parts, out: Path, resume: bool, progress
         if on_epoch is not None:
             on_epoch(epoch + 1)
 
-    with run_log(out, "pretrain") as log, EpochEvents(out) as events:
-        if resume:
-            log.info("resumed after epoch %d", state["epoch"])
-        else:
-            log.info("pretrain %s (%s) on %s of %s, device %s", cfg.backbone, cfg.setting, cfg.modality,
-                     cfg.source, dev)
-        fit(model, lambda epoch: (b for b in parts.loader if b is not None and len(b[1]) >= 2),  # BatchNorm: 2 rows
-            lambda z, y: loss_fn(task, z, y), opt, None,
-            FitOptions(epochs=cfg.epochs, start_epoch=state["epoch"], steps_per_epoch=len(parts.loader),
-                       to_device=on_device, on_epoch=end_epoch, progress=progress, desc=f"pretrain {cfg.backbone}"))
+    if resume:
+        log.info("resumed after epoch %d", state["epoch"])
+    else:
+        log.info("pretrain %s (%s) on %s of %s, device %s", cfg.backbone, cfg.setting, cfg.modality, cfg.source, dev)
+    fit(model, lambda epoch: (b for b in parts.loader if b is not None and len(b[1]) >= 2),  # BatchNorm: 2 rows
+        lambda z, y: loss_fn(task, z, y), opt, None,
+        FitOptions(epochs=cfg.epochs, start_epoch=state["epoch"], steps_per_epoch=len(parts.loader),
+                   to_device=on_device, on_epoch=end_epoch, progress=progress, desc=f"pretrain {cfg.backbone}"))
     best, best_epoch, sha = state["best"], state["best_epoch"], state["sha"]
     summary = {"best_epoch": best_epoch, metric: best, "checkpoint": str(out / "best.pt"), "checkpoint_sha256": sha}
-    write_json_atomic(out / "summary.json", summary)
+    run.write_json("summary.json", summary)
+    run.finish(["best.pt", "summary.json"])
     return PretrainResult(str(out), str(out / "best.pt"), sha, best_epoch, float(best), metric, state["history"])

@@ -215,6 +215,15 @@ def test_finetune_from_the_stores_record(chain, tmp_path):
                                  "--checkpoint", f"skeleton={other}", "--device", "cpu"])
     assert r.exit_code == 2 and "sha256" in r.output and str(other) in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    # raw data of another data set than the store's (other sample ids): refused before a run directory
+    from extract.synth import generate
+
+    generate("ntu-like", tmp_path / "other_ntu", samples=24, classes=4, seed=7)
+    r = CliRunner().invoke(cli, ["finetune", "--store", str(d / "s.zarr"), "--genotype", str(d / "g.json"),
+                                 "--source", str(tmp_path / "other_ntu"), "--out", str(tmp_path / "foreign"),
+                                 "--epochs", "1", "--device", "cpu"])
+    assert r.exit_code == 2 and "samples are not in --store" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "foreign").exists()
 
 
 def test_store_record_overrides_merge_field_by_field(chain):

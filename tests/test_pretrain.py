@@ -92,7 +92,7 @@ def test_killed_pretrain_resumes_to_the_same_checkpoint(ntu, tmp_path):
     assert strip("cut") == strip("whole") and len(strip("cut")) == 3
     again = resume_pretrain(tmp_path / "cut", source=src, device="cpu", progress=False)  # finished: as is
     assert again.checkpoint_sha256 == whole.checkpoint_sha256 and len(strip("cut")) == 3
-    with pytest.raises(SearchError, match="exists and is not empty.*bmnas pretrain --resume"):
+    with pytest.raises(ExtractError, match="exists and is not empty.*bmnas pretrain --resume"):
         pretrain(src, "skeleton", "hcn", str(tmp_path / "cut"), lr=0.5, **kw)
 
 

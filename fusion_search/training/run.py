@@ -176,7 +176,8 @@ class Run:
         if self.state == UNSTARTED and not foreign and kind in (None, self.kind):
             shutil.rmtree(self.path)
             return
-        resume = f" or continue it with `bmnas {self.kind} --resume {self.path}`" if self.state == PARTIAL else ""
+        held = (self.path / LAST).is_file()  # partial or finished: --resume continues or re-reports it
+        resume = f" or continue it with `bmnas {self.kind} --resume {self.path}`" if held else ""
         raise self.error(f"--out {self.path} exists and is not empty: choose a new run directory{resume}")
 
     def _check_kind(self, kinds: tuple[str, ...]) -> None:
