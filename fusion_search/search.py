@@ -63,12 +63,11 @@ from fusion_search.history import plot_history, plot_metrics
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
 from fusion_search.training.metrics import PRIMARY, loss_fn
 from fusion_search.training.run_checkpoint import load_run_checkpoint, save_run_checkpoint
-from fusion_search.training.rundir import (CONFIG, LAST, METRICS, append_jsonl, check_new_run, keep_epochs,
-                                  read_config, read_jsonl, run_log, start_run)
+from fusion_search.training.run import Run
+from fusion_search.training.rundir import CONFIG, LAST, METRICS, append_jsonl, keep_epochs, read_config, read_jsonl
 from fusion_search.training.schedule import weight_optimizer
 from stores import StoreError, open_store
 from stores.device import restore_rng, rng_state
-from stores.lock import holds_lock
 
 BatchCallback = Callable[[int, int], None]
 
@@ -171,35 +170,49 @@ class _RunFiles:
 
 
 def load_run_config(run_dir: str | os.PathLike) -> SearchConfig:
-    """The resolved config of an existing run (for --resume)."""
+    """The resolved config of an existing run (for --resume); its `kind` is the run's, not a setting."""
     data = read_config(run_dir, SearchError, "is it a run directory of `bmnas search`?")
+    kind = data.pop("kind", "search")
+    if kind != "search":
+        raise SearchError(f"{run_dir}: a {kind} run, not a search run; use `bmnas {kind}` with it")
     return config_from_mapping(data, str(Path(run_dir) / CONFIG))
 
 
-@holds_lock("out", "run directory")
+# what a search writes before its first checkpoint, beside what every run writes (`Run.create`)
+SEARCH_UNSTARTED = ("arch_history.jsonl", "genotypes", "plots")
+
+
 def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = False,
                on_batch: BatchCallback | None = None) -> SearchResult:
-    """Run (or resume) a search into run directory `out`; returns the best genotype."""
+    """Run (or resume) a search into run directory `out`; returns the best genotype. A resumed run
+    killed before its first checkpoint starts over in place with its config."""
     validate(cfg)
-    files = _RunFiles(Path(out))
-    restart = False
-    if resume and not files.checkpoint.is_file():
-        if not files.config.is_file():
-            raise SearchError(f"--resume {out}: no config.yaml there; is it a run directory of `bmnas search`?")
-        resume, restart = False, True  # killed before its first epoch ended: start over with its config
-        files.clear_partial()
-    elif not resume:
-        check_new_run(out, "search")
+    if resume:
+        with Run.open(out, ("search",)) as run:
+            return _in_run(cfg, run, progress, on_batch)
     store = _open_store(cfg.store)
-    nodes = _check_store(store, cfg)
-    device = resolve_device(cfg.device)
-    if not resume and not restart:
-        start_run(files.root, cfg.to_dict())
+    nodes = _check_store(store, cfg)  # every user error before the run directory is written
+    with Run.create(out, "search", cfg.to_dict(), unstarted=SEARCH_UNSTARTED) as run:
+        return _in_run(cfg, run, progress, on_batch, (store, nodes))
+
+
+def _in_run(cfg: SearchConfig, run: Run, progress: bool, on_batch: BatchCallback | None,
+            checked: tuple | None = None) -> SearchResult:
+    """The search in a held run: resumed from its checkpoint, restarted when it has none."""
+    files = _RunFiles(run.path)
+    resume = files.checkpoint.is_file()
+    if not resume and checked is None:
+        files.clear_partial()
+        run.log.info("no checkpoint yet: restarting the search from its first epoch")
+    if checked is None:
+        checked = (_open_store(cfg.store),)
+        checked += (_check_store(checked[0], cfg),)
+    store, nodes = checked
     files.genotypes.mkdir(parents=True, exist_ok=True)
-    with run_log(files.root, "search") as log, EpochEvents(files.root) as events:
-        if restart:
-            log.info("no checkpoint yet: restarting the search from its first epoch")
-        return _search(_Search(cfg, store, nodes, device, files, log, events), resume, progress, on_batch)
+    result = _search(_Search(cfg, store, nodes, resolve_device(cfg.device), files, run.log, run.events), resume,
+                     progress, on_batch)
+    run.finish(["genotype.json"])
+    return result
 
 
 def _search(run: "_Search", resume: bool, progress: bool, on_batch: BatchCallback | None) -> SearchResult:

@@ -37,7 +37,7 @@ from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.errors import SearchError
 from fusion_search.data import open_split, resolve_device
 from fusion_search.genotype import Genotype
-from fusion_search.training.rundir import discard_unstarted
+from fusion_search.training.run import FINISHED, PARTIAL, run_state, settings_diff
 from fusion_search.search import run_search, score_runs
 from pipeline.selection import CANDIDATES, Candidate, candidates_lines, candidates_record, choose, fixed_genotypes
 from stores import open_store
@@ -100,11 +100,6 @@ def _shared_settings(cfg: SearchConfig) -> dict[str, Any]:
     return d
 
 
-def _same_search(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Settings that decide the result (the device may change between a run and its resume)."""
-    return {k: v for k, v in a.items() if k != "device"} == {k: v for k, v in b.items() if k != "device"}
-
-
 def _final_runs(cfg: SearchConfig) -> int:
     return max(2, cfg.score_seeds)
 
@@ -114,7 +109,7 @@ def _check_manifest(root: Path, cfg: SearchConfig, seeds: list[int]) -> None:
     manifest = root / MANIFEST
     if manifest.is_file():
         old = yaml.safe_load(manifest.read_text()) or {}
-        if not _same_search(old.get("search") or {}, _shared_settings(cfg)) or old.get("seeds") != seeds:
+        if settings_diff(old.get("search") or {}, _shared_settings(cfg)) or old.get("seeds") != seeds:
             raise SearchError(f"--out {root} holds a multi-start search with other settings or seeds; "
                               f"continue it with `bmnas search --resume {root}` or choose a new directory")
     elif root.exists() and any(root.iterdir()):
@@ -210,13 +205,11 @@ def _report(echo, found: dict) -> dict:
 
 
 def _search_seed(shared: dict, seed: int, run_dir: str) -> dict:
-    """One seed's search into its own run directory, resumed when it was started before."""
+    """One seed's search into its own run directory: resumed when it has a checkpoint, else started
+    (an unstarted one a kill left is replaced by `Run.create`)."""
     on_worker()
-    run = Path(run_dir)
-    if run.exists() and not (run / "config.yaml").is_file():
-        discard_unstarted(run)  # killed before it wrote its config
     cfg = SearchConfig(**{**shared, "seed": seed})
-    res = run_search(cfg, run, resume=run.exists())
+    res = run_search(cfg, run_dir, resume=run_state(run_dir) in (PARTIAL, FINISHED))
     return {"seed": seed, "genotype": res.genotype.to_dict(), "search_score": res.best_score,
             "search_epoch": res.best_epoch}
 

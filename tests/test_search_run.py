@@ -55,7 +55,8 @@ def test_run_directory_holds_everything(joint_store, tmp_path):
     ckpt = torch.load(run / "checkpoints/last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and {"model", "weight_optimizer", "arch_optimizer", "scheduler", "rng"} <= set(ckpt)
     assert "search on" in (run / "log.txt").read_text()
-    assert (run / "config.yaml").read_text().startswith("store: ")
+    assert (run / "config.yaml").read_text().startswith("kind: search\nstore: ")
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
     with pytest.raises(SearchError, match="exists and is not empty"):
         run_search(small(joint_store), run)
 

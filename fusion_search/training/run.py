@@ -61,6 +61,12 @@ def settings_diff(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str
     return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k))
 
 
+def run_state(path: str | os.PathLike) -> str:
+    """The state of the run at `path` (new, unstarted, partial, finished), read without taking its lock:
+    what a stage that reruns many runs (multi-start, ablation, the demo) decides each one's next step by."""
+    return Run(path, "search", SearchError).state
+
+
 class Run:
     """A run directory held by this process (see the module docstring)."""
 
