@@ -31,8 +31,9 @@ from fusion_search.baselines import baseline_genotype
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, inner_name
 from fusion_search.training.metrics import PRIMARY
-from pipeline.evaluate import evaluate_run
-from fusion_search.training.rundir import LAST, abs_path, discard_unstarted
+from pipeline.evaluate import evaluate_run, has_metrics, read_metrics
+from fusion_search.training.run import FINISHED, PARTIAL, hold_folder, run_state, settings_diff
+from fusion_search.training.rundir import abs_path
 from pipeline.configs import DEFAULT_EPOCHS, TrainConfig
 from pipeline.runs import open_store_checked, read_run_config
 from pipeline.train import resume_training, train_on_cache
@@ -75,25 +76,29 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
         index, sharing = gpu_slot(worker.address, workers, torch.cuda.device_count())
         claim_gpu(index, 1.0 / sharing)
     run = Path(run_dir)
-    done = run / f"metrics_{split}.json"
-    if (run / LAST).is_file():
+    started = run_state(run) in (PARTIAL, FINISHED)
+    if started:
         _check_same_run(run, store_path, genotype_path, settings)
-    if done.is_file():
-        return json.loads(done.read_text())
-    if (run / LAST).is_file():
+    if run_done(run, split):
+        return read_metrics(run, split)
+    if started:
         resume_training(run, evaluate_test=False)
-    else:
-        discard_unstarted(run)
+    else:  # new, or unstarted (a kill before its first epoch: `Run.create` replaces it)
         train_on_cache(store_path, genotype_path, run, evaluate_test=False, **settings)
     return evaluate_run(run, split, plots=False)
+
+
+def run_done(run: Path, split: str) -> bool:
+    """Whether one training run of the table is done: finished, with its metrics on `split`."""
+    return run_state(run) == FINISHED and has_metrics(run, split)
 
 
 def _check_same_run(run: Path, store_path: str, genotype_path: str, settings: dict[str, Any]) -> None:
     """A run reused or resumed must be the one asked for: the same store, genotype and settings (the
     device may differ); else its figures would stand for another training."""
     cfg = read_run_config(run)
-    wanted = {**settings, "store": abs_path(store_path)}
-    changed = sorted(k for k, v in wanted.items() if k != "device" and k in cfg and cfg[k] != v)
+    wanted = {k: v for k, v in {**settings, "store": abs_path(store_path)}.items() if k in cfg}
+    changed = settings_diff({k: cfg[k] for k in wanted}, wanted)
     if Genotype.load(run / "genotype.json").key() != Genotype.load(genotype_path).key():
         changed.append("genotype")
     if changed:
@@ -160,11 +165,23 @@ def run_ablation(store_path: str, genotype_path: str | os.PathLike, out_dir: str
         epochs = DEFAULT_EPOCHS
     template = Genotype.load(genotype_path)
     store = open_store_checked(store_path, template, str(genotype_path))
+    with hold_folder(out_dir, ABLATION_FILES, "ablation") as out:
+        return _ablate(store, store_path, template, Path(genotype_path), out, seed_list,
+                       dict(settings, epochs=epochs), (workers, scheduler))
+
+
+# what an ablation writes into its --out
+ABLATION_FILES = ("genotypes", "runs", "ablation.json", "ablation.png", "ablation.md")
+
+
+def _ablate(store, store_path: str, template: Genotype, genotype_path: Path, out: Path, seed_list: list[int],
+            settings: dict[str, Any], where: tuple[int | None, str | None]) -> Path:
+    """Every run of the tables in the held folder `out`, then the summary, plot and markdown."""
+    workers, scheduler = where
+    epochs, train_on = settings["epochs"], settings["train_on"]
     split = "test" if len(store.splits.get("test", ())) else "val"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tasks = _tasks(store, template, Path(genotype_path), out, seed_list)
-    per_seed = [dict(settings, epochs=epochs, seed=s) for _, s, _, _ in tasks]
+    tasks = _tasks(store, template, genotype_path, out, seed_list)
+    per_seed = [dict(settings, seed=s) for _, s, _, _ in tasks]
     results = train_runs(tasks, per_seed, store_path, split, workers, scheduler)
     key = PRIMARY[store.task]
     by_row: dict[str, dict[str, Any]] = {}

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
-from pipeline.demo import DATASETS, DemoConfig, run_demo
+from pipeline.demo import DATASETS, LOG, DemoConfig, run_demo
+
+
+class _Echo(logging.Handler):
+    """Prints the demo's progress lines (logger `bmnas.demo`) as the command's output."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record))
 
 
 @click.command("demo")
@@ -26,7 +35,14 @@ def demo_cmd(dataset: str, out: str | None, samples: int, seed: int, quick: bool
         cfg = DemoConfig.quick(dataset, out=out, seed=seed)
     else:
         cfg = DemoConfig.for_dataset(dataset, out=out, samples=samples, seed=seed)
-    run_demo(cfg)
+    echo, level = _Echo(), LOG.level
+    LOG.addHandler(echo)
+    LOG.setLevel(logging.INFO)
+    try:
+        run_demo(cfg)
+    finally:
+        LOG.removeHandler(echo)
+        LOG.setLevel(level)
 
 
 def _require_minilm() -> None:

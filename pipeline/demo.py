@@ -15,12 +15,12 @@ rerun reuses what is done ("cache hit" lines) and a killed demo resumes where it
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import click
 from stores.files import write_json_atomic, write_text_atomic
 
 
@@ -139,8 +139,13 @@ DEMO_DATA = {
 }
 
 
+LOG = logging.getLogger("bmnas.demo")
+
+
 def _say(msg: str) -> None:
-    click.echo(msg)
+    """The demo's progress lines go to the `bmnas.demo` logger (the CLI prints them; a library caller
+    chooses where they go)."""
+    LOG.info(msg)
 
 
 class _Stages:
@@ -161,6 +166,20 @@ class _Stages:
         out = work()
         _say(f"{head}: done in {time.perf_counter() - t0:.0f}s")
         return out
+
+
+def _finished(run: Path) -> bool:
+    """Whether a stage's run is finished (`Run`'s state; the demo knows none of a run's files)."""
+    from fusion_search.training.run import FINISHED, run_state
+
+    return run_state(run) == FINISHED
+
+
+def _tested(run: Path) -> bool:
+    """Whether a run holds its test metrics (`pipeline.evaluate` writes and names them)."""
+    from pipeline.evaluate import has_metrics
+
+    return has_metrics(run, "test")
 
 
 def _source(cfg: DemoConfig, raw: Path):
@@ -198,7 +217,7 @@ def _data_and_cache(cfg: DemoConfig, stages: "_Stages", data: "DemoData", out: P
     backbones = data.backbones
     checkpoints = {m: out / "pretrain" / m / "best.pt" for m in data.pretrained}
     stages.run("pretrain tiny backbones (" + ", ".join(f"{m}: {backbones[m]}" for m in data.pretrained) + ")",
-               lambda: all((p.parent / "summary.json").is_file() for p in checkpoints.values()),
+               lambda: all(_finished(p.parent) for p in checkpoints.values()),
                lambda: _pretrain(cfg, source, {m: backbones[m] for m in data.pretrained}, out / "pretrain"),
                "reusing " + ", ".join(str(p) for p in checkpoints.values()))
     stages.run(f"extract taps into {store} (dask LocalCluster, {cfg.workers} workers)",
@@ -228,12 +247,12 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
     what = ("the found network, the baselines and the unimodal rows (the found Cells on one modality's taps)"
             if data.unimodal_on_cache else "the found network and the baselines")
     stages.run(f"train {what} on the cache",
-               lambda: all((t[3] / "metrics_test.json").is_file() for t in _train_tasks(cfg, runs, train_root)),
+               lambda: all(_tested(t[3]) for t in _train_tasks(cfg, runs, train_root)),
                lambda: _train_all(cfg, store, runs, train_root),
                f"reusing {train_root}")
     if not data.unimodal_on_cache:
         stages.run("evaluate the unimodal models on test",
-                   lambda: all((out / "pretrain" / m / "metrics_test.json").is_file() for m in backbones),
+                   lambda: all(_tested(out / "pretrain" / m) for m in backbones),
                    lambda: _unimodal(cfg, source, backbones, out / "pretrain"),
                    "reusing pretrain/*/metrics_test.json")
     rows = _rows(cfg, out, runs, data)
@@ -285,18 +304,18 @@ def _claim_out(cfg: DemoConfig, out: Path) -> None:
 
 
 def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) -> None:
-    from fusion_search.training.rundir import LAST, discard_unstarted
+    from fusion_search.training.run import FINISHED, PARTIAL, run_state
     from pipeline.pretrain import pretrain, resume_pretrain
 
     for modality, backbone in backbones.items():
         run = root / modality
-        if (run / "summary.json").is_file():  # written when the run has finished (a killed one resumes)
+        state = run_state(run)
+        if state == FINISHED:
             _say(f"  {modality}: cache hit, reusing {run / 'best.pt'}")
             continue
-        if (run / LAST).is_file():
+        if state == PARTIAL:
             res = resume_pretrain(run, source=source, progress=True)
-        else:
-            discard_unstarted(run)
+        else:  # new, or unstarted (a kill before its first epoch: `Run.create` replaces it)
             res = pretrain(source, modality, backbone, str(run), setting="tiny", epochs=cfg.pretrain_epochs[modality],
                            batch_size=32, lr=cfg.pretrain_lr, seed=cfg.seed, device="cpu", progress=True,
                            keep_in_memory=True)
@@ -387,8 +406,7 @@ def _train_all(cfg: DemoConfig, store: Path, runs: dict[str, Path], root: Path) 
     from pipeline.ablate import train_runs
 
     tasks = _train_tasks(cfg, runs, root)
-    done = {name for name in runs if all((root / name / f"seed_{s}" / "metrics_test.json").is_file()
-                                         for s in cfg.train_seeds)}
+    done = {name for name in runs if all(_tested(root / name / f"seed_{s}") for s in cfg.train_seeds)}
     for name in done:
         _say(f"  {name}: cache hit")
     todo = [t for t in tasks if t[0] not in done]
@@ -410,11 +428,12 @@ def _unimodal(cfg: DemoConfig, source, backbones, root: Path) -> None:
 def _rows(cfg: DemoConfig, out: Path, runs: dict[str, Path], data: DemoData) -> list[dict[str, Any]]:
     """Table rows: unimodal, found, baselines; for synthetic data with ceilings, the oracles' ceilings."""
     from pipeline.ablate import mean_std
+    from pipeline.evaluate import read_metrics
 
     metric, rows = data.metric, []
     if not data.unimodal_on_cache:
         for modality, backbone in data.backbones.items():
-            m = json.loads((out / "pretrain" / modality / "metrics_test.json").read_text())
+            m = read_metrics(out / "pretrain" / modality, "test")
             rows.append({"method": f"unimodal {modality} ({backbone}, tiny)", metric: m[metric], "std": None,
                          "seeds": 1, "parameters": m.get("num_parameters")})
     labels = {"found": "BM-NAS found network", "late": "late fusion (deepest taps, same cell)",
@@ -424,7 +443,7 @@ def _rows(cfg: DemoConfig, out: Path, runs: dict[str, Path], data: DemoData) -> 
     order = sorted(runs, key=lambda name: not name.startswith("unimodal_"))  # unimodal rows first
     for name in order:
         seed_dirs = [out / "train" / name / f"seed_{s}" for s in cfg.train_seeds]
-        ms = [json.loads((d / "metrics_test.json").read_text()) for d in seed_dirs]
+        ms = [read_metrics(d, "test") for d in seed_dirs]
         mean, std = mean_std([m[metric] for m in ms])
         rows.append({"method": labels.get(name, name), metric: mean, "std": std, "seeds": len(ms),
                      "parameters": ms[0].get("num_parameters")})

@@ -248,6 +248,11 @@ def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, de
                             extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "finetune",
                                    "fusion_parameters": count_parameters(model.fusion)}, plots=plots)
 
+def has_metrics(run_dir: str | os.PathLike, split: str = "test") -> bool:
+    """Whether a run holds the metrics of `split` (`bmnas evaluate` or the end of train/finetune wrote them)."""
+    return (Path(run_dir) / f"metrics_{split}.json").is_file()
+
+
 def read_metrics(run_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
     """The metrics_<split>.json a run wrote (for ablate, report and the demo)."""
     path = Path(run_dir) / f"metrics_{split}.json"

@@ -45,3 +45,36 @@ def test_ablate_two_seeds_on_dask(tmp_path):
     res = CliRunner().invoke(cli, args[:-1] + ["96"])
     assert res.exit_code == 2 and "was trained with other batch_size" in res.output
     assert ckpt.stat().st_mtime_ns == before
+
+
+def test_ablate_refuses_a_foreign_out_and_a_run_another_process_holds(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    small_store(tmp_path / "s.zarr", n=96, C=4)
+    searched_genotype(C=4, L=2).save(tmp_path / "g.json")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    args = ["ablate", "--store", str(tmp_path / "s.zarr"), "--genotype", str(tmp_path / "g.json"), "--seeds", "1",
+            "--epochs", "1", "--workers", "1", "--batch-size", "24", "--device", "cpu"]
+    res = CliRunner().invoke(cli, args + ["--out", str(mine)])
+    assert res.exit_code == 2 and "holds notes.txt, which no ablation writes" in res.output, res.output
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    abl = tmp_path / "abl"
+    assert CliRunner().invoke(cli, args + ["--out", str(abl)]).exit_code == 0
+    held = abl / "runs" / "late" / "seed_0"
+    (held / "metrics_test.json").unlink()  # so the rerun must evaluate this run again
+    hold = ("import sys, time\nfrom fusion_search.training.run import Run\n"
+            f"with Run.open({str(held)!r}, ('train',)):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True,
+                            cwd=str(Path(__file__).parent.parent))
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        res = CliRunner().invoke(cli, args + ["--out", str(abl)])
+        assert res.exit_code == 2 and f"is in use by pid {proc.pid}" in res.output, res.output
+        assert not (held / "metrics_test.json").exists()
+    finally:
+        proc.kill()
+        proc.wait()

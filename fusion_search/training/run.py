@@ -61,6 +61,24 @@ def settings_diff(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str
     return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k))
 
 
+@contextmanager
+def hold_folder(out: str | os.PathLike, allowed: Iterable[str], what: str,
+                error: type[Exception] = SearchError) -> Iterator[Path]:
+    """Hold the folder of a stage that holds many runs (an ablation's) for the block: locked, refused
+    when it is a file or holds anything but the names that stage writes (`allowed`; hidden files and a
+    kill's temporary files aside), so a rerun never mixes with, or reports, what it did not make."""
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise error(f"--out {root} is a file, not a {what} directory: give a directory path")
+    with exclusive(root, f"{what} directory"):
+        names = [p.name for p in root.iterdir()] if root.is_dir() else []
+        foreign = sorted(n for n in names if not n.startswith(".") and _stem(n) not in set(allowed))
+        if foreign:
+            raise error(f"--out {root} holds {', '.join(foreign[:3])}, which no {what} writes: give a new --out")
+        root.mkdir(parents=True, exist_ok=True)
+        yield root
+
+
 def run_state(path: str | os.PathLike) -> str:
     """The state of the run at `path` (new, unstarted, partial, finished), read without taking its lock:
     what a stage that reruns many runs (multi-start, ablation, the demo) decides each one's next step by."""
