@@ -18,7 +18,6 @@ Output directory (rerunning it skips finished runs and resumes killed ones):
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,16 +1,19 @@
 """One writer per store or run directory: an OS file lock beside the path, and who holds it.
 
 Why a lock beside the path rather than in it: `--overwrite` deletes a store and a new run directory
-must be empty, so the lock has to outlive both and exist before them. The lock is `filelock`'s
-(``flock``: released by the OS when its process dies, so a killed run never leaves a stale lock;
-on NFS, Linux maps it to POSIX locks, so it also holds between hosts of a ``--scheduler`` run).
-Beside it a small JSON file names the holder (pid, host, start time) for the message the second
-process prints. Only the process that runs a stage takes the lock; dask workers writing chunks
-for it do not. This module imports nothing of the project, so every room can use it.
+must be empty, so the lock has to exist before them. It is a ``flock`` on a hidden file
+``.NAME.lock``: released by the OS when its process dies, so a killed run never leaves a stale lock
+(on NFS, Linux maps it to POSIX locks, so it also holds between hosts of a ``--scheduler`` run).
+The file is removed when the lock is released, so a command leaves nothing beside its ``--out``
+(only a killed holder leaves it, until the next command on that path). Beside it a small JSON file
+names the holder (pid, host, start time) for the message the second process prints. Only the
+process that runs a stage takes the lock; dask workers writing chunks for it do not. This module
+imports nothing of the project, so every room can use it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import inspect
 import json
@@ -21,7 +24,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from filelock import FileLock, Timeout
 
 from stores.errors import BusyError, StoreError
 from stores.files import write_json_atomic
@@ -43,6 +45,30 @@ def _holder(lock: Path) -> str:
         return "another process"
 
 
+def _acquire(lock: Path) -> int | None:
+    """A descriptor of `lock` holding its flock, or None when another process holds it.
+
+    Why the inode check: a releaser unlinks the file while holding it, so a process that opened the
+    old file just before may lock a file no path names any more; it then tries again on the new one."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
 @contextmanager
 def exclusive(path: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold the lock of ``path`` (a ``what``: "store", "run directory") for the block, or raise a
@@ -50,17 +76,13 @@ def exclusive(path: str | os.PathLike, what: str) -> Iterator[None]:
     lock = lock_path(path)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(lock)
     except OSError as exc:
         raise StoreError(f"cannot create the {what} {path}: {exc.strerror} ({exc.filename}); "
                          "choose a path under a writable directory") from None
-    held = FileLock(lock, timeout=0)
-    try:
-        held.acquire()
-    except Timeout:
+    if fd is None:
         raise BusyError(f"the {what} {path} is in use by {_holder(lock)}; wait for that run to end "
-                        "(or stop it) and rerun this command") from None
-    except OSError as exc:
-        raise StoreError(f"cannot lock the {what} {path}: {exc}") from None
+                        "(or stop it) and rerun this command")
     holder = lock.with_name(lock.name + ".holder")
     try:
         write_json_atomic(holder, {"pid": os.getpid(), "host": socket.gethostname(),
@@ -68,7 +90,8 @@ def exclusive(path: str | os.PathLike, what: str) -> Iterator[None]:
         yield
     finally:
         holder.unlink(missing_ok=True)
-        held.release()
+        lock.unlink(missing_ok=True)  # still held: no other process can have locked this file
+        os.close(fd)
 
 
 def holds_lock(arg: str, what: str) -> Callable[[F], F]:

@@ -146,7 +146,7 @@ def test_second_demo_on_one_out_is_refused(tmp_path):
         assert r.exit_code == 2, r.output
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: the demo directory {out} is in use by pid {proc.pid} on ")
-        assert not out.exists() and lock_path(out).is_file()
+        assert not out.exists() and lock_path(out).is_file()  # the holder's lock file, while it holds it
     finally:
         proc.kill()
         proc.wait()

@@ -87,3 +87,39 @@ def test_second_search_resume_is_refused_and_a_killed_holder_frees_the_lock(tmp_
         proc.wait()
     r = CliRunner().invoke(cli, ["search", "--resume", str(run)])  # the OS freed the killed holder's lock
     assert r.exit_code == 0, r.output
+
+
+COUNTER = """
+import sys
+from pathlib import Path
+from stores.errors import BusyError
+from stores.lock import exclusive
+target, done = Path({target!r}), 0
+while done < 150:
+    try:
+        with exclusive(target, "run directory"):
+            counter = target / "n"
+            counter.write_text(str(int(counter.read_text()) + 1))  # a lost update shows a second holder
+            done += 1
+    except BusyError:
+        pass
+"""
+
+
+def test_the_lock_file_is_removed_on_release_and_still_excludes(tmp_path):
+    """No `.NAME.lock` stays beside an --out after a command, taken or refused; processes racing to take
+    and release (unlinking) one lock never hold it together."""
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "n").write_text("0")
+    procs = [subprocess.Popen([sys.executable, "-c", COUNTER.format(target=str(target))]) for _ in range(4)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0, 0]
+    assert (target / "n").read_text() == "600"
+    store = tmp_path / "s.zarr"
+    planted_store(store, "joint", n=160)
+    assert CliRunner().invoke(cli, ["search", "--store", str(store), "--out", str(tmp_path / "ok"), "--epochs", "1",
+                                    *SEARCH]).exit_code == 0
+    (tmp_path / "file").write_text("mine")
+    assert CliRunner().invoke(cli, ["search", "--store", str(store), "--out", str(tmp_path / "file"), "--epochs", "1",
+                                    *SEARCH]).exit_code == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -18,7 +18,6 @@ from extract.job import BackboneChoice, extract
 from extract.sources.mmimdb import MMIMDBSource
 from extract.sources.ntu import NTUSource
 from extract.synth import generate
-from fusion_search.errors import SearchError
 from fusion_search.training.metrics import f1_scores
 from fusion_search.training.rundir import LAST
 from pipeline.cli import cli

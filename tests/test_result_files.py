@@ -83,39 +83,45 @@ def test_json_yaml_and_npy_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "logits_test.npy"]
 
 
-def test_an_unstarted_run_is_discarded_and_a_users_folder_is_refused(tmp_path):
-    """What a killed run left before its first epoch is removed so it can start again; a folder holding
+def test_an_unstarted_run_is_replaced_and_a_users_folder_is_refused(tmp_path):
+    """What a killed run left before its first epoch is replaced by a new run of its kind; a folder holding
     anything else (or a checkpoint to resume) is refused, and nothing in it is deleted."""
     from fusion_search.errors import SearchError
-    from fusion_search.training.rundir import LAST, discard_unstarted
+    from fusion_search.training.run import Run
+    from fusion_search.training.rundir import LAST
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("kind: train\n")
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    discard_unstarted(run)
-    assert not run.exists()
+    with Run.create(run, "train", {"epochs": 2}):
+        pass
+    assert not (run / "metrics.jsonl").exists() and "epochs: 2" in (run / "config.yaml").read_text()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.yaml").write_text("kind: train\n")
     (mine / "notes.txt").write_text("my notes")
     with pytest.raises(SearchError, match="notes.txt"):
-        discard_unstarted(mine)
+        with Run.create(mine, "train", {}):
+            pass
     assert (mine / "notes.txt").read_text() == "my notes"
     (tmp_path / "started" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "started" / "config.yaml").write_text("kind: train\n")
     (tmp_path / "started" / LAST).write_bytes(b"x")
     with pytest.raises(SearchError, match="--resume"):
-        discard_unstarted(tmp_path / "started")
+        with Run.create(tmp_path / "started", "train", {}):
+            pass
     assert (tmp_path / "started" / LAST).is_file()
 
 
 def test_a_temporary_file_a_kill_left_does_not_block_the_restart(tmp_path):
     from stores.files import write_text_atomic
-    from fusion_search.training.rundir import discard_unstarted
+    from fusion_search.training.run import Run
 
     run = tmp_path / "run"
     run.mkdir()
     write_text_atomic(run / "config.yaml", "kind: train\n")
     (run / "genotype.json.0123456789ab.partial").write_text('{"form')  # killed mid-write
-    discard_unstarted(run)
-    assert not run.exists()
+    with Run.create(run, "train", {}):
+        pass
+    assert not (run / "genotype.json.0123456789ab.partial").exists()

@@ -202,7 +202,8 @@ class Run:
             return
         held = (self.path / LAST).is_file()  # partial or finished: --resume continues or re-reports it
         resume = f" or continue it with `bmnas {self.kind} --resume {self.path}`" if held else ""
-        raise self.error(f"--out {self.path} exists and is not empty: choose a new run directory{resume}")
+        what = f" (it holds {', '.join(sorted(foreign)[:3])})" if foreign and not held else ""
+        raise self.error(f"--out {self.path} exists and is not empty{what}: choose a new run directory{resume}")
 
     def _check_kind(self, kinds: tuple[str, ...]) -> None:
         if self.kind in kinds:

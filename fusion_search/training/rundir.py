@@ -7,10 +7,9 @@
   checkpoints/best.pt    the kept weights (train/finetune: best on val, or the last on train+val;
                          pretraining keeps its product, a plain state_dict, as RUN/best.pt)
 
-A new run refuses an existing, non-empty `--out` (`check_new_run`); a resumed one drops the metrics
-lines of an epoch its checkpoint does not cover (`keep_epochs`), so a killed run resumed ends with the
-same files as an uninterrupted one. Two processes never write one directory: the stages hold
-`stores.lock` on it. `EpochBook` is the per-epoch bookkeeping of train and finetune (best-on-val
+Creating, opening, locking and finishing a run is `fusion_search.training.run.Run`'s; this module
+holds the files' rules: a resumed run drops the metrics lines of an epoch its checkpoint does not
+cover (`keep_epochs`), so a killed run resumed ends with the same files as an uninterrupted one. `EpochBook` is the per-epoch bookkeeping of train and finetune (best-on-val
 selection); the search keeps its own per-epoch files beside these (`fusion_search.search`).
 """
 
@@ -30,7 +29,7 @@ from torch import nn
 from fusion_search.errors import SearchError
 from fusion_search.training.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from stores.device import restore_rng, rng_state
-from stores.files import write_text_atomic, write_yaml_atomic
+from stores.files import write_text_atomic
 
 CONFIG = "config.yaml"
 LOG = "log.txt"
@@ -42,50 +41,6 @@ BEST = "checkpoints/best.pt"
 def abs_path(path: str | os.PathLike) -> str:
     """Absolute form of a path a run config records, so evaluate/report/resume work from any directory."""
     return str(Path(path).resolve()) if str(path) else ""
-
-
-def check_new_run(out: str | os.PathLike, command: str) -> Path:
-    """`out` as a Path, refused when it exists and holds anything (a new run never mixes with an old one)."""
-    run = Path(out)
-    if run.exists() and any(run.iterdir()):
-        raise SearchError(f"--out {run} exists and is not empty: choose a new run directory or continue it "
-                          f"with `bmnas {command} --resume {run}`")
-    return run
-
-
-def start_run(run: Path, config: dict[str, Any]) -> None:
-    """Create the directory of a new run and write its config.yaml (what resume reads back)."""
-    (run / LAST).parent.mkdir(parents=True, exist_ok=True)
-    write_yaml_atomic(run / CONFIG, config)
-
-
-# what a run directory can hold before its first epoch ends (the checkpoint is written last)
-UNSTARTED_FILES = frozenset({CONFIG, "log.txt", "genotype.json", "metrics.jsonl", "arch_history.jsonl", "best.pt",
-                             "checkpoints", "genotypes", "plots", "tensorboard"})
-
-
-def _stem(name: str) -> str:
-    """A file's name without the temporary suffix of `stores.files.replace_atomic` (NAME.<hex>.partial),
-    which a kill mid-write leaves."""
-    parts = name.rsplit(".", 2)
-    return parts[0] if len(parts) == 3 and parts[2] == "partial" else name
-
-
-def discard_unstarted(run: Path) -> None:
-    """Remove a run directory that a killed process left before its first epoch ended (no last.pt):
-    nothing in it is worth keeping, and the run starts again into it. Refused when it holds a
-    checkpoint or anything a run does not write before one, so nothing a user put there is deleted."""
-    import shutil
-
-    if not run.exists():
-        return
-    if (run / LAST).is_file():
-        raise SearchError(f"{run} holds a checkpoint: continue it with --resume {run}")
-    foreign = sorted(p.name for p in run.iterdir() if _stem(p.name) not in UNSTARTED_FILES)
-    if foreign:
-        raise SearchError(f"{run} holds {', '.join(foreign[:3])}, which no unstarted run writes; move it away "
-                          "or choose another directory")
-    shutil.rmtree(run)
 
 
 def read_config(run: str | os.PathLike, error: type[Exception] = SearchError, hint: str = "") -> dict[str, Any]:
