@@ -214,6 +214,10 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+# what a resume must match that is known before the workers are asked for their devices
+EARLY_KEYS = tuple(k for k in SAME_KEYS if k not in ("device", "precision"))
+
+
 def _comparable(prov: dict) -> dict:
     """The provenance that must match to resume (checkpoint paths may move; hashes may not)."""
     out = {k: prov.get(k) for k in SAME_KEYS}
@@ -221,7 +225,7 @@ def _comparable(prov: dict) -> dict:
     return out
 
 
-def _reopen(out: str, prov: dict):
+def _reopen(out: str, prov: dict, keys: Sequence[str] = SAME_KEYS):
     """The writer of an existing store made with the same settings (resume); None for a store made
     with other settings that holds no complete chunk (nothing to lose: this run replaces it, so a
     run refused on its first chunk, e.g. for --dtype, reruns with the fix); else an ExtractError."""
@@ -230,12 +234,11 @@ def _reopen(out: str, prov: dict):
     except StoreError as exc:
         raise ExtractError(f"{out} is a bmnas store this run cannot resume ({exc}); "
                            "pass --overwrite to replace it, or choose another --out") from None
-    old = _comparable(writer.attrs.get("extraction") or {})
-    new = _comparable(prov)
-    if old != new and len(writer.missing_chunks()) == writer.num_chunks:
+    old, new = _comparable(writer.attrs.get("extraction") or {}), _comparable(prov)
+    diff = [k for k in keys if old.get(k) != new.get(k)]
+    if diff and len(writer.missing_chunks()) == writer.num_chunks:
         return None
-    if old != new:
-        diff = [k for k in SAME_KEYS if old.get(k) != new.get(k)]
+    if diff:
         raise ExtractError(f"{out} was extracted with other settings ({', '.join(diff)} differ); "
                            "pass --overwrite to replace it, or choose another --out")
     return writer
@@ -417,7 +420,9 @@ def extract(source: Any, out: str, backbones: Sequence[BackboneChoice], config: 
     probed = [_probe(source, ids, b, cfg.reduction, source.num_classes) for b in backbones]
     entries, shas = [p[0] for p in probed], [p[1] for p in probed]
     resumed = Path(out).exists() and not cfg.overwrite
-    if not resumed:
+    if resumed:  # a store made with other settings is refused before a cluster starts
+        _reopen(out, _provenance(entries, shas, cfg, len(ids), source, Placement(())), EARLY_KEYS)
+    else:
         _check_writable(out)
     tally = _Tally()
     t_start = time.perf_counter()

@@ -24,6 +24,24 @@ def resolve_device(name: str) -> torch.device:
     return _resolve_device(name, SearchError)
 
 
+def open_feature_store(path: str):
+    """The store at `path` for a stage of this room or above: a StoreError becomes one SearchError
+    naming --store (the option the user gave)."""
+    from stores import StoreError, open_store
+
+    if not path:
+        raise SearchError("--store: give the feature store to read")
+    try:
+        return open_store(path)
+    except StoreError as exc:
+        raise SearchError(f"--store {path}: {exc}") from None
+
+
+def budget_bytes(gigabytes: float | None) -> int | None:
+    """A --memory-budget-gb value in bytes (None: the default budget decides)."""
+    return None if gigabytes is None else int(gigabytes * (1 << 30))
+
+
 def default_memory_budget() -> int:
     """Half the machine's physical RAM: the bank leaves room for the model and the OS."""
     try:

@@ -52,7 +52,7 @@ import torch
 
 from fusion_search.architect import Architect
 from fusion_search.config import SearchConfig, config_from_mapping, validate
-from fusion_search.data import SplitData, TensorBatch, open_split, resolve_device
+from fusion_search.data import SplitData, TensorBatch, budget_bytes, open_feature_store, open_split, resolve_device
 from fusion_search.errors import SearchError
 from fusion_search.derive import node_modalities, uniform_op_variants
 from fusion_search.training.engine import EpochTotals, FitOptions, Step, fit, steps_per_epoch
@@ -63,10 +63,9 @@ from fusion_search.history import plot_history, plot_metrics
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
 from fusion_search.training.metrics import PRIMARY, loss_fn
 from fusion_search.training.run_checkpoint import load_run_checkpoint, save_run_checkpoint
-from fusion_search.training.run import Run
+from fusion_search.training.run import Run, settings_diff
 from fusion_search.training.rundir import CONFIG, LAST, METRICS, append_jsonl, keep_epochs, read_config, read_jsonl
 from fusion_search.training.schedule import weight_optimizer
-from stores import StoreError, open_store
 from stores.device import restore_rng, rng_state
 
 BatchCallback = Callable[[int, int], None]
@@ -79,15 +78,6 @@ class SearchResult:
     genotype: Genotype
     best_score: float
     best_epoch: int
-
-
-def _open_store(path: str):
-    if not path:
-        raise SearchError("--store: give the feature store to search on")
-    try:
-        return open_store(path)
-    except StoreError as exc:
-        raise SearchError(f"--store {path}: {exc}") from None
 
 
 def _check_store(store, cfg: SearchConfig) -> list[str]:
@@ -190,7 +180,7 @@ def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = Fals
     if resume:
         with Run.open(out, ("search",)) as run:
             return _in_run(cfg, run, progress, on_batch)
-    store = _open_store(cfg.store)
+    store = open_feature_store(cfg.store)
     nodes = _check_store(store, cfg)  # every user error before the run directory is written
     with Run.create(out, "search", cfg.to_dict(), unstarted=SEARCH_UNSTARTED) as run:
         return _in_run(cfg, run, progress, on_batch, (store, nodes))
@@ -205,7 +195,7 @@ def _in_run(cfg: SearchConfig, run: Run, progress: bool, on_batch: BatchCallback
         files.clear_partial()
         run.log.info("no checkpoint yet: restarting the search from its first epoch")
     if checked is None:
-        checked = (_open_store(cfg.store),)
+        checked = (open_feature_store(cfg.store),)
         checked += (_check_store(checked[0], cfg),)
     store, nodes = checked
     files.genotypes.mkdir(parents=True, exist_ok=True)
@@ -242,7 +232,7 @@ class _Search:
         self.cfg, self.files, self.log, self.device, self.task = cfg, files, log, device, store.task
         self.nodes, self.store_path = nodes, store.path
         self.events = events
-        budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * (1 << 30))
+        budget = budget_bytes(cfg.memory_budget_gb)
         self.train = open_split(store, "train", nodes, device, budget)
         self.val = open_split(store, "val", nodes, device, budget)
         self.scoring = _Scoring(cfg, self.train, self.val, dict(store.node_shapes), store.task)
@@ -267,7 +257,7 @@ class _Search:
         """Continue after the checkpoint's epoch (its settings must be this run's)."""
         files = self.files
         ckpt = load_run_checkpoint(files.checkpoint, ("config", "model"))
-        if _settings(ckpt["config"]) != _settings(self.cfg.to_dict()):
+        if settings_diff(ckpt["config"], self.cfg.to_dict()):  # all but the device (a resume may move a run)
             raise SearchError(f"--resume {files.root}: config.yaml differs from the checkpoint's settings; restore it")
         self.model.load_state_dict(ckpt["model"])
         self.w_opt.load_state_dict(ckpt["weight_optimizer"])
@@ -366,12 +356,6 @@ class _Scoring:
                                 runs=self.cfg.score_seeds, first=0)
             cache[k] = sum(scores) / len(scores)
         return cache[k]
-
-
-def _settings(config: dict) -> dict:
-    """The settings a resumed search must share with its checkpoint: all but the device
-    (`--resume RUN --device X` may move a run; exact equality is promised on one device only)."""
-    return {k: v for k, v in config.items() if k != "device"}
 
 
 def score_runs(cfg: SearchConfig, genotype: Genotype, train: SplitData, val: SplitData, node_shapes: dict,

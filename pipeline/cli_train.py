@@ -128,12 +128,9 @@ def baseline_cmd(name, store, output, like, seed, C, L, cells) -> None:
         opened = open_store_checked(store, template, str(like))
     else:
         template = None
-        from stores import StoreError, open_store
+        from fusion_search.data import open_feature_store
 
-        try:
-            opened = open_store(store)
-        except StoreError as exc:
-            raise SearchError(f"--store {store}: {exc}") from None
+        opened = open_feature_store(store)
         if any(v is None for v in given.values()):
             C, L, cells = C or 128, L or 8, cells or 2
             click.echo(f"note: no --like genotype, so C={C}, L={L}, {cells} Cells (the paper's sizes); to compare "

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from extract.backbones import resolve_backbone
-from fusion_search.data import resolve_device
+from fusion_search.data import open_feature_store, resolve_device
 from fusion_search.training.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import count_parameters
@@ -93,9 +93,7 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
 def _check_source_is_the_stores(store: str, source: str, built: Built) -> None:
     """Refuse raw data that is not what the store was extracted from (its sample ids are not the
     store's): fine-tuning would train and report on another data set without a word."""
-    from stores import open_store
-
-    ids = open_store(store).sample_ids
+    ids = open_feature_store(store).sample_ids
     if ids is None:
         return  # a bring-your-own store without ids: nothing to compare
     known = {str(i) for i in ids}
@@ -120,12 +118,7 @@ def _from_store(store: str, given: list[dict[str, Any]], settings: dict[str, Any
     where the call names none. Another backbone spec than recorded drops the recorded checkpoint and
     sha256; another setting drops the recorded input (it was the old setting's); given input fields
     replace the recorded ones field by field."""
-    from stores import StoreError, open_store
-
-    try:
-        opened = open_store(store)
-    except StoreError as exc:
-        raise SearchError(f"--store {store}: {exc}") from None
+    opened = open_feature_store(store)
     recorded, reduction = backbones_from_store(opened)
     by_mod = {b["modality"]: b for b in recorded}
     for b in by_mod.values():

@@ -107,6 +107,8 @@ def _final_runs(cfg: SearchConfig) -> int:
 def _check_manifest(root: Path, cfg: SearchConfig, seeds: list[int]) -> None:
     """A rerun into RUN must ask for the same search; a non-empty directory must be a multi-start run."""
     manifest = root / MANIFEST
+    if root.exists() and not root.is_dir():
+        raise SearchError(f"--out {root} is a file, not a run directory: give a directory path")
     if manifest.is_file():
         old = yaml.safe_load(manifest.read_text()) or {}
         if settings_diff(old.get("search") or {}, _shared_settings(cfg)) or old.get("seeds") != seeds:

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusion_search.data import SplitData, default_memory_budget
+from fusion_search.data import SplitData, default_memory_budget, open_feature_store
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, check_against_store
 from fusion_search.training.rundir import read_config
 from pipeline.configs import DEFAULT_EPOCHS
-from stores import FeatureBank, FeatureStore, StoreError, open_store
+from stores import FeatureBank, FeatureStore
 
 
 
@@ -51,12 +51,7 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def open_store_checked(store_path: str, genotype: Genotype, source: str) -> FeatureStore:
     """Open the store and check the genotype fits it (nodes, task, classes): one clear SearchError."""
-    if not store_path:
-        raise SearchError("--store: give the feature store to train on")
-    try:
-        store = open_store(store_path)
-    except StoreError as exc:
-        raise SearchError(f"--store {store_path}: {exc}") from None
+    store = open_feature_store(store_path)
     check_against_store(genotype, store.nodes, store.task, store.num_classes, source)
     return store
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from fusion_search.data import resolve_device
+from fusion_search.data import budget_bytes, resolve_device
 from fusion_search.training.engine import EpochTotals, FitOptions, fit, steps_per_epoch
 from fusion_search.errors import SearchError
 from fusion_search.evaluation import evaluate
@@ -107,7 +107,7 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Run, store: FeatureStore, r
     task, key = store.task, PRIMARY[store.task]
     device = resolve_device(cfg.device)
     nodes = genotype.used_nodes()
-    budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * (1 << 30))
+    budget = budget_bytes(cfg.memory_budget_gb)
     train = open_splits(store, cfg.train_on.split("+"), nodes, device, budget)
     val = open_splits(store, ["val"], nodes, device, budget) if cfg.train_on == "train" else None
     torch.manual_seed(cfg.seed)

@@ -87,3 +87,47 @@ def test_the_format_marker_is_there_from_the_first_file(tmp_path):
                                 {"train": [0, 1], "val": [2], "test": [3]}, task="multiclass", num_classes=2,
                                 overwrite=True)
     assert (tmp_path / "plain" / "zarr.json").is_file()
+
+
+EARLY_REFUSAL = """
+import sys
+from extract.errors import ExtractError
+from extract.job import BackboneChoice, extract
+from extract.sources.registry import open_source
+try:
+    extract(open_source({raw!r}), {out!r}, [BackboneChoice("skeleton", "hcn", "tiny", taps=("fc7",))],
+            rows_per_chunk=4, progress=False, workers=1)
+except ExtractError as exc:
+    print("refused:", exc)
+print("cluster started:", "distributed" in sys.modules)
+"""
+
+
+def test_a_store_of_other_settings_is_refused_before_a_cluster_starts(ntu, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "s.zarr"
+    assert _extract(ntu, out, "--taps", "skeleton=conv5,fc7").exit_code == 0
+    r = subprocess.run([sys.executable, "-c", EARLY_REFUSAL.format(raw=str(ntu), out=str(out))],
+                       capture_output=True, text=True, timeout=300)
+    assert "refused:" in r.stdout and "backbones differ" in r.stdout, r.stdout + r.stderr
+    assert "cluster started: False" in r.stdout
+
+
+def test_out_naming_a_file_is_one_line_in_every_stage(ntu, tmp_path):
+    from _search_data import planted_store
+
+    store = tmp_path / "p.zarr"
+    planted_store(store, "joint", n=160)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("keep")
+    runs = [["search", "--store", str(store), "--epochs", "1"],
+            ["search", "--store", str(store), "--epochs", "1", "--seeds", "0-1", "--workers", "1"],
+            ["pretrain", str(ntu), "--modality", "skeleton", "--backbone", "hcn", "--setting", "tiny",
+             "--epochs", "1", "--device", "cpu"]]
+    for argv in runs:
+        r = CliRunner().invoke(cli, argv + ["--out", str(mine)])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, (argv, r.output)
+        assert "is a file, not a" in r.output and "Traceback" not in r.output, r.output
+    assert mine.read_text() == "keep" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -109,8 +109,9 @@ class ModuleWithHead(nn.Module):
 def module_backbone(text: str, modality: str, taps: Sequence[str] | None) -> BackboneSpec:
     """The declaration of a user's module on one modality with the taps the run names."""
     if not taps:
-        raise BackboneError(f"backbone {text!r} is a torch module: name its layers with "
-                            f"--taps {modality}=LAYER,LAYER (modules of its named_modules())")
+        raise BackboneError(f"backbone {text!r} is a torch module: name its layers (modules of its "
+                            f"named_modules()) with --taps {modality}=LAYER,LAYER in extract and finetune, "
+                            "--taps LAYER,LAYER in pretrain and backbones show")
     build = load_callable(text)
     kind = tap_kind(modality)
     names = tuple(taps)
