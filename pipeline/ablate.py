@@ -31,7 +31,7 @@ from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, inner_name
 from fusion_search.training.metrics import PRIMARY
 from pipeline.evaluate import evaluate_run, has_metrics, read_metrics
-from fusion_search.training.run import FINISHED, PARTIAL, hold_folder, run_state, settings_diff
+from fusion_search.training.run import FINISHED, PARTIAL, hold_folder, rerun, run_state, settings_diff
 from fusion_search.training.rundir import abs_path
 from pipeline.configs import DEFAULT_EPOCHS, TrainConfig
 from pipeline.runs import open_store_checked, read_run_config
@@ -80,10 +80,8 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
         _check_same_run(run, store_path, genotype_path, settings)
     if run_done(run, split):
         return read_metrics(run, split)
-    if started:
-        resume_training(run, evaluate_test=False)
-    else:  # new, or unstarted (a kill before its first epoch: `Run.create` replaces it)
-        train_on_cache(store_path, genotype_path, run, evaluate_test=False, **settings)
+    rerun(run, lambda: train_on_cache(store_path, genotype_path, run, evaluate_test=False, **settings),
+          lambda: resume_training(run, evaluate_test=False))
     return evaluate_run(run, split, plots=False)
 
 

@@ -304,22 +304,19 @@ def _claim_out(cfg: DemoConfig, out: Path) -> None:
 
 
 def _pretrain(cfg: DemoConfig, source, backbones: dict[str, str], root: Path) -> None:
-    from fusion_search.training.run import FINISHED, PARTIAL, run_state
+    from fusion_search.training.run import rerun
     from pipeline.pretrain import pretrain, resume_pretrain
 
     for modality, backbone in backbones.items():
         run = root / modality
-        state = run_state(run)
-        if state == FINISHED:
+        res = rerun(run, lambda: pretrain(source, modality, backbone, str(run), setting="tiny",
+                                          epochs=cfg.pretrain_epochs[modality], batch_size=32, lr=cfg.pretrain_lr,
+                                          seed=cfg.seed, device="cpu", progress=True, keep_in_memory=True),
+                    lambda: resume_pretrain(run, source=source, progress=True), reuse=lambda: None)
+        if res is None:
             _say(f"  {modality}: cache hit, reusing {run / 'best.pt'}")
-            continue
-        if state == PARTIAL:
-            res = resume_pretrain(run, source=source, progress=True)
-        else:  # new, or unstarted (a kill before its first epoch: `Run.create` replaces it)
-            res = pretrain(source, modality, backbone, str(run), setting="tiny", epochs=cfg.pretrain_epochs[modality],
-                           batch_size=32, lr=cfg.pretrain_lr, seed=cfg.seed, device="cpu", progress=True,
-                           keep_in_memory=True)
-        _say(f"  {modality}: best val {res.metric} {res.best_score:.3f} (epoch {res.best_epoch})")
+        else:
+            _say(f"  {modality}: best val {res.metric} {res.best_score:.3f} (epoch {res.best_epoch})")
 
 
 def _store_complete(store: Path) -> bool:

@@ -37,7 +37,7 @@ from fusion_search.config import SearchConfig, config_from_mapping, validate
 from fusion_search.errors import SearchError
 from fusion_search.data import open_split, resolve_device
 from fusion_search.genotype import Genotype
-from fusion_search.training.run import FINISHED, PARTIAL, run_state, settings_diff
+from fusion_search.training.run import rerun, settings_diff
 from fusion_search.search import run_search, score_runs
 from pipeline.selection import CANDIDATES, Candidate, candidates_lines, candidates_record, choose, fixed_genotypes
 from stores import open_store
@@ -211,7 +211,7 @@ def _search_seed(shared: dict, seed: int, run_dir: str) -> dict:
     (an unstarted one a kill left is replaced by `Run.create`)."""
     on_worker()
     cfg = SearchConfig(**{**shared, "seed": seed})
-    res = run_search(cfg, run_dir, resume=run_state(run_dir) in (PARTIAL, FINISHED))
+    res = rerun(run_dir, lambda: run_search(cfg, run_dir), lambda: run_search(cfg, run_dir, resume=True))
     return {"seed": seed, "genotype": res.genotype.to_dict(), "search_score": res.best_score,
             "search_epoch": res.best_epoch}
 

@@ -164,3 +164,17 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_readable(t
         proc.wait()
         ckpt = load_run_checkpoint(path, ("model", "epoch"))
         assert float(ckpt["model"]["w"][0]) == float(ckpt["epoch"])  # a whole checkpoint, old or new
+
+
+def test_rerun_starts_resumes_or_reuses_by_state(tmp_path):
+    from fusion_search.training.run import rerun
+
+    out = tmp_path / "run"
+    pick = lambda reuse=None: rerun(out, lambda: "start", lambda: "resume", reuse)  # noqa: E731
+    assert pick() == "start"
+    with Run.create(out, "train", {}) as run:
+        assert pick() == "start"  # unstarted: Run.create will replace it
+        save_run_checkpoint({"model": {}}, out / LAST)
+        assert pick() == "resume"
+        run.finish()
+    assert pick(lambda: "reuse") == "reuse" and pick() == "resume"  # a finished run without reuse re-reports

@@ -24,7 +24,7 @@ import shutil
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from fusion_search.errors import SearchError
 from fusion_search.training.events import EVENTS, EpochEvents
@@ -32,6 +32,7 @@ from fusion_search.training.rundir import CONFIG, LAST, LOG, METRICS, EpochBook,
 from stores.files import write_json_atomic, write_yaml_atomic
 from stores.lock import exclusive
 
+T = TypeVar("T")
 RUN_RECORD = "run.json"
 KINDS = ("search", "train", "finetune", "pretrain")
 NEW, UNSTARTED, PARTIAL, FINISHED = "new", "unstarted", "partial", "finished"
@@ -77,6 +78,17 @@ def hold_folder(out: str | os.PathLike, allowed: Iterable[str], what: str,
             raise error(f"--out {root} holds {', '.join(foreign[:3])}, which no {what} writes: give a new --out")
         root.mkdir(parents=True, exist_ok=True)
         yield root
+
+
+def rerun(path: str | os.PathLike, start: Callable[[], T], resume: Callable[[], T],
+          reuse: Callable[[], T] | None = None) -> T:
+    """The one decision of a stage that reruns many runs (multi-start, ablation, the demo) for one of
+    them: a finished run is reused (`reuse`; without one it is resumed, which re-reports it), a partial
+    one resumed, anything else started (`Run.create` replaces an unstarted run a kill left)."""
+    state = run_state(path)
+    if state == FINISHED and reuse is not None:
+        return reuse()
+    return resume() if state in (PARTIAL, FINISHED) else start()
 
 
 def run_state(path: str | os.PathLike) -> str:
