@@ -1,23 +1,29 @@
-"""Genotype format v1: the discrete fusion network a search finds, as validated JSON.
+"""Genotype format v2: the discrete fusion network a search finds, as validated JSON.
 
 ```
-{"format": "bmnas-genotype", "version": 1, "task": "multiclass", "num_classes": 60,
+{"format": "bmnas-genotype", "version": 2, "task": "multiclass", "num_classes": 60,
  "nodes": ["video_1", ..., "skeleton_4"], "C": 128, "L": 8, "multiplier": 2,
  "cells": [{"inputs": ["video_4", "skeleton_2"],
             "steps": [{"op": "ConcatFC", "inputs": [0, 1]}, {"op": "Attention", "inputs": [2, 1]}],
             "concat": [2, 3]}, ...],
- "output": ["cell_1", "cell_2"]}
+ "output": ["cell_1", "cell_2"],
+ "provenance": {"video_4": {"backbone": "inflated_resnet50", "layer": "pool",
+                            "checkpoint_sha256": "9f2c..."}, ...}}
 ```
 Cell inputs name store nodes or earlier cells (`cell_k`, 1-based) and become the Cell's x and y;
 step inputs index the Cell's inner nodes [x, y, step_1, ...]; `concat` lists the inner nodes the
-Cell output concatenates; `output` lists the cells the classifier head concatenates.
+Cell output concatenates; `output` lists the cells the classifier head concatenates. `provenance`
+(optional; v2) says what each node it reads was in the store it was found on, so a store where
+`video_1` is another layer is refused (`check_provenance`). Version 1 files (no provenance) load.
+Equality and `key` are the architecture's alone (provenance aside; `key` keeps its v1 text, so the
+scores and seeds derived from it are what they were).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,9 +32,12 @@ from fusion_search.primitives import PRIMITIVES
 from stores.files import write_text_atomic
 
 FORMAT = "bmnas-genotype"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+PROVENANCE_KEYS = ("backbone", "layer", "checkpoint_sha256")
 TASKS = ("multiclass", "multilabel")
 _KEYS = ("format", "version", "task", "num_classes", "nodes", "C", "L", "multiplier", "cells", "output")
+_OPTIONAL = ("provenance",)
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class CellGene:
 
 @dataclass(frozen=True)
 class Genotype:
-    """A whole found fusion network (format v1)."""
+    """A whole found fusion network (format v2)."""
 
     task: str
     num_classes: int
@@ -60,10 +69,11 @@ class Genotype:
     multiplier: int
     cells: tuple[CellGene, ...]
     output: tuple[str, ...]
+    provenance: dict[str, dict[str, Any]] | None = field(default=None, compare=False, hash=False)
 
-    def to_dict(self) -> dict[str, Any]:
+    def _architecture(self, version: int) -> dict[str, Any]:
         return {
-            "format": FORMAT, "version": VERSION, "task": self.task, "num_classes": self.num_classes,
+            "format": FORMAT, "version": version, "task": self.task, "num_classes": self.num_classes,
             "nodes": list(self.nodes), "C": self.C, "L": self.L, "multiplier": self.multiplier,
             "cells": [{"inputs": list(c.inputs),
                        "steps": [{"op": s.op, "inputs": list(s.inputs)} for s in c.steps],
@@ -71,12 +81,25 @@ class Genotype:
             "output": list(self.output),
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        out = self._architecture(VERSION)
+        if self.provenance:
+            out["provenance"] = {n: dict(p) for n, p in self.provenance.items()}
+        return out
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
     def key(self) -> str:
-        """Canonical compact text of the architecture (equal genotypes, equal keys)."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Canonical compact text of the architecture (equal genotypes, equal keys; the v1 text, so
+        the seeds and cached scores derived from it do not change with the format)."""
+        return json.dumps(self._architecture(1), sort_keys=True, separators=(",", ":"))
+
+    def with_provenance(self, node_attrs: Callable[[str], dict[str, Any]]) -> "Genotype":
+        """This genotype with the provenance of the nodes it reads (`node_attrs(node)`: the store's attrs)."""
+        prov = {n: {k: node_attrs(n).get(k) for k in PROVENANCE_KEYS} for n in self.used_nodes()}
+        prov = {n: p for n, p in prov.items() if any(v is not None for v in p.values())}
+        return replace(self, provenance=prov or None)
 
     def used_nodes(self) -> list[str]:
         """Store nodes some Cell reads, in `nodes` order."""
@@ -131,7 +154,15 @@ def _parse(data: Any, src: str) -> Genotype:
     if not isinstance(out, list) or not out or not all(o in names for o in out) or len(set(out)) != len(out):
         raise bad(f"output must list distinct cells among {', '.join(names)}")
     return Genotype(data["task"], data["num_classes"], tuple(nodes), data["C"], data["L"], data["multiplier"],
-                    tuple(cells), tuple(out))
+                    tuple(cells), tuple(out), _parse_provenance(data.get("provenance"), nodes, bad))
+
+
+def _parse_provenance(prov: Any, nodes: list[str], bad: Callable[[str], SearchError]) -> dict | None:
+    if prov is None:
+        return None
+    if not isinstance(prov, dict) or not all(n in nodes and isinstance(p, dict) for n, p in prov.items()):
+        raise bad("provenance must map node names of `nodes` to objects (backbone, layer, checkpoint_sha256)")
+    return {n: {k: p.get(k) for k in PROVENANCE_KEYS} for n, p in prov.items()}
 
 
 def _check_header(data: Any, bad: Callable[[str], SearchError]) -> None:
@@ -140,12 +171,15 @@ def _check_header(data: Any, bad: Callable[[str], SearchError]) -> None:
         raise bad("expected a JSON object with \"format\": \"bmnas-genotype\"")
     if data.get("format") != FORMAT:
         raise bad(f"format is {data.get('format')!r}, expected {FORMAT!r} (is this a genotype file?)")
-    if data.get("version") != VERSION:
-        raise bad(f"genotype format version {data.get('version')!r} is not supported; this bmnas reads version {VERSION}")
+    if data.get("version") not in READS:
+        raise bad(f"genotype format version {data.get('version')!r} is not supported; this bmnas reads versions "
+                  f"{', '.join(map(str, READS))}")
     missing = [k for k in _KEYS if k not in data]
     if missing:
         raise bad(f"missing field(s) {', '.join(missing)}")
-    unknown = sorted(set(data) - set(_KEYS))
+    if data["version"] == 1 and "provenance" in data:
+        raise bad("provenance is a field of version 2; write version 2")
+    unknown = sorted(set(data) - set(_KEYS) - set(_OPTIONAL))
     if unknown:
         raise bad(f"unknown field(s) {', '.join(unknown)}")
     if data["task"] not in TASKS:
@@ -206,6 +240,24 @@ def check_against_store(genotype: Genotype, store_nodes: Sequence[str], task: st
     if genotype.task != task or genotype.num_classes != num_classes:
         raise SearchError(f"{source} was found for {genotype.task} with {genotype.num_classes} classes; "
                           f"the store is {task} with {num_classes} classes")
+
+
+def check_provenance(genotype: Genotype, node_attrs: Callable[[str], dict[str, Any]], source: str = "genotype",
+                     accept_changed: bool = False) -> None:
+    """Refuse a store whose nodes are not what the genotype was found on (another layer, backbone or
+    checkpoint under the same node name), naming the node; `accept_changed` lets a user go on."""
+    for node, was in (genotype.provenance or {}).items():
+        now = {k: node_attrs(node).get(k) for k in PROVENANCE_KEYS}
+        diff = [k for k in PROVENANCE_KEYS if was.get(k) is not None and now.get(k) is not None and was[k] != now[k]]
+        if diff and not accept_changed:
+            raise SearchError(f"{source}: node {node} was {_what(was)} in the store it was found on, and is "
+                              f"{_what(now)} in this one ({', '.join(diff)} differ); search again on this store, or "
+                              "pass --accept-changed-store to go on")
+
+
+def _what(p: dict[str, Any]) -> str:
+    sha = f", checkpoint {str(p['checkpoint_sha256'])[:12]}" if p.get("checkpoint_sha256") else ""
+    return f"{p.get('layer')} of {p.get('backbone')}{sha}"
 
 
 def inner_name(i: int) -> str:

@@ -173,30 +173,32 @@ SEARCH_UNSTARTED = ("arch_history.jsonl", "genotypes", "plots")
 
 
 def run_search(cfg: SearchConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = False,
-               on_batch: BatchCallback | None = None) -> SearchResult:
+               on_batch: BatchCallback | None = None, accept_changed_store: bool = False) -> SearchResult:
     """Run (or resume) a search into run directory `out`; returns the best genotype. A resumed run
-    killed before its first checkpoint starts over in place with its config."""
+    killed before its first checkpoint starts over in place with its config; a resume on a store that
+    is not the one the run read is refused unless `accept_changed_store`."""
     validate(cfg)
     if resume:
         with Run.open(out, ("search",)) as run:
-            return _in_run(cfg, run, progress, on_batch)
+            store = open_feature_store(cfg.store)
+            run.check_store(store, accept_changed_store)
+            return _in_run(cfg, run, progress, on_batch, (store, _check_store(store, cfg)))
     store = open_feature_store(cfg.store)
     nodes = _check_store(store, cfg)  # every user error before the run directory is written
     with Run.create(out, "search", cfg.to_dict(), unstarted=SEARCH_UNSTARTED) as run:
-        return _in_run(cfg, run, progress, on_batch, (store, nodes))
+        run.bind_store(store)
+        return _in_run(cfg, run, progress, on_batch, (store, nodes), new=True)
 
 
-def _in_run(cfg: SearchConfig, run: Run, progress: bool, on_batch: BatchCallback | None,
-            checked: tuple | None = None) -> SearchResult:
-    """The search in a held run: resumed from its checkpoint, restarted when it has none."""
+def _in_run(cfg: SearchConfig, run: Run, progress: bool, on_batch: BatchCallback | None, checked: tuple,
+            new: bool = False) -> SearchResult:
+    """The search in a held run on its opened, checked store: resumed from its checkpoint, restarted
+    when it has none."""
     files = _RunFiles(run.path)
     resume = files.checkpoint.is_file()
-    if not resume and checked is None:
+    if not resume and not new:
         files.clear_partial()
         run.log.info("no checkpoint yet: restarting the search from its first epoch")
-    if checked is None:
-        checked = (open_feature_store(cfg.store),)
-        checked += (_check_store(checked[0], cfg),)
     store, nodes = checked
     files.genotypes.mkdir(parents=True, exist_ok=True)
     result = _search(_Search(cfg, store, nodes, resolve_device(cfg.device), files, run.log, run.events), resume,
@@ -231,6 +233,7 @@ class _Search:
                  log, events: EpochEvents) -> None:
         self.cfg, self.files, self.log, self.device, self.task = cfg, files, log, device, store.task
         self.nodes, self.store_path = nodes, store.path
+        self.node_attrs = {n: store.node_attrs(n) for n in nodes}  # each saved genotype's provenance
         self.events = events
         budget = budget_bytes(cfg.memory_budget_gb)
         self.train = open_split(store, "train", nodes, device, budget)
@@ -277,8 +280,8 @@ class _Search:
         best = state["best"]
         if score is not None and (best is None or score > best["score"]):
             state["best"] = best = {"score": score, "epoch": epoch + 1, "genotype": genotype.to_dict()}
-            genotype.save(files.genotype)
-        genotype.save(files.genotypes / f"epoch_{epoch + 1:03d}.json")
+            self.save(genotype, files.genotype)
+        self.save(genotype, files.genotypes / f"epoch_{epoch + 1:03d}.json")
         record = totals.record(epoch, self.w_opt.param_groups[0]["lr"])
         record.update({"arch_val_loss": None if best is None else loop.arch_loss_sum / max(totals.rows, 1),
                        "val": val_metrics, "genotype_score": score, "best_score": best and best["score"],
@@ -300,6 +303,10 @@ class _Search:
 
             tqdm.write(msg)
 
+    def save(self, genotype: Genotype, path: Path) -> None:
+        """A genotype file with the provenance of the nodes it reads (genotype format v2)."""
+        genotype.with_provenance(self.node_attrs.__getitem__).save(path)
+
     def finish(self) -> SearchResult:
         """Plots, and the best genotype written as the run's genotype.json."""
         files, key = self.files, self.key
@@ -307,7 +314,7 @@ class _Search:
             plot_history(read_jsonl(files.history), self.nodes, self.cfg.primitives, files.plots)
             plot_metrics(read_jsonl(files.metrics), key, files.plots)
         best = self.state["best"]
-        genotype = Genotype.from_dict(best["genotype"], "checkpoint")
+        genotype = Genotype.from_dict(best["genotype"], "checkpoint").with_provenance(self.node_attrs.__getitem__)
         genotype.save(files.genotype)
         self.log.info("best genotype (epoch %d, val %s %.4f): %s", best["epoch"], key, best["score"], files.genotype)
         return SearchResult(files.root, files.genotype, genotype, best["score"], best["epoch"])

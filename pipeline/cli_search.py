@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from fusion_search.config import SearchConfig, config_from_mapping, load_config_file
 from fusion_search.errors import SearchError
 from fusion_search.search import load_run_config, run_search
-from pipeline.cli_resume import check_resume_options
+from pipeline.cli_resume import accept_changed_store_option, check_resume_options
 from pipeline.multistart import load_multistart, parse_seeds, run_multistart
 
 # CLI option name -> SearchConfig field
@@ -57,8 +57,10 @@ _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "c
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run (default auto).")
 @click.option("--config", "config_file", type=click.Path(), help="YAML file of settings (keys as the options).")
 @click.option("--resume", type=click.Path(), help="Continue the killed search in this run directory.")
+@accept_changed_store_option
 def search_cmd(config_file: str | None, resume: str | None, out: str | None, seed_list: str | None,
-               workers: int | None, scheduler: str | None, fixed_fusions: bool, **options) -> None:
+               workers: int | None, scheduler: str | None, fixed_fusions: bool, accept_changed_store: bool,
+               **options) -> None:
     """Search a fusion architecture on cached features (BM-NAS, Algorithm 1)."""
     ctx = click.get_current_context()
     given = {k: v for k, v in options.items()
@@ -88,5 +90,5 @@ def search_cmd(config_file: str | None, resume: str | None, out: str | None, see
         return
     if workers is not None or scheduler:
         raise SearchError("--workers/--scheduler run a multi-start search: add --seeds (e.g. --seeds 0-4)")
-    result = run_search(cfg, target, resume=bool(resume), progress=True)
+    result = run_search(cfg, target, resume=bool(resume), progress=True, accept_changed_store=accept_changed_store)
     click.echo(f"best genotype (epoch {result.best_epoch}, val score {result.best_score:.4f}): {result.genotype_path}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fusion_search.errors import SearchError
-from pipeline.cli_resume import check_resume_options, given_device
+from pipeline.cli_resume import accept_changed_store_option, check_resume_options, given_device
 from pipeline.configs import DEFAULT_EPOCHS, TRAIN_ON, FinetuneConfig, TrainConfig
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
@@ -33,19 +33,22 @@ def _echo_metrics(metrics: dict | None, prefix: str = "") -> None:
               help="train: keep the best epoch on val; train+val: the paper's final protocol, fixed epochs.")
 @click.option("--lr", type=float, default=_T.lr, show_default=True, help="Adam learning rate.")
 @click.option("--resume", type=click.Path(), help="Continue the killed run in this directory.")
-def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train_on, lr, resume) -> None:
+@accept_changed_store_option
+def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train_on, lr, resume,
+              accept_changed_store) -> None:
     """Train a found network on cached features; evaluate its kept checkpoint on test."""
     from pipeline.train import resume_training, train_on_cache
 
     if resume:
         check_resume_options(resume)
-        summary = resume_training(resume, progress=True, device=given_device())
+        summary = resume_training(resume, progress=True, device=given_device(), accept_changed_store=accept_changed_store)
     else:
         for name, value in (("--store", store), ("--genotype", genotype_path), ("--out", out)):
             if not value:
                 raise SearchError(f"{name}: required (or --resume RUN to continue a run)")
         summary = train_on_cache(store, genotype_path, out, epochs=epochs, batch_size=batch_size, seed=seed,
-                                 device=device, train_on=train_on, lr=lr, progress=True)
+                                 device=device, train_on=train_on, lr=lr, progress=True,
+                                 accept_changed_store=accept_changed_store)
     click.echo(f"{summary['run_dir']}: {summary['num_parameters']:,} parameters, "
                f"checkpoint of epoch {summary['best_epoch']}")
     _echo_metrics(summary["test"], "test: ")
@@ -56,11 +59,12 @@ def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train
 @click.option("--split", default="test", show_default=True)
 @click.option("--device", type=_DEVICE, default=None, help="Default: the run's device setting.")
 @click.option("--batch-size", type=int, default=None)
-def evaluate_cmd(run, split, device, batch_size) -> None:
+@accept_changed_store_option
+def evaluate_cmd(run, split, device, batch_size, accept_changed_store) -> None:
     """Metrics, predictions, confusion matrix, parameters and latency of RUN on a split."""
     from pipeline.evaluate import evaluate_run
 
-    metrics = evaluate_run(run, split, device=device, batch_size=batch_size)
+    metrics = evaluate_run(run, split, device=device, batch_size=batch_size, accept_changed_store=accept_changed_store)
     _echo_metrics(metrics, f"{split}: ")
     click.echo(f"wrote {run}/metrics_{split}.json, predictions_{split}.csv")
 
@@ -174,9 +178,10 @@ def baseline_cmd(name, store, output, like, seed, C, L, cells) -> None:
 @click.option("--train-on", type=click.Choice(TRAIN_ON), default=_F.train_on, show_default=True)
 @click.option("--seed", type=int, default=_F.seed, show_default=True)
 @click.option("--resume", type=click.Path(), help="Continue the killed finetune run in this directory.")
+@accept_changed_store_option
 def finetune_cmd(store, genotype_path, source, kind, split_preset, source_opt, backbone_opts, checkpoint_opts, tap_opts,
                  input_opts, setting, t_max, grid, init_from, out, epochs, batch_size, accumulate, lr,
-                 backbone_lr_scale, loader_workers, amp, device, train_on, seed, resume) -> None:
+                 backbone_lr_scale, loader_workers, amp, device, train_on, seed, resume, accept_changed_store) -> None:
     """Fine-tune backbones and the found fusion network jointly from raw data; evaluate on test."""
     from pipeline.cli_backbones import backbone_options
     from pipeline.cli_extract import _source_options
@@ -202,7 +207,8 @@ def finetune_cmd(store, genotype_path, source, kind, split_preset, source_opt, b
                            setting=setting or "full", setting_given=setting is not None, init_from=init_from,
                            epochs=epochs, batch_size=batch_size,
                            accumulate=accumulate, device=device, train_on=train_on, seed=seed, progress=True, lr=lr,
-                           backbone_lr_scale=backbone_lr_scale, loader_workers=loader_workers, amp=amp, **reduction)
+                           backbone_lr_scale=backbone_lr_scale, loader_workers=loader_workers, amp=amp,
+                           accept_changed_store=accept_changed_store, **reduction)
     click.echo(f"{summary['run_dir']}: {summary['num_parameters']:,} parameters "
                f"({summary['fusion_parameters']:,} fusion), checkpoint of epoch {summary['best_epoch']}")
     _echo_metrics(summary["test"], "test: ")

@@ -180,11 +180,19 @@ def _first_example(data: SplitData) -> Any:
     return feats
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
-                 batch_size: int | None = None, plots: bool = True) -> dict[str, Any]:
+                 batch_size: int | None = None, plots: bool = True, accept_changed_store: bool = False) -> dict[str, Any]:
     """`bmnas evaluate`: a train or finetune run's kept checkpoint (best on val, or last for train+val)
-    on `split`, holding the run's lock (two evaluations never race on its result files)."""
+    on `split`, holding the run's lock (two evaluations never race on its result files). A train run
+    whose store is no longer the one it read is refused unless `accept_changed_store`."""
     with Run.open(run_dir, ("train", "finetune"), outputs=False) as run:
-        return evaluate_held_run(run.path, run.config, split, device=device, batch_size=batch_size, plots=plots)
+        store = None
+        if run.kind == "train":
+            genotype = Genotype.load(run.path / "genotype.json")
+            store = open_store_checked(run.config["store"], genotype, str(run.path / "genotype.json"),
+                                       accept_changed_store)
+            run.check_store(store, accept_changed_store)
+        return evaluate_held_run(run.path, run.config, split, device=device, batch_size=batch_size, plots=plots,
+                                 store=store)
 
 
 def evaluate_held_run(run: Path, cfg: dict[str, Any], split: str = "test", *, device: str | None = None,

@@ -28,7 +28,7 @@ from fusion_search.data import open_feature_store, resolve_device
 from fusion_search.training.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import count_parameters
-from fusion_search.genotype import Genotype
+from fusion_search.genotype import Genotype, check_provenance
 from fusion_search.training.metrics import PRIMARY, loss_fn
 from fusion_search.training.run_checkpoint import load_run_checkpoint
 from fusion_search.training.run import Run
@@ -42,7 +42,8 @@ from pipeline.runs import check_run_options, read_run_config
 
 def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequence[dict[str, Any]],
              out_dir: str | os.PathLike, *, epochs: int | None = None, progress: bool = False,
-             evaluate_test: bool = True, setting_given: bool = False, **settings: Any) -> dict[str, Any]:
+             evaluate_test: bool = True, setting_given: bool = False, accept_changed_store: bool = False,
+             **settings: Any) -> dict[str, Any]:
     """Fine-tune backbones and fusion jointly from raw data into the new run directory `out_dir`.
 
     `backbones`: per modality {modality, backbone (a spec), checkpoint, taps, setting, input}, as
@@ -83,6 +84,7 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     built = build_model(cfg, genotype)  # all user errors (checkpoints, nodes, task) before the run dir exists
     if cfg.store:
         _check_source_is_the_stores(cfg.store, cfg.source, built)
+        check_provenance(genotype, open_feature_store(cfg.store).node_attrs, str(genotype_path), accept_changed_store)
     if cfg.init_from:
         _init_fusion(built.model, genotype, cfg.init_from)
     with Run.create(out_dir, "finetune", dataclasses.asdict(cfg)) as run:

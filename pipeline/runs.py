@@ -16,7 +16,7 @@ import torch
 
 from fusion_search.data import SplitData, default_memory_budget, open_feature_store
 from fusion_search.errors import SearchError
-from fusion_search.genotype import Genotype, check_against_store
+from fusion_search.genotype import Genotype, check_against_store, check_provenance
 from fusion_search.training.rundir import read_config
 from pipeline.configs import DEFAULT_EPOCHS
 from stores import FeatureBank, FeatureStore
@@ -49,10 +49,13 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def open_store_checked(store_path: str, genotype: Genotype, source: str) -> FeatureStore:
-    """Open the store and check the genotype fits it (nodes, task, classes): one clear SearchError."""
+def open_store_checked(store_path: str, genotype: Genotype, source: str,
+                       accept_changed: bool = False) -> FeatureStore:
+    """Open the store and check the genotype fits it (nodes, task, classes, and the nodes' provenance
+    when the genotype records it): one clear SearchError."""
     store = open_feature_store(store_path)
     check_against_store(genotype, store.nodes, store.task, store.num_classes, source)
+    check_provenance(genotype, store.node_attrs, source, accept_changed)
     return store
 
 

@@ -57,12 +57,13 @@ def _validate(cfg: TrainConfig) -> None:
 
 def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                    epochs: int | None = None, progress: bool = False, evaluate_test: bool = True,
-                   **settings: Any) -> dict[str, Any]:
+                   accept_changed_store: bool = False, **settings: Any) -> dict[str, Any]:
     """Train `genotype_path` on `store_path` into the new run directory `out_dir`; returns the summary.
 
     `settings` are TrainConfig fields (batch_size, seed, device, train_on, lr, dropout, ...; their
     defaults are TrainConfig's). `epochs=None` means DEFAULT_EPOCHS with `train_on="train"`;
-    `train+val` needs a fixed count (no val to stop on).
+    `train+val` needs a fixed count (no val to stop on). A genotype whose recorded node provenance
+    differs from the store's nodes is refused unless `accept_changed_store`.
     """
     epochs = check_run_options(epochs, settings.get("train_on", TrainConfig.train_on), settings, TrainConfig,
                                "training")
@@ -71,14 +72,15 @@ def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: s
                          "epochs": epochs})
     _validate(cfg)
     genotype = Genotype.load(genotype_path)
-    store = open_store_checked(cfg.store, genotype, str(genotype_path))
+    store = open_store_checked(cfg.store, genotype, str(genotype_path), accept_changed_store)
     with Run.create(out_dir, "train", dataclasses.asdict(cfg)) as run:
+        run.bind_store(store)
         genotype.save(run.path / "genotype.json")
         return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test, store=store)
 
 
 def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
-                    device: str | None = None) -> dict[str, Any]:
+                    device: str | None = None, accept_changed_store: bool = False) -> dict[str, Any]:
     """Continue a killed `train` run from its last completed epoch (a finished run just re-evaluates).
 
     `device` moves the rest of the run (the only setting a resume may change; config.yaml keeps
@@ -88,7 +90,9 @@ def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evalu
         cfg = TrainConfig(**run.config)
         cfg.device = device or cfg.device
         genotype = Genotype.load(run.path / "genotype.json")
-        return _train(cfg, genotype, run, resume=True, progress=progress, evaluate_test=evaluate_test)
+        store = open_store_checked(cfg.store, genotype, str(run.path / "genotype.json"), accept_changed_store)
+        run.check_store(store, accept_changed_store)
+        return _train(cfg, genotype, run, resume=True, progress=progress, evaluate_test=evaluate_test, store=store)
 
 
 def _train(cfg: TrainConfig, genotype: Genotype, run: Run, *, resume: bool, progress: bool,

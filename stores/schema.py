@@ -9,6 +9,8 @@ NAME.zarr/                      zarr v3 group, attrs["bmnas"] = {format, version
   sample_ids        str (N,)                        optional for bring-your-own stores
   completion        uint8 (num_chunks,), one chunk per element; 1 = that row chunk was written
                     completely. Only extraction writes it; a store without it counts as complete.
+  chunk_sha256      uint8 (num_chunks, 32), one row per file: each row chunk's content hash, written
+                    with the chunk before its completion record (`stores.identity`); optional
 ```
 """
 
@@ -29,6 +31,7 @@ LABELS = "labels"
 SPLITS_GROUP = "splits"
 SAMPLE_IDS = "sample_ids"
 COMPLETION = "completion"
+CHUNK_HASHES = "chunk_sha256"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - depends on the installed zarr
 from stores import schema as S
 from stores.errors import StoreError
 from stores.files import replace_atomic
+from stores.identity import chunk_digest
 from stores.lock import holds_lock
 from stores.reader import open_store
 
@@ -126,6 +127,7 @@ class StoreWriter:
         self.num_chunks = S.num_chunks(self.num_samples, self.rows_per_chunk)
         self._arrays: tuple[dict[str, zarr.Array], zarr.Array] | None = None
         self._whole_chunks = False  # every array takes `_put_chunk`
+        self._hashes: zarr.Array | None = None  # chunk_sha256 (absent in stores of older bmnas)
 
     def __reduce__(self):
         return (StoreWriter, (self.path,))
@@ -141,8 +143,10 @@ class StoreWriter:
         """Node arrays and the completion array, opened once per writer (opening reads metadata)."""
         if self._arrays is None:
             nodes = {name: self._group[f"{S.FEATURES}/{name}"] for name in self.nodes}
+            self._hashes = self._group[S.CHUNK_HASHES] if S.CHUNK_HASHES in self._group else None
             self._arrays = (nodes, self._group[S.COMPLETION])
-            self._whole_chunks = all(_whole_chunks_encodable(a) for a in [*nodes.values(), self._arrays[1]])
+            more = [self._arrays[1]] + ([self._hashes] if self._hashes is not None else [])
+            self._whole_chunks = all(_whole_chunks_encodable(a) for a in [*nodes.values(), *more])
         return self._arrays
 
     def write_chunk(self, k: int, features: Mapping[str, np.ndarray]) -> None:
@@ -163,13 +167,18 @@ class StoreWriter:
             if data.shape != want:
                 raise StoreError(f"features/{name}: chunk {k} has shape {data.shape}, expected {want}")
             slabs[name] = data.astype(arr.dtype, copy=False)
+        digest = chunk_digest(slabs)[None]
         if self._whole_chunks:
             for name, slab in slabs.items():
                 _put_chunk(arrays[name], k, slab)
+            if self._hashes is not None:
+                _put_chunk(self._hashes, k, digest)
             _put_chunk(completion, k, np.ones(1, completion.dtype))
         else:
             for name, slab in slabs.items():
                 arrays[name][rows] = slab
+            if self._hashes is not None:
+                self._hashes[k] = digest[0]
             completion[k] = 1
 
     def node_dtypes(self) -> dict[str, str]:
@@ -271,8 +280,9 @@ def create_store(
                                  chunks=(rows_per_chunk, node.channels, node.length), dtype=node_dtype,
                                  compressors=_compressor(codec, node_dtype), fill_value=np.nan)
         arr.attrs.update(dict(node.attrs))
-    group.create_array(S.COMPLETION, shape=(S.num_chunks(num_samples, rows_per_chunk),), chunks=(1,),
-                       dtype=np.uint8, fill_value=0)
+    chunks = S.num_chunks(num_samples, rows_per_chunk)
+    group.create_array(S.COMPLETION, shape=(chunks,), chunks=(1,), dtype=np.uint8, fill_value=0)
+    group.create_array(S.CHUNK_HASHES, shape=(chunks, 32), chunks=(1, 32), dtype=np.uint8, fill_value=0)
     return StoreWriter(path)
 
 
@@ -315,8 +325,11 @@ def write_store_from_arrays(
     writer = create_store(path, task=task, num_classes=num_classes, nodes=specs, num_samples=int(n),
                           dtype=dtype, rows_per_chunk=rows_per_chunk, codec=codec, class_names=class_names,
                           dataset=dataset, overwrite=overwrite)
-    for name, arr in features.items():  # whole arrays at once: zarr splits them into chunks
-        writer._group[f"{S.FEATURES}/{name}"][...] = np.asarray(arr).astype(dtype, copy=False)
+    cast = {name: np.asarray(arr).astype(dtype, copy=False) for name, arr in features.items()}
+    for name, arr in cast.items():  # whole arrays at once: zarr splits them into chunks
+        writer._group[f"{S.FEATURES}/{name}"][...] = arr
+    writer._group[S.CHUNK_HASHES][...] = np.stack([chunk_digest({n: a[writer.chunk_rows(k)] for n, a in cast.items()})
+                                                   for k in range(writer.num_chunks)])
     writer._group[S.COMPLETION][...] = 1
     writer.finalize(labels, splits, sample_ids)
     return open_store(path)

@@ -1,4 +1,4 @@
-"""Genotype format v1: round trip, validation of bad files, store checks, show and render."""
+"""Genotype format v2 (v1 files load): round trip, provenance, validation of bad files, store checks, show and render."""
 
 import copy
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from fusion_search.errors import SearchError
-from fusion_search.genotype import Genotype, check_against_store, show
+from fusion_search.genotype import Genotype, check_against_store, check_provenance, show
 from fusion_search.render import render, to_dot
 
 GOOD = {"format": "bmnas-genotype", "version": 1, "task": "multiclass", "num_classes": 60,
@@ -22,11 +22,31 @@ GOOD = {"format": "bmnas-genotype", "version": 1, "task": "multiclass", "num_cla
 
 
 def test_round_trip_through_file(tmp_path):
-    g = Genotype.from_dict(GOOD)
+    g = Genotype.from_dict(GOOD)  # a version 1 file
     g.save(tmp_path / "g.json")
-    assert json.loads((tmp_path / "g.json").read_text()) == GOOD
+    assert json.loads((tmp_path / "g.json").read_text()) == {**GOOD, "version": 2}
     assert Genotype.load(tmp_path / "g.json") == g
     assert g.used_nodes() == ["video_4", "skeleton_2", "skeleton_4"]
+
+
+def test_provenance_round_trip_and_check(tmp_path):
+    attrs = {"video_4": {"backbone": "inflated_resnet50", "layer": "pool", "checkpoint_sha256": "ab" * 32},
+             "skeleton_2": {"backbone": "hcn", "layer": "conv6", "checkpoint_sha256": None}}
+    g = Genotype.from_dict(GOOD).with_provenance(lambda n: attrs.get(n, {}))
+    assert set(g.provenance) == {"video_4", "skeleton_2"}  # skeleton_4 has no recorded provenance
+    assert g.key() == Genotype.from_dict(GOOD).key() == json.dumps({**GOOD}, sort_keys=True, separators=(",", ":"))
+    g.save(tmp_path / "g.json")
+    back = Genotype.load(tmp_path / "g.json")
+    assert back.provenance == g.provenance and back == Genotype.from_dict(GOOD)
+    check_provenance(back, lambda n: attrs.get(n, {}))
+    moved = {**attrs, "video_4": {**attrs["video_4"], "layer": "layer2"}}
+    with pytest.raises(SearchError, match="node video_4 was pool of inflated_resnet50.*layer2 of inflated_resnet50"):
+        check_provenance(back, lambda n: moved.get(n, {}), "g.json")
+    check_provenance(back, lambda n: moved.get(n, {}), accept_changed=True)
+    with pytest.raises(SearchError, match="provenance is a field of version 2"):
+        Genotype.from_dict({**GOOD, "provenance": {}})
+    with pytest.raises(SearchError, match="provenance must map node names"):
+        Genotype.from_dict({**GOOD, "version": 2, "provenance": {"nope": {}}})
 
 
 def _mutated(path, value):
@@ -40,7 +60,7 @@ def _mutated(path, value):
 
 @pytest.mark.parametrize("path,value,message", [
     (("format",), "bmnas-features", "format is 'bmnas-features'"),
-    (("version",), 2, "version 2 is not supported"),
+    (("version",), 3, "version 3 is not supported"),
     (("task",), "regression", "task 'regression'"),
     (("C",), 0, "C must be an integer in 1..4096"),
     (("C",), 10 ** 9, "C must be an integer in 1..4096"),

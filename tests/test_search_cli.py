@@ -90,8 +90,8 @@ def test_bad_genotype_files_are_one_line_exit_2(store, tmp_path):
     from test_genotype import GOOD
 
     path = tmp_path / "g.json"
-    path.write_text(json.dumps({**GOOD, "version": 2}))
-    one_line_error(run("genotype", "show", str(path)), "version 2 is not supported")
+    path.write_text(json.dumps({**GOOD, "version": 3}))
+    one_line_error(run("genotype", "show", str(path)), "version 3 is not supported")
     path.write_text(json.dumps({**GOOD, "format": "something-else"}))
     one_line_error(run("genotype", "render", str(path), "-o", str(tmp_path / "g.png")), "format is 'something-else'")
     path.write_text(json.dumps(GOOD))

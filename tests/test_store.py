@@ -259,6 +259,7 @@ def test_chunk_files_are_those_zarr_writes(tmp_path, dtype, monkeypatch):
     with a short last chunk (padded with NaN) and an all-NaN chunk (no file); and the zarr path
     taken for stores the direct one cannot write gives the same values."""
     import stores.writer
+    from stores.identity import chunk_digest
 
     nodes = [NodeSpec("video_1", 4, 2), NodeSpec("video_2", 2, 3)]
     mine = create_store(tmp_path / "mine.zarr", task="multiclass", num_classes=3, nodes=nodes, num_samples=100,
@@ -273,6 +274,7 @@ def test_chunk_files_are_those_zarr_writes(tmp_path, dtype, monkeypatch):
         mine.write_chunk(k, values)
         for name, v in values.items():
             theirs[f"features/{name}"][mine.chunk_rows(k)] = v.astype(dtype)
+        theirs["chunk_sha256"][k] = chunk_digest({n: v.astype(dtype) for n, v in values.items()})
         theirs["completion"][k] = 1
     assert mine._whole_chunks
 

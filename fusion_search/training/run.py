@@ -30,6 +30,7 @@ from fusion_search.errors import SearchError
 from fusion_search.training.events import EVENTS, EpochEvents
 from fusion_search.training.rundir import CONFIG, LAST, LOG, METRICS, EpochBook, read_config, run_log
 from stores.files import write_json_atomic, write_yaml_atomic
+from stores.identity import changed_parts, store_identity
 from stores.lock import exclusive
 
 T = TypeVar("T")
@@ -193,11 +194,36 @@ class Run:
         write_json_atomic(path, data, indent=indent)
         return path
 
+    def bind_store(self, store: Any) -> None:
+        """Record the identity of the store this run reads (`stores.identity`) in run.json."""
+        self._update_record(store={"path": str(store.path), **store_identity(store)})
+
+    def check_store(self, store: Any, accept_changed: bool = False) -> None:
+        """Refuse a store that is not the one this run read (re-extracted under its path, other labels,
+        splits or nodes), in one line saying what changed; `accept_changed` goes on and records it.
+        A run made before runs recorded their store is not compared."""
+        recorded = self.record().get("store")
+        if not recorded:
+            return
+        changed = changed_parts(recorded, store_identity(store))
+        if not changed:
+            return
+        if not accept_changed:
+            raise self.error(f"--store {store.path} is not the store {self.path} was made from: its "
+                             f"{', '.join(changed)} changed (re-extracted or rewritten?); use that store, or pass "
+                             "--accept-changed-store to go on with this one")
+        accepted = self.record().get("accepted_store_changes", [])
+        self._update_record(accepted_store_changes=accepted + [
+            {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "store": str(store.path), "changed": changed}])
+
+    def _update_record(self, **fields: Any) -> None:
+        rec = self.record() or {"kind": self.kind, "bmnas": _version()}
+        rec.update(fields)
+        write_json_atomic(self.path / RUN_RECORD, rec)
+
     def finish(self, results: Iterable[str] = ()) -> None:
         """Mark the run finished: run.json rewritten last, naming the result files."""
-        rec = self.record() or {"kind": self.kind, "bmnas": _version()}
-        rec.update(status="finished", ended=time.strftime("%Y-%m-%dT%H:%M:%S"), results=sorted(results))
-        write_json_atomic(self.path / RUN_RECORD, rec)
+        self._update_record(status="finished", ended=time.strftime("%Y-%m-%dT%H:%M:%S"), results=sorted(results))
 
     # --- internals -----------------------------------------------------------------------------
 
