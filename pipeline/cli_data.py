@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,7 +45,7 @@ def synth(kind: str, out: Path, samples: int, classes: int | None, seed: int) ->
               help="Also decode every sample's every modality and list all failures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(path: Path, kind: str | None, split_preset: str | None, check: bool, as_json: bool) -> None:
-    """Summarise the dataset at PATH: samples per split, classes, modalities, problems."""
+    """Summarise the dataset at PATH: samples per split, classes, modalities, problems (exit 1 when any)."""
     options = {"split": split_preset} if split_preset else {}
     src = open_source(path, kind, lenient=True, **options)
     samples = src.samples()
@@ -66,7 +67,7 @@ def info(path: Path, kind: str | None, split_preset: str | None, check: bool, as
         summary["synthetic"] = {"kind": meta.get("kind"), "ceilings": meta["ceilings"]}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
-        return
+        sys.exit(1 if problems else 0)
     click.echo(f"{path}: {src.name}, {src.task}, {src.num_classes} classes, modalities {', '.join(src.modalities)}")
     click.echo(f"samples: {len(samples)} ({', '.join(f'{k} {v}' for k, v in summary['splits'].items())})")
     if "synthetic" in summary:
@@ -75,3 +76,5 @@ def info(path: Path, kind: str | None, split_preset: str | None, check: bool, as
     click.echo(f"problems: {len(problems)}" + ("" if check else " (listing only; --check decodes every sample)"))
     for line in problems:
         click.echo(f"  {line}")
+    if problems:
+        sys.exit(1)  # as `store verify`: a script can tell a dataset with problems

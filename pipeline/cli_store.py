@@ -27,11 +27,12 @@ def store() -> None:
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path: str, as_json: bool) -> None:
-    """Summarise a store: task, classes, nodes, shapes, bytes, compression, splits, completeness."""
+    """Summarise a store: task, classes, nodes, shapes, bytes, compression, splits, completeness;
+    exit 1 when it lists problems (as `store verify`)."""
     info = store_info(path)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
-        return
+        sys.exit(1 if info["problems"] else 0)
     click.echo(f"store     {info['path']}  ({info['format']} v{info['version']})")
     click.echo(f"task      {info['task']}, {info['num_classes']} classes, {info['num_samples']} samples"
                + (f", dataset {info['dataset']}" if info["dataset"] else ""))
@@ -51,6 +52,8 @@ def info_cmd(path: str, as_json: bool) -> None:
         click.echo(f"  {n['name']:<16} C={c:<6} T={t:<4} {n['dtype']:<8} {_human(n['bytes_on_disk']):>10}")
     for p in info["problems"]:
         click.echo(f"problem   {p}")
+    if info["problems"]:
+        sys.exit(1)
 
 
 @store.command("verify")

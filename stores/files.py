@@ -29,6 +29,10 @@ def replace_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> No
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if disk_full(exc) and not exc.filename:  # a failed write() names no file: say which one it was
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

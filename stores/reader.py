@@ -51,10 +51,16 @@ def _header_problems(group: zarr.Group) -> list[str]:
 
 
 def _member(group: zarr.Group, name: str):
+    """The array or group `name` of `group`, None when absent; a StoreError naming its metadata file
+    when that file is not readable JSON (cut short or overwritten), instead of zarr's JSONDecodeError."""
     try:
         return group[name]
     except KeyError:
         return None
+    except ValueError as exc:  # json.JSONDecodeError: the member's zarr.json is damaged
+        meta = Path(str(getattr(group.store, "root", ""))) / group.path / name / "zarr.json"
+        raise StoreError(f"{meta}: not readable JSON metadata ({exc}); the store is damaged: extract it again "
+                         "(bmnas extract ... --overwrite) or restore it from a copy") from None
 
 
 def _body_problems(group: zarr.Group, attrs: dict[str, Any]) -> list[str]:

@@ -30,7 +30,7 @@ from stores.errors import StoreError
 from stores.files import replace_atomic
 from stores.identity import chunk_digest
 from stores.lock import holds_lock
-from stores.reader import open_store
+from stores.reader import _member, open_store
 
 
 def _compressor(codec: str, dtype: str) -> BloscCodec:
@@ -121,6 +121,9 @@ class StoreWriter:
             raise StoreError(f"{self.path} is not a bmnas feature store (attrs['bmnas'] missing)")
         self.attrs: dict[str, Any] = attrs
         self.nodes: list[str] = list(attrs["nodes"])
+        for name in self.nodes:  # each node's metadata readable: a resume never finalizes a damaged store
+            if _member(self._group, f"{S.FEATURES}/{name}") is None:
+                raise StoreError(f"{self.path}: features/{name} is missing (listed in attrs['bmnas']['nodes'])")
         first = self._group[f"{S.FEATURES}/{self.nodes[0]}"]
         self.num_samples = int(first.shape[0])
         self.rows_per_chunk = int(first.chunks[0])

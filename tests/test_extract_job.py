@@ -224,7 +224,7 @@ def test_on_error_skip_records_truncated_video(ntu, tmp_path):
     assert f"skipped {sid}" in r.output
     store = open_store(out)
     (rec,) = store.attrs["skipped"]
-    assert rec["id"] == sid and rec["path"] == str(avi) and "decode" in rec["reason"]
+    assert rec["id"] == sid and rec["path"] == str(avi) and "truncated" in rec["reason"]
     assert all(5 not in rows for rows in store.splits.values())
     assert sum(len(v) for v in store.splits.values()) == 15
     for node in store.nodes:

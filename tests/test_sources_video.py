@@ -165,3 +165,19 @@ def test_read_image_png_and_gray(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="bad.png"):
         read_image(tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("suffix,faststart", [(".avi", False), (".mp4", True), (".mp4", False)])
+@pytest.mark.parametrize("keep", [0.5, 0.8, 0.95, 0.99])
+def test_a_video_cut_anywhere_is_a_decode_error(tmp_path: Path, suffix: str, faststart: bool, keep: float) -> None:
+    """A cut near the end still decodes every requested frame, the last from partial data: the
+    container's declared sizes (RIFF chunk, ISO boxes) tell, and the cut file is refused naming it."""
+    frames = np.random.default_rng(0).integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
+    whole = tmp_path / f"whole{suffix}"
+    write_video(whole, frames, fps=12, faststart=faststart)
+    cut = tmp_path / f"cut{suffix}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * keep)])
+    assert read_video(whole, frames=32, size=32).shape[0] == 32
+    with pytest.raises(DataError, match=rf"cut{suffix}: (its .* past the end|video decodes|cannot decode)"):
+        read_video(cut, frames=32, size=32)

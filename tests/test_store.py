@@ -354,6 +354,8 @@ def test_cli_info_verify_and_errors(tmp_path, rng):
     _break(tmp_path / "s.zarr", "overlap")
     res = runner.invoke(cli, ["store", "verify", path])
     assert res.exit_code == 1 and "splits/val overlaps splits/train" in res.output
+    res = runner.invoke(cli, ["store", "info", path])  # lists the problem, and says so by its exit status
+    assert res.exit_code == 1 and "problem   " in res.output and "overlaps" in res.output, res.output
     res = runner.invoke(cli, ["store", "info", str(tmp_path / "missing.zarr")])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "does not exist" in res.output
 

@@ -32,7 +32,7 @@ def test_synth_then_info_then_check_lists_every_problem(tmp_path: Path) -> None:
     skeletons[1].write_text("\n".join(lines) + "\n")
     skeletons[2].unlink()  # missing skeleton
     res = runner.invoke(cli, ["data", "info", str(out), "--check"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # problems listed: exit 1, as `store verify`
     assert "samples: 12" in res.output and "problems: 3" in res.output  # unreadable samples stay listed
     assert videos[0].name in res.output and f"{skeletons[1].name}:6:" in res.output
     assert f"{skeletons[2].stem}: unreadable, no skeleton file" in res.output
@@ -50,7 +50,7 @@ def test_info_mmimdb_like_and_manifest_problems(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,split,label,image\na,train,0,a.png\nb,val,1,b.png\n")
     res = runner.invoke(cli, ["data", "info", str(manifest)])
-    assert res.exit_code == 0 and "problems: 2" in res.output and "m.csv:2:" in res.output and "m.csv:3:" in res.output
+    assert res.exit_code == 1 and "problems: 2" in res.output and "m.csv:2:" in res.output and "m.csv:3:" in res.output
 
 
 def test_user_errors_are_one_line_exit_2(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 from fusion_search.errors import SearchError
 from fusion_search.training.events import EVENTS, EpochEvents
 from fusion_search.training.rundir import CONFIG, LAST, LOG, METRICS, EpochBook, read_config, run_log
+from stores.errors import StoreError
 from stores.files import write_json_atomic, write_yaml_atomic
 from stores.identity import changed_parts, store_identity
 from stores.lock import exclusive
@@ -118,18 +119,35 @@ class Run:
         holds anything but an unstarted run of this kind (which is replaced: nothing in it is kept)."""
         run = cls(out, kind, error)
         run._refuse_file()
-        with exclusive(run.path, "run directory"), run._open:
+        with exclusive(run.path, "run directory"):
             if run.state != NEW:
                 run._replace_unstarted(unstarted)
-            run.path.mkdir(parents=True, exist_ok=True)
-            (run.path / LAST).parent.mkdir(parents=True, exist_ok=True)
-            run.config = {"kind": kind, **{k: v for k, v in config.items() if k != "kind"}}
-            write_yaml_atomic(run.path / CONFIG, run.config)
-            write_json_atomic(run.path / RUN_RECORD, {"kind": kind, "status": "running",
-                                                      "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                      "bmnas": _version()})
-            run._outputs()
-            yield run
+            existed = run.path.is_dir()
+            try:
+                with run._open:
+                    run._start(config)
+                    yield run
+            except (error, SearchError, StoreError):  # refused (bad input): a kill or a bug keeps the files
+                run._remove_if_unstarted(existed)
+                raise
+
+    def _start(self, config: dict[str, Any]) -> None:
+        """The directory, config.yaml (with the kind), run.json (running), the log and events."""
+        (self.path / LAST).parent.mkdir(parents=True, exist_ok=True)
+        self.config = {"kind": self.kind, **{k: v for k, v in config.items() if k != "kind"}}
+        write_yaml_atomic(self.path / CONFIG, self.config)
+        write_json_atomic(self.path / RUN_RECORD, {"kind": self.kind, "status": "running",
+                                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                   "bmnas": _version()})
+        self._outputs()
+
+    def _remove_if_unstarted(self, existed: bool) -> None:
+        """A run refused before its first checkpoint leaves no half run directory (an empty folder the
+        user made stays, empty)."""
+        if self.path.is_dir() and self.state == UNSTARTED:
+            shutil.rmtree(self.path)
+            if existed:
+                self.path.mkdir()
 
     @classmethod
     @contextmanager
