@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from extract.cluster import connect, on_worker
 from fusion_search.config import SearchConfig, config_from_mapping, validate
@@ -38,6 +37,7 @@ from fusion_search.errors import SearchError
 from fusion_search.data import open_split, resolve_device
 from fusion_search.genotype import Genotype
 from fusion_search.training.run import rerun, settings_diff
+from fusion_search.training.rundir import read_config
 from fusion_search.search import run_search, score_runs
 from pipeline.selection import CANDIDATES, Candidate, candidates_lines, candidates_record, choose, fixed_genotypes
 from stores import open_store
@@ -110,7 +110,7 @@ def _check_manifest(root: Path, cfg: SearchConfig, seeds: list[int]) -> None:
     if root.exists() and not root.is_dir():
         raise SearchError(f"--out {root} is a file, not a run directory: give a directory path")
     if manifest.is_file():
-        old = yaml.safe_load(manifest.read_text()) or {}
+        old = read_config(root, SearchError, name=MANIFEST)
         if settings_diff(old.get("search") or {}, _shared_settings(cfg)) or old.get("seeds") != seeds:
             raise SearchError(f"--out {root} holds a multi-start search with other settings or seeds; "
                               f"continue it with `bmnas search --resume {root}` or choose a new directory")
@@ -123,7 +123,7 @@ def load_multistart(run_dir: str | os.PathLike) -> tuple[SearchConfig, list[int]
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         return None
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_config(run_dir, SearchError, name=MANIFEST)
     cfg = config_from_mapping({**data.get("search", {}), "seed": 0}, str(path))
     return cfg, [int(s) for s in data.get("seeds", [])]
 

@@ -43,14 +43,16 @@ def abs_path(path: str | os.PathLike) -> str:
     return str(Path(path).resolve()) if str(path) else ""
 
 
-def read_config(run: str | os.PathLike, error: type[Exception] = SearchError, hint: str = "") -> dict[str, Any]:
-    """A run directory's config.yaml as a mapping; `error` (the caller's room's class) names the file
-    when it is missing or is not a YAML mapping, followed by `hint`."""
+def read_config(run: str | os.PathLike, error: type[Exception] = SearchError, hint: str = "",
+                name: str = CONFIG) -> dict[str, Any]:
+    """A run directory's config.yaml (or another settings file `name`, e.g. a multi-start's
+    manifest) as a mapping; `error` (the caller's room's class) names the file when it is missing or
+    is not a YAML mapping, followed by `hint`."""
     import yaml
 
-    path = Path(run) / CONFIG
+    path = Path(run) / name
     if not path.is_file():
-        raise error(f"{run}: no {CONFIG}{'; ' + hint if hint else ''}")
+        raise error(f"{run}: no {name}{'; ' + hint if hint else ''}")
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
