@@ -37,6 +37,15 @@ def open_feature_store(path: str):
         raise SearchError(f"--store {path}: {exc}") from None
 
 
+def require_rows(store, splits: Sequence[str], need: str = "") -> None:
+    """Refuse a store without rows in one of `splits`, in one line naming the split, the store's
+    splits and (`need`) what the stage needs them for."""
+    for split in splits:
+        if len(store.splits.get(split, ())) == 0:
+            raise SearchError(f"--store {store.path} has no rows in split {split!r} (splits: "
+                              f"{', '.join(store.splits) or 'none'}){'; ' + need if need else ''}")
+
+
 def budget_bytes(gigabytes: float | None) -> int | None:
     """A --memory-budget-gb value in bytes (None: the default budget decides)."""
     return None if gigabytes is None else int(gigabytes * (1 << 30))

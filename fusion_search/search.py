@@ -52,7 +52,8 @@ import torch
 
 from fusion_search.architect import Architect
 from fusion_search.config import SearchConfig, config_from_mapping, validate
-from fusion_search.data import SplitData, TensorBatch, budget_bytes, open_feature_store, open_split, resolve_device
+from fusion_search.data import (SplitData, TensorBatch, budget_bytes, open_feature_store, open_split, require_rows,
+                                resolve_device)
 from fusion_search.errors import SearchError
 from fusion_search.derive import node_modalities, uniform_op_variants
 from fusion_search.training.engine import EpochTotals, FitOptions, Step, fit, steps_per_epoch
@@ -82,11 +83,7 @@ class SearchResult:
 
 def _check_store(store, cfg: SearchConfig) -> list[str]:
     """The store must have non-empty train and val splits and the chosen nodes."""
-    for split in ("train", "val"):
-        rows = store.splits.get(split)
-        if rows is None or len(rows) == 0:
-            raise SearchError(f"--store {store.path} has no {split!r} split (splits: {', '.join(store.splits) or 'none'}); "
-                              "search needs train and val splits: write the store with both")
+    require_rows(store, ("train", "val"), "search needs train and val splits: write the store with both")
     nodes = list(store.nodes) if not cfg.nodes else [n for n in store.nodes if n in cfg.nodes]
     unknown = [n for n in (cfg.nodes or []) if n not in store.nodes]
     if unknown:

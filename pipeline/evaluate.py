@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusion_search.data import SplitData, resolve_device
+from fusion_search.data import SplitData, require_rows, resolve_device
 from fusion_search.training.engine import predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
@@ -205,9 +205,7 @@ def evaluate_held_run(run: Path, cfg: dict[str, Any], split: str = "test", *, de
         raise SearchError(f"{run}: no {BEST}; the run has not finished an epoch yet")
     genotype = Genotype.load(run / "genotype.json")
     store = store or open_store_checked(cfg["store"], genotype, str(run / "genotype.json"))
-    if len(store.splits.get(split, ())) == 0:
-        raise SearchError(f"--split {split}: the store {store.path} has no rows there "
-                          f"(splits: {', '.join(store.splits) or 'none'})")
+    require_rows(store, [split], "choose another --split")
     dev = resolve_device(device or cfg.get("device", "auto"))
     bs = int(batch_size or cfg.get("batch_size", 96))
     model = FoundNetwork(genotype, store.node_shapes, float(cfg.get("dropout", 0.2))).to(dev)

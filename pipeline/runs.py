@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusion_search.data import SplitData, default_memory_budget, open_feature_store
+from fusion_search.data import SplitData, default_memory_budget, open_feature_store, require_rows
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, check_against_store, check_provenance
 from fusion_search.training.rundir import read_config
@@ -86,10 +86,7 @@ def open_splits(store, splits: list[str], nodes: list[str], device: torch.device
                 memory_budget_bytes: int | None = None) -> SplitData:
     """One split, or the union of several (train+val), as SplitData: a RAM bank when it fits."""
     budget = default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
-    for s in splits:
-        if len(store.splits.get(s, ())) == 0:
-            raise SearchError(f"--store {store.path} has no rows in split {s!r} "
-                              f"(splits: {', '.join(store.splits) or 'none'})")
+    require_rows(store, splits)
     multilabel = store.task == "multilabel"
     if len(splits) == 1:
         return SplitData(store.reader(splits[0], nodes, memory_budget_bytes=budget), device, multilabel)

@@ -67,7 +67,7 @@ def test_bad_search_input_is_one_line_exit_2(store, tmp_path):
                             labels=np.arange(8) % 2, splits={"train": np.arange(6), "test": np.arange(6, 8)},
                             task="multiclass", num_classes=2)
     one_line_error(run("search", "--store", str(tmp_path / "noval.zarr"), "--out", str(tmp_path / "a"), *SMALL),
-                   "no 'val' split")
+                   "no rows in split 'val'")
     one_line_error(run("search", "--store", store, "--out", str(tmp_path / "b"), "--nodes", "a_1,video_9", *SMALL),
                    "unknown node(s) video_9")
     one_line_error(run("search", "--store", store, "--out", str(tmp_path / "c"), *SMALL, "--channels", "0"),

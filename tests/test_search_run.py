@@ -173,7 +173,7 @@ def test_store_without_val_and_unknown_nodes_are_user_errors(tmp_path, joint_sto
 
     write_store_from_arrays(tmp_path / "noval.zarr", features={"a_1": np.zeros((8, 2, 2)), "b_1": np.zeros((8, 2, 2))},
                             labels=np.arange(8) % 2, splits={"train": np.arange(8)}, task="multiclass", num_classes=2)
-    with pytest.raises(SearchError, match="no 'val' split.*search needs train and val"):
+    with pytest.raises(SearchError, match="no rows in split 'val'.*search needs train and val"):
         run_search(small(str(tmp_path / "noval.zarr")), tmp_path / "r1")
     with pytest.raises(SearchError, match="unknown node.*zz_1"):
         run_search(small(joint_store, nodes=["a_1", "zz_1"]), tmp_path / "r2")
