@@ -131,3 +131,12 @@ def test_out_naming_a_file_is_one_line_in_every_stage(ntu, tmp_path):
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, (argv, r.output)
         assert "is a file, not a" in r.output and "Traceback" not in r.output, r.output
     assert mine.read_text() == "keep" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_torch_module_without_taps_is_told_both_forms_of_taps(tmp_path, monkeypatch):
+    (tmp_path / "netmod.py").write_text("import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Linear(3, 4))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = CliRunner().invoke(cli, ["backbones", "show", "netmod:build", "--modality", "array_x"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "--taps LAYER,LAYER in pretrain and backbones show" in r.output
+    assert "--taps array_x=LAYER,LAYER in extract and finetune" in r.output
