@@ -1,8 +1,9 @@
 """`Run`: the one owner of a run directory's life (search, train, finetune, pretrain).
 
   config.yaml   the resolved settings and the run's `kind`, written when the run is created
-  run.json      {kind, status, started, ended, bmnas, results}: `status` is "running" from creation
-                and "finished" only when `finish` writes it, last and atomically
+  run.json      {kind, status, started, ended, bmnas, results, store, accepted_store_changes}:
+                `status` is "running" from creation and "finished" only when `finish` writes it, last
+                and atomically; `store` is the identity of the store the run read (`bind_store`)
   log.txt, metrics.jsonl, tensorboard/, checkpoints/ (as `fusion_search.training.rundir` says)
 
 A run is in one `state`: "new" (no directory, or an empty one), "unstarted" (created, but killed
@@ -12,8 +13,9 @@ resume must share, and the restart of an unstarted run each have one meaning and
 whichever stage runs.
 
 Use: `with Run.create(out, kind, config) as run:` (a new run; an unstarted run of the same kind
-there is replaced) or `with Run.open(path, kinds) as run:` (an existing run); the lock is held and
-the log and TensorBoard files are open for the block.
+there is replaced; a run refused for bad input before its first checkpoint leaves no directory) or
+`with Run.open(path, kinds) as run:` (an existing run); the lock is held and the log and
+TensorBoard files are open for the block.
 """
 
 from __future__ import annotations
