@@ -244,11 +244,15 @@ def _reopen(out: str, prov: dict, keys: Sequence[str] = SAME_KEYS):
     return writer
 
 
-def _forward_dtype(entries: list[Entry], requested: str) -> str:
+def _node_dtypes(entries: list[Entry], requested: str) -> dict[str, str]:
+    """Each node's store dtype, decided once from its probe peak (`extract.dtypes.choose_dtype`)."""
+    return {node: choose_dtype(requested, peak) for e in entries for node, peak in zip(e.nodes, e.peaks)}
+
+
+def _forward_dtype(dtypes: dict[str, str]) -> str:
     """float16 when every node is stored in float16 (a float16 forward then loses nothing the store
     keeps), else float32: what precision `auto` is decided by."""
-    chosen = {choose_dtype(requested, p) for e in entries for p in e.peaks}
-    return "float16" if chosen == {"float16"} else "float32"
+    return "float16" if set(dtypes.values()) == {"float16"} else "float32"
 
 
 def _check_out(out: str) -> None:
@@ -272,12 +276,12 @@ def _check_writable(out: str) -> None:
 
 
 def _create(out: str, entries: list[Entry], shas: list[str | None], prov: dict, source: Any, n: int,
-            cfg: "ExtractConfig"):
+            cfg: "ExtractConfig", dtypes: dict[str, str]):
     """A new, empty store with one node per tap and the per-node provenance attrs."""
     specs = []
     for e, sha in zip(entries, shas):
         for tap, node, length, peak in zip(e.taps, e.nodes, e.lengths, e.peaks):
-            specs.append(NodeSpec(node, tap.channels, length, dtype=choose_dtype(cfg.dtype, peak), attrs={
+            specs.append(NodeSpec(node, tap.channels, length, dtype=dtypes[node], attrs={
                 "modality": e.modality, "backbone": e.backbone, "setting": e.setting, "layer": tap.name,
                 "module": tap.module, "kind": tap.kind, "checkpoint": e.checkpoint,
                 "checkpoint_sha256": sha, "init": _init(e), "input": e.input.as_dict(),
@@ -429,12 +433,13 @@ def extract(source: Any, out: str, backbones: Sequence[BackboneChoice], config: 
     # connect or start the cluster first: a scheduler that does not answer leaves no files behind
     runner = _Runner(cfg.use_dask, cfg.scheduler, cfg.workers, cfg.threads_per_worker, cfg.timeout)
     try:
-        placement = place(cfg.device, cfg.precision, _forward_dtype(entries, cfg.dtype), runner.gpus(cfg.device))
+        dtypes = _node_dtypes(entries, cfg.dtype)
+        placement = place(cfg.device, cfg.precision, _forward_dtype(dtypes), runner.gpus(cfg.device))
         prov = _provenance(entries, shas, cfg, len(ids), source, placement)
         writer = _reopen(out, prov) if resumed else None
         if writer is None:  # a new store, or one holding no complete chunk made with other settings
             resumed, fresh = False, replace(cfg, overwrite=cfg.overwrite or Path(out).exists())
-            writer = _create(out, entries, shas, prov, source, len(ids), fresh)
+            writer = _create(out, entries, shas, prov, source, len(ids), fresh, dtypes)
         run = _run_tasks(runner, writer, tally, cfg, (source, ids, tuple(entries), placement), resumed)
     finally:
         runner.close()

@@ -57,8 +57,9 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     store, source_opts = settings.pop("store", None), settings.pop("source_opts", None)
     setting = settings.pop("setting", FinetuneConfig.setting)
     init_from = settings.pop("init_from", None)
-    if store is not None:
-        bbs, source_opts = _from_store(store, bbs, settings, source_opts, setting if setting_given else None)
+    opened = open_feature_store(store) if store is not None else None  # opened once for every check
+    if opened is not None:
+        bbs, source_opts = _from_store(opened, bbs, settings, source_opts, setting if setting_given else None)
     epochs = check_run_options(epochs, settings.get("train_on", FinetuneConfig.train_on), settings, FinetuneConfig,
                                "finetune")
     for b in bbs:  # absolute paths: evaluate and resume work from any directory
@@ -82,9 +83,8 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     genotype = Genotype.load(genotype_path)
     torch.manual_seed(cfg.seed)  # the fusion network's initial weights
     built = build_model(cfg, genotype)  # all user errors (checkpoints, nodes, task) before the run dir exists
-    if cfg.store:
-        _check_source_is_the_stores(cfg.store, cfg.source, built)
-        check_provenance(genotype, open_feature_store(cfg.store).node_attrs, str(genotype_path), accept_changed_store)
+    if opened is not None:
+        _check_made_from(opened, genotype, str(genotype_path), built, cfg.source, accept_changed_store)
     if cfg.init_from:
         _init_fusion(built.model, genotype, cfg.init_from)
     with Run.create(out_dir, "finetune", dataclasses.asdict(cfg)) as run:
@@ -92,10 +92,13 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
         return _run(cfg, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
 
 
-def _check_source_is_the_stores(store: str, source: str, built: Built) -> None:
-    """Refuse raw data that is not what the store was extracted from (its sample ids are not the
-    store's): fine-tuning would train and report on another data set without a word."""
-    ids = open_feature_store(store).sample_ids
+def _check_made_from(store: Any, genotype: Genotype, genotype_file: str, built: Built, source: str,
+                     accept_changed: bool) -> None:
+    """Refuse a genotype found on other nodes than the opened `store`'s (`check_provenance`), and raw
+    data that is not what the store was extracted from (its sample ids are not the store's):
+    fine-tuning would train and report on another data set without a word."""
+    check_provenance(genotype, store.node_attrs, genotype_file, accept_changed)
+    ids = store.sample_ids
     if ids is None:
         return  # a bring-your-own store without ids: nothing to compare
     known = {str(i) for i in ids}
@@ -103,7 +106,7 @@ def _check_source_is_the_stores(store: str, source: str, built: Built) -> None:
     foreign = [i for i in theirs if i not in known]
     if foreign:
         raise SearchError(f"--source {source}: {len(foreign)} of its {len(theirs)} samples are not in --store "
-                          f"{store} (e.g. {foreign[0]}); give the raw data the store was extracted from")
+                          f"{store.path} (e.g. {foreign[0]}); give the raw data the store was extracted from")
 
 
 def _named(b: dict[str, Any]) -> dict[str, Any]:
@@ -113,14 +116,13 @@ def _named(b: dict[str, Any]) -> dict[str, Any]:
     return b
 
 
-def _from_store(store: str, given: list[dict[str, Any]], settings: dict[str, Any],
+def _from_store(opened: Any, given: list[dict[str, Any]], settings: dict[str, Any],
                 source_opts: dict[str, Any] | None, setting: str | None
                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The store's backbones with the given fields laid over them; its reduction and source options
     where the call names none. Another backbone spec than recorded drops the recorded checkpoint and
     sha256; another setting drops the recorded input (it was the old setting's); given input fields
     replace the recorded ones field by field."""
-    opened = open_feature_store(store)
     recorded, reduction = backbones_from_store(opened)
     by_mod = {b["modality"]: b for b in recorded}
     for b in by_mod.values():
@@ -129,7 +131,7 @@ def _from_store(store: str, given: list[dict[str, Any]], settings: dict[str, Any
     for g in given:
         mod = g["modality"]
         if mod not in by_mod:
-            raise SearchError(f"--backbone {mod}=...: the store {store} has no {mod} backbone "
+            raise SearchError(f"--backbone {mod}=...: the store {opened.path} has no {mod} backbone "
                               f"(it has {', '.join(by_mod)})")
         b = by_mod[mod]
         if g.get("backbone") and g["backbone"] != b["backbone"]:

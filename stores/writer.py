@@ -121,10 +121,12 @@ class StoreWriter:
             raise StoreError(f"{self.path} is not a bmnas feature store (attrs['bmnas'] missing)")
         self.attrs: dict[str, Any] = attrs
         self.nodes: list[str] = list(attrs["nodes"])
-        for name in self.nodes:  # each node's metadata readable: a resume never finalizes a damaged store
-            if _member(self._group, f"{S.FEATURES}/{name}") is None:
+        self._nodes: dict[str, zarr.Array] = {}  # each node's metadata read once, and readable: a resume
+        for name in self.nodes:                  # never finalizes a damaged store
+            self._nodes[name] = _member(self._group, f"{S.FEATURES}/{name}")
+            if self._nodes[name] is None:
                 raise StoreError(f"{self.path}: features/{name} is missing (listed in attrs['bmnas']['nodes'])")
-        first = self._group[f"{S.FEATURES}/{self.nodes[0]}"]
+        first = self._nodes[self.nodes[0]]
         self.num_samples = int(first.shape[0])
         self.rows_per_chunk = int(first.chunks[0])
         self.num_chunks = S.num_chunks(self.num_samples, self.rows_per_chunk)
@@ -145,7 +147,7 @@ class StoreWriter:
     def _open_arrays(self) -> tuple[dict[str, zarr.Array], zarr.Array]:
         """Node arrays and the completion array, opened once per writer (opening reads metadata)."""
         if self._arrays is None:
-            nodes = {name: self._group[f"{S.FEATURES}/{name}"] for name in self.nodes}
+            nodes = self._nodes
             self._hashes = self._group[S.CHUNK_HASHES] if S.CHUNK_HASHES in self._group else None
             self._arrays = (nodes, self._group[S.COMPLETION])
             more = [self._arrays[1]] + ([self._hashes] if self._hashes is not None else [])

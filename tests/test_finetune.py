@@ -233,9 +233,9 @@ def test_store_record_overrides_merge_field_by_field(chain):
 
     d, store, g, backbones = chain
     settings: dict = {}
-    bbs, opts = _from_store(str(d / "s.zarr"), [{"modality": "video", "input": {"frames": "4"}}], settings, None, None)
+    bbs, opts = _from_store(store, [{"modality": "video", "input": {"frames": "4"}}], settings, None, None)
     video = next(b for b in bbs if b["modality"] == "video")
     assert video["input"]["frames"] == "4" and video["input"]["size"] == 32 and video["setting"] == "tiny"
     assert settings == {"t_max": 32, "grid": 4} and opts == store.attrs["extraction"]["source_options"]
-    bbs, _ = _from_store(str(d / "s.zarr"), [], {}, None, "full")
+    bbs, _ = _from_store(store, [], {}, None, "full")
     assert all(b["setting"] == "full" and b["input"] == {} for b in bbs)

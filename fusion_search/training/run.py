@@ -195,13 +195,6 @@ class Run:
             raise self.error(f"--resume {self.path}: no {LAST}; the run stopped before its first epoch ended, "
                              f"start it again with `bmnas {self.kind} --out {self.path}`")
 
-    def check_same(self, config: dict[str, Any], what: str, ignore: Iterable[str] = ("device",)) -> None:
-        """Refuse `config` when its settings differ from the run's (one line naming them)."""
-        diff = settings_diff(self.config, config, ignore)
-        if diff:
-            raise self.error(f"{what} {self.path}: made with other settings ({', '.join(diff)} differ); "
-                             "give another directory")
-
     # --- writing -------------------------------------------------------------------------------
 
     def book(self, key: str) -> EpochBook:
@@ -222,18 +215,17 @@ class Run:
         """Refuse a store that is not the one this run read (re-extracted under its path, other labels,
         splits or nodes), in one line saying what changed; `accept_changed` goes on and records it.
         A run made before runs recorded their store is not compared."""
-        recorded = self.record().get("store")
-        if not recorded:
+        record = self.record()
+        if not record.get("store"):
             return
-        changed = changed_parts(recorded, store_identity(store))
+        changed = changed_parts(record["store"], store_identity(store))
         if not changed:
             return
         if not accept_changed:
             raise self.error(f"--store {store.path} is not the store {self.path} was made from: its "
                              f"{', '.join(changed)} changed (re-extracted or rewritten?); use that store, or pass "
                              "--accept-changed-store to go on with this one")
-        accepted = self.record().get("accepted_store_changes", [])
-        self._update_record(accepted_store_changes=accepted + [
+        self._update_record(accepted_store_changes=record.get("accepted_store_changes", []) + [
             {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "store": str(store.path), "changed": changed}])
 
     def _update_record(self, **fields: Any) -> None:
