@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fusion_search.errors import SearchError
+from fusion_search.training.distributed import SINGLE, World, shard_rows
 from stores.device import gpu_share
 from stores.device import resolve_device as _resolve_device
 
@@ -87,16 +88,21 @@ class SplitData:
         need = sum(t.numel() * t.element_size() for t in self.features.values())
         return need < 0.6 * free * gpu_share()
 
-    def batches(self, batch_size: int, seed: int, epoch: int = 0, shuffle: bool = True) -> Iterator[TensorBatch]:
-        """Every row once per epoch in a seeded order; the same seed and epoch give the same batches."""
+    def batches(self, batch_size: int, seed: int, epoch: int = 0, shuffle: bool = True,
+                world: World = SINGLE) -> Iterator[TensorBatch]:
+        """Every row once per epoch in a seeded order; the same seed and epoch give the same batches.
+        In a `world` of several processes, this rank's share of each global batch (`shard_rows`)."""
         dev = self.device
         if self.in_ram:
             for idx in self.reader.batch_indices(batch_size, seed, epoch, shuffle):
-                index = torch.from_numpy(idx).to(self.labels.device)
+                index = torch.from_numpy(shard_rows(idx, world)).to(self.labels.device)
                 yield ({n: t.index_select(0, index).to(dev, non_blocking=True) for n, t in self.features.items()},
                        self.labels.index_select(0, index).to(dev, non_blocking=True))
         else:
             for feats, labels in self.reader.batches(batch_size, seed, epoch, shuffle):
+                if world.size > 1:
+                    mine = shard_rows(np.arange(len(labels)), world)
+                    feats, labels = {n: a[mine] for n, a in feats.items()}, labels[mine]
                 yield ({n: torch.from_numpy(a).to(dev) for n, a in feats.items()}, self._labels(labels).to(dev))
 
 

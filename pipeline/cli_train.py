@@ -12,6 +12,8 @@ from pipeline.configs import DEFAULT_EPOCHS, TRAIN_ON, FinetuneConfig, TrainConf
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
 _T, _F = TrainConfig(), FinetuneConfig()  # the defaults of train's and finetune's options
+_SYNC_BN = click.option("--sync-bn", is_flag=True, default=False,
+                        help="Under torchrun on GPUs: training BatchNorm layers normalise over the global batch.")
 
 
 def _echo_metrics(metrics: dict | None, prefix: str = "") -> None:
@@ -33,10 +35,12 @@ def _echo_metrics(metrics: dict | None, prefix: str = "") -> None:
               help="train: keep the best epoch on val; train+val: the paper's final protocol, fixed epochs.")
 @click.option("--lr", type=float, default=_T.lr, show_default=True, help="Adam learning rate.")
 @click.option("--resume", type=click.Path(), help="Continue the killed run in this directory.")
+@_SYNC_BN
 @accept_changed_store_option
-def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train_on, lr, resume,
+def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train_on, lr, resume, sync_bn,
               accept_changed_store) -> None:
     """Train a found network on cached features; evaluate its kept checkpoint on test."""
+    from fusion_search.training.distributed import launched_rank
     from pipeline.train import resume_training, train_on_cache
 
     if resume:
@@ -47,8 +51,10 @@ def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train
             if not value:
                 raise SearchError(f"{name}: required (or --resume RUN to continue a run)")
         summary = train_on_cache(store, genotype_path, out, epochs=epochs, batch_size=batch_size, seed=seed,
-                                 device=device, train_on=train_on, lr=lr, progress=True,
+                                 device=device, train_on=train_on, lr=lr, progress=True, sync_bn=sync_bn,
                                  accept_changed_store=accept_changed_store)
+    if launched_rank():  # under torchrun, rank 0 reports for all
+        return
     click.echo(f"{summary['run_dir']}: {summary['num_parameters']:,} parameters, "
                f"checkpoint of epoch {summary['best_epoch']}")
     _echo_metrics(summary["test"], "test: ")
@@ -178,13 +184,16 @@ def baseline_cmd(name, store, output, like, seed, C, L, cells) -> None:
 @click.option("--train-on", type=click.Choice(TRAIN_ON), default=_F.train_on, show_default=True)
 @click.option("--seed", type=int, default=_F.seed, show_default=True)
 @click.option("--resume", type=click.Path(), help="Continue the killed finetune run in this directory.")
+@_SYNC_BN
 @accept_changed_store_option
 def finetune_cmd(store, genotype_path, source, kind, split_preset, source_opt, backbone_opts, checkpoint_opts, tap_opts,
                  input_opts, setting, t_max, grid, init_from, out, epochs, batch_size, accumulate, lr,
-                 backbone_lr_scale, loader_workers, amp, device, train_on, seed, resume, accept_changed_store) -> None:
+                 backbone_lr_scale, loader_workers, amp, device, train_on, seed, resume, sync_bn,
+                 accept_changed_store) -> None:
     """Fine-tune backbones and the found fusion network jointly from raw data; evaluate on test."""
     from pipeline.cli_backbones import backbone_options
     from pipeline.cli_extract import _source_options
+    from fusion_search.training.distributed import launched_rank
     from pipeline.finetune import finetune, resume_finetune
 
     if resume:
@@ -208,7 +217,9 @@ def finetune_cmd(store, genotype_path, source, kind, split_preset, source_opt, b
                            epochs=epochs, batch_size=batch_size,
                            accumulate=accumulate, device=device, train_on=train_on, seed=seed, progress=True, lr=lr,
                            backbone_lr_scale=backbone_lr_scale, loader_workers=loader_workers, amp=amp,
-                           accept_changed_store=accept_changed_store, **reduction)
+                           sync_bn=sync_bn, accept_changed_store=accept_changed_store, **reduction)
+    if launched_rank():  # under torchrun, rank 0 reports for all
+        return
     click.echo(f"{summary['run_dir']}: {summary['num_parameters']:,} parameters "
                f"({summary['fusion_parameters']:,} fusion), checkpoint of epoch {summary['best_epoch']}")
     _echo_metrics(summary["test"], "test: ")

@@ -58,6 +58,8 @@ class TrainConfig(Schedule):
     genotype: str = ""                  # the file given; the run keeps its own copy
     batch_size: int = 96
     memory_budget_gb: float | None = None
+    world_size: int = 1                 # processes training together (torchrun); recorded, not set
+    sync_bn: bool = False               # under torchrun on CUDA: BatchNorm over the global batch
     kind: str = "train"
 
 
@@ -83,6 +85,8 @@ class FinetuneConfig(Schedule):
     freeze_bn: bool = True
     amp: bool = True
     loader_workers: int = 2  # DataLoader processes decoding raw samples
+    world_size: int = 1      # processes training together (torchrun); recorded, not set
+    sync_bn: bool = False    # under torchrun on CUDA: BatchNorm over the global batch
     kind: str = "finetune"
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from fusion_search.data import SplitData, require_rows, resolve_device
+from fusion_search.training.distributed import SINGLE, World, gathered
 from fusion_search.training.engine import predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork, count_parameters
@@ -226,23 +227,29 @@ def evaluate_held_run(run: Path, cfg: dict[str, Any], split: str = "test", *, de
 
 def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
                           batch_size: int | None = None, built: Built | None = None,
-                          plots: bool = True) -> dict[str, Any]:
-    """`bmnas evaluate` for a finetune run: the kept whole-model checkpoint on a split of the raw data."""
+                          plots: bool = True, world: World = SINGLE) -> dict[str, Any]:
+    """`bmnas evaluate` for a finetune run: the kept whole-model checkpoint on a split of the raw data.
+
+    In a `world` of several processes each predicts its share and rank 0 writes the whole split's
+    files (the others return {})."""
     run = Path(run_dir)
     cfg = load_finetune_config(run)
     if not (run / BEST).is_file():
         raise SearchError(f"{run}: no {BEST}; the run has not finished an epoch yet")
     genotype = Genotype.load(run / "genotype.json")
     built = built or build_model(cfg, genotype, load_checkpoints=False)
-    dev = resolve_device(device or cfg.device)
+    dev = world.device(resolve_device(device or cfg.device))
     amp = cfg.amp and dev.type == "cuda"
     model = built.model.to(dev)
     ckpt = load_run_checkpoint(run / BEST)
     model.load_state_dict(ckpt["model"])
-    loader = raw_loader(built, [split], cfg, dev, shuffle=False, batch_size=batch_size)
+    loader = raw_loader(built, [split], cfg, dev, world, shuffle=False, batch_size=batch_size or cfg.batch_size)
     t0 = time.perf_counter()
-    logits, labels = predict(model, loader, amp=amp, to_device=functools.partial(to_device, device=dev))
+    logits, labels = gathered(world, list(loader.sampler),
+                              *predict(model, loader, amp=amp, to_device=functools.partial(to_device, device=dev)))
     seconds = time.perf_counter() - t0
+    if not world.main:
+        return {}
     ids = [s.id for s in built.source.samples() if s.split == split]
     x, _ = RawSamples(built.source, [s for s in built.source.samples() if s.split == split][:1], built.specs)[0]
     example = {m: t[None].to(dev) for m, t in x.items()}
@@ -252,7 +259,8 @@ def evaluate_finetune_run(run_dir: str | os.PathLike, split: str = "test", *, de
                             ModelCost(count_parameters(model), latency_ms(model, example, repeats=5, warmup=1),
                                       seconds),
                             extra={"checkpoint_epoch": int(ckpt["epoch"]), "run_kind": "finetune",
-                                   "fusion_parameters": count_parameters(model.fusion)}, plots=plots)
+                                   "fusion_parameters": count_parameters(model.fusion)},
+                            plots=plots)
 
 def has_metrics(run_dir: str | os.PathLike, split: str = "test") -> bool:
     """Whether a run holds the metrics of `split` (`bmnas evaluate` or the end of train/finetune wrote them)."""

@@ -15,11 +15,12 @@ train+val), with the whole model in the checkpoints; killed runs resume exactly 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -31,7 +32,8 @@ from fusion_search.found_network import count_parameters
 from fusion_search.genotype import Genotype, check_provenance
 from fusion_search.training.metrics import PRIMARY, loss_fn
 from fusion_search.training.run_checkpoint import load_run_checkpoint
-from fusion_search.training.run import Run
+from fusion_search.training.distributed import RANK_RNG, World, gathered, joined
+from fusion_search.training.run import Run, shared_run
 from fusion_search.training.rundir import BEST, abs_path
 from pipeline.evaluate import evaluate_finetune_run, task_metrics
 from pipeline.configs import TRAIN_ON, FinetuneConfig
@@ -52,7 +54,29 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
     their defaults are FinetuneConfig's). With `store`, the store's record gives every backbone, its
     checkpoint (and sha256, checked), taps, input, setting and the reduction; `backbones` then
     override fields of it, and `setting_given` lays `setting` over every recorded backbone.
+    Under torchrun, every process runs this together (`fusion_search.training.distributed`).
     """
+    cfg, opened = _config(genotype_path, source_path, backbones, epochs, setting_given, settings)
+    with joined(cfg.device) as world:
+        cfg.world_size = world.size
+        world.check_batch(cfg.batch_size)
+        world.check_sync_bn(cfg.sync_bn)
+        genotype = Genotype.load(genotype_path)
+        torch.manual_seed(cfg.seed)  # the fusion network's initial weights
+        built = build_model(cfg, genotype)  # all user errors (checkpoints, nodes, task) before the run dir exists
+        if opened is not None:
+            _check_made_from(opened, genotype, str(genotype_path), built, cfg.source, accept_changed_store)
+        if cfg.init_from:
+            _init_fusion(built.model, genotype, cfg.init_from)
+        with shared_run(world, lambda: Run.create(out_dir, "finetune", dataclasses.asdict(cfg))) as run:
+            if run.writer:
+                genotype.save(run.path / "genotype.json")
+            return _run(cfg, built, run, world, resume=False, progress=progress, evaluate_test=evaluate_test)
+
+
+def _config(genotype_path: str | os.PathLike, source_path: str, backbones: Sequence[dict[str, Any]],
+            epochs: int | None, setting_given: bool, settings: dict[str, Any]) -> tuple[FinetuneConfig, Any]:
+    """The resolved, checked settings of a new finetune run, and its --store opened (None without)."""
     bbs = [_named(dict(b)) for b in backbones]
     store, source_opts = settings.pop("store", None), settings.pop("source_opts", None)
     setting = settings.pop("setting", FinetuneConfig.setting)
@@ -80,16 +104,7 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
         v = getattr(cfg, name)
         if not isinstance(v, int) or v < 1:
             raise SearchError(f"--{name.replace('_', '-')} {v!r}: use a positive integer")
-    genotype = Genotype.load(genotype_path)
-    torch.manual_seed(cfg.seed)  # the fusion network's initial weights
-    built = build_model(cfg, genotype)  # all user errors (checkpoints, nodes, task) before the run dir exists
-    if opened is not None:
-        _check_made_from(opened, genotype, str(genotype_path), built, cfg.source, accept_changed_store)
-    if cfg.init_from:
-        _init_fusion(built.model, genotype, cfg.init_from)
-    with Run.create(out_dir, "finetune", dataclasses.asdict(cfg)) as run:
-        genotype.save(run.path / "genotype.json")
-        return _run(cfg, built, run, resume=False, progress=progress, evaluate_test=evaluate_test)
+    return cfg, opened
 
 
 def _check_made_from(store: Any, genotype: Genotype, genotype_file: str, built: Built, source: str,
@@ -149,13 +164,22 @@ def _from_store(opened: Any, given: list[dict[str, Any]], settings: dict[str, An
 def resume_finetune(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
                     device: str | None = None) -> dict[str, Any]:
     """Continue a killed finetune run after its last completed epoch (`device`: move it, as `resume_training`)."""
-    with Run.open(run_dir, ("finetune",)) as run:
-        run.require_checkpoint()
-        cfg = load_finetune_config(run.path)
+    with joined(device or load_finetune_config(Path(run_dir)).device) as world, \
+            shared_run(world, lambda: _held_for_resume(run_dir)) as run:
+        cfg = FinetuneConfig(**run.config)
         cfg.device = device or cfg.device
+        world.check_batch(cfg.batch_size)
         genotype = Genotype.load(run.path / "genotype.json")
         built = build_model(cfg, genotype, load_checkpoints=False)
-        return _run(cfg, built, run, resume=True, progress=progress, evaluate_test=evaluate_test)
+        return _run(cfg, built, run, world, resume=True, progress=progress, evaluate_test=evaluate_test)
+
+
+@contextlib.contextmanager
+def _held_for_resume(run_dir: str | os.PathLike) -> Iterator[Run]:
+    with Run.open(run_dir, ("finetune",)) as run:
+        run.require_checkpoint()
+        load_finetune_config(run.path)  # a train run is refused with the command to use
+        yield run
 
 
 def _init_fusion(model: JointModel, genotype: Genotype, init_from: str) -> None:
@@ -183,53 +207,58 @@ def restore_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -
         scaler.load_state_dict(state)
 
 
-def _run(cfg: FinetuneConfig, built: Built, run: Run, *, resume: bool, progress: bool,
+def _run(cfg: FinetuneConfig, built: Built, run: Run, world: World, *, resume: bool, progress: bool,
          evaluate_test: bool) -> dict[str, Any]:
-    summary = _loop(cfg, built, run, resume, progress, evaluate_test)
+    summary = _loop(cfg, built, run, world, resume, progress and world.main)
+    if evaluate_test and any(s.split == "test" for s in built.source.samples()):
+        world.barrier()  # best.pt is written (by rank 0) before any rank loads it
+        summary["test"] = evaluate_finetune_run(run.path, "test", built=built, world=world)
     run.finish(["metrics_test.json"] if summary["test"] is not None else [])
     return summary
 
 
-def _loop(cfg: FinetuneConfig, built: Built, run: Run, resume: bool, progress: bool,
-          evaluate_test: bool) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
+def _loop(cfg: FinetuneConfig, built: Built, run: Run, world: World, resume: bool,
+          progress: bool) -> dict[str, Any]:
+    device = world.device(resolve_device(cfg.device))
     amp = cfg.amp and device.type == "cuda"
     task, key = built.source.task, PRIMARY[built.source.task]
     model = built.model.to(device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + world.rank)  # each rank its own dropout stream; rank 0's is a 1-process run's
     bb_params, fusion_params = model.parameter_groups()
     opt, sched = cfg.optimizer([{"params": fusion_params, "lr": cfg.lr},
                                 {"params": bb_params, "lr": cfg.lr * cfg.backbone_lr_scale}])
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     log, book = run.log, run.book(key)
     if resume:
-        restore_scaler(scaler, book.restore(model, opt, sched, device).get("scaler"))
-        log.info("resumed after epoch %d", book.epoch)
+        ckpt = book.restore(model, opt, sched, device)
+        restore_scaler(scaler, ckpt.get("scaler"))
+        world.restore_rng(ckpt, device)
+        log.info("resumed after epoch %d on %d process(es)", book.epoch, world.size)
     else:
-        log.info("finetune %s on %s: backbones %s, %d backbone + %d fusion parameters, device %s, amp %s",
-                 cfg.genotype, cfg.source, ", ".join(f"{b['modality']}={b['backbone']}" for b in cfg.backbones),
-                 sum(p.numel() for p in bb_params), sum(p.numel() for p in fusion_params), device, amp)
+        log.info("finetune %s on %s: backbones %s, %d backbone + %d fusion parameters, device %s, amp %s, "
+                 "%d process(es)", cfg.genotype, cfg.source,
+                 ", ".join(f"{b['modality']}={b['backbone']}" for b in cfg.backbones),
+                 sum(p.numel() for p in bb_params), sum(p.numel() for p in fusion_params), device, amp, world.size)
     splits = cfg.train_on.split("+")
     on_device = functools.partial(to_device, device=device)
-    val_loader = raw_loader(built, ["val"], cfg, device, shuffle=False) if cfg.train_on == "train" else None
+    val_loader = raw_loader(built, ["val"], cfg, device, world, shuffle=False) if cfg.train_on == "train" else None
 
     def end_epoch(epoch: int, totals: EpochTotals) -> None:
         record = {**totals.record(epoch, opt.param_groups[0]["lr"]), "backbone_lr": opt.param_groups[1]["lr"]}
         if val_loader is not None:
+            logits, labels = predict(model, val_loader, amp=amp, to_device=on_device)
             record["val"] = task_metrics(task, built.source.num_classes,
-                                         *predict(model, val_loader, amp=amp, to_device=on_device))
+                                         *gathered(world, list(val_loader.sampler), logits, labels))
         record["seconds"] = totals.seconds
-        log.info(book.end_epoch(record, model, opt, sched, device, scaler=scaler.state_dict()))
+        ranks = world.rng_states(device)
+        log.info(book.end_epoch(record, model, opt, sched, device, scaler=scaler.state_dict(),
+                                **({RANK_RNG: ranks} if ranks else {})))
 
-    fit(model, lambda epoch: raw_loader(built, splits, cfg, device, shuffle=True, epoch=epoch),
+    fit(world.wrap(model, cfg.sync_bn),
+        lambda epoch: raw_loader(built, splits, cfg, device, world, shuffle=True, epoch=epoch),
         lambda z, y: loss_fn(task, z, y), opt, sched,
         FitOptions(epochs=cfg.epochs, start_epoch=book.epoch, params=bb_params + fusion_params, grad_clip=cfg.grad_clip,
                    accumulate=cfg.accumulate, amp=amp, scaler=scaler, to_device=on_device, on_epoch=end_epoch,
-                   progress=progress, desc="finetune"))
-    summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on, "num_parameters": count_parameters(model),
-                            "fusion_parameters": count_parameters(model.fusion), "test": None})
-    if evaluate_test and any(s.split == "test" for s in built.source.samples()):
-        summary["test"] = evaluate_finetune_run(run.path, "test", built=built)
-    return summary
-
-
+                   progress=progress, desc="finetune", world=world))
+    return book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on, "num_parameters": count_parameters(model),
+                         "fusion_parameters": count_parameters(model.fusion), "test": None})

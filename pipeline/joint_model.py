@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from extract.backbones import BackboneSpec, get_module, resolve_backbone
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, sha256_weights
@@ -29,6 +29,7 @@ from extract.sources.registry import open_source
 from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork
 from fusion_search.genotype import Genotype
+from fusion_search.training.distributed import SINGLE, World
 from pipeline.configs import FinetuneConfig
 from pipeline.runs import read_run_config
 
@@ -74,17 +75,24 @@ def _node_taps(genotype: Genotype) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
+class _TapsTaken(Exception):
+    """Raised by the hook of the last tap a forward needs: the backbone stops there."""
+
+
 class _GradTaps:
     """Forward hooks that reduce the chosen taps on the fly and keep them in the autograd graph.
 
     HCN runs each body as its own row; such outputs are folded back by max over those rows, the
     merge extraction applies (`extract.backbones.taps.TapReader`), so features match the cache.
+    Once every chosen tap is taken the forward stops (`_TapsTaken`): the layers after the deepest
+    tap the genotype reads cost no time and take no part in training.
     """
 
     def __init__(self, model: nn.Module, taps: Sequence[tuple[str, Any]], reduction) -> None:
         self.reduction = reduction
         self.out: dict[str, torch.Tensor] = {}
         self.rows = 0
+        self.count = len(taps)
         for node, tap in taps:
             get_module(model, tap.module).register_forward_hook(self._hook(node, tap.kind))
 
@@ -95,6 +103,8 @@ class _GradTaps:
             if out.shape[0] != self.rows:
                 out = out.reshape(self.rows, -1, *out.shape[1:]).amax(dim=1)
             self.out[node] = reduce_tap(out, kind, self.reduction).float()
+            if len(self.out) == self.count:
+                raise _TapsTaken
         return hook
 
 
@@ -114,7 +124,10 @@ class JointModel(nn.Module):
         for m, bb in self.backbones.items():
             hooks = self._taps[m]
             hooks.out, hooks.rows = {}, inputs[m].shape[0]
-            bb(inputs[m])
+            try:
+                bb(inputs[m])
+            except _TapsTaken:
+                pass
             feats.update(hooks.out)
             hooks.out = {}
         return feats
@@ -130,6 +143,23 @@ class JointModel(nn.Module):
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                     mod.eval()
         return self
+
+    def freeze_unreached(self, example: dict[str, torch.Tensor]) -> int:
+        """Stop training the backbone parameters no chosen tap depends on (the layers after the deepest
+        one, branches that feed none): they get no gradient, which DistributedDataParallel refuses.
+        Found by one backward of the taps on `example`; returns how many tensors were frozen."""
+        was = self.training
+        self.eval()
+        feats = self.features(example)
+        torch.stack([t.float().sum() for t in feats.values()]).sum().backward()
+        frozen = 0
+        for p in self.backbones.parameters():
+            if p.requires_grad and p.grad is None:
+                p.requires_grad_(False)
+                frozen += 1
+            p.grad = None
+        self.train(was)
+        return frozen
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         assert self.fusion is not None
@@ -218,26 +248,37 @@ def build_model(cfg: FinetuneConfig, genotype: Genotype, *, load_checkpoints: bo
         taps[mod] = [(node, tap_specs[k - 1]) for node, k in wanted[mod]]
         specs[mod] = (spec, inp)
     joint = JointModel(backbones, taps, reduction, cfg.freeze_bn)
-    probe = RawSamples(source, samples[:1], specs)[0][0]
-    joint.eval()
-    with torch.no_grad():
-        feats = joint.features({m: t[None] for m, t in probe.items()})
-    shapes = {n: (int(t.shape[1]), int(t.shape[2])) for n, t in feats.items()}
+    shapes = _tap_shapes(joint, {m: t[None] for m, t in RawSamples(source, samples[:1], specs)[0][0].items()})
     joint.fusion = FoundNetwork(genotype, shapes, cfg.dropout)
     return Built(joint, source, specs, shapes)
 
 
-def raw_loader(built: Built, split_names: Sequence[str], cfg: FinetuneConfig, device: torch.device, *, shuffle: bool,
-            epoch: int = 0, batch_size: int | None = None) -> DataLoader:
-    """Pinned host memory only for a CUDA run: pinning creates a CUDA context (and holds GPU memory)."""
+def _tap_shapes(joint: JointModel, probe: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """Each node's (channels, length) on one sample; the backbones' unreached parameters frozen on the way."""
+    joint.freeze_unreached(probe)
+    joint.eval()
+    with torch.no_grad():
+        feats = joint.features(probe)
+    return {n: (int(t.shape[1]), int(t.shape[2])) for n, t in feats.items()}
+
+
+def raw_loader(built: Built, split_names: Sequence[str], cfg: FinetuneConfig, device: torch.device,
+               world: World = SINGLE, *, shuffle: bool, epoch: int = 0, batch_size: int | None = None) -> DataLoader:
+    """This rank's share of the split, in batches of its share of the global `batch_size`.
+
+    The order is a seeded permutation per epoch (torch's DistributedSampler: rank r reads every
+    size-th sample of it, the split padded to a multiple of the ranks), so one process reads the
+    permutation in order and N processes the same global batches. Pinned host memory only for a CUDA
+    run: pinning creates a CUDA context (and holds GPU memory)."""
     samples = [s for s in built.source.samples() if s.split in split_names]
     if not samples:
         raise SearchError(f"source {cfg.source} has no samples in split(s) {', '.join(split_names)}")
     ds = RawSamples(built.source, samples, built.specs)
-    sampler = (RandomSampler(ds, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-               if shuffle else SequentialSampler(ds))
-    return DataLoader(ds, batch_size=batch_size or cfg.batch_size, sampler=sampler, num_workers=cfg.loader_workers,
-                      pin_memory=device.type == "cuda")
+    sampler = DistributedSampler(ds, num_replicas=world.size, rank=world.rank, shuffle=shuffle,
+                                 seed=cfg.seed * 100_003)
+    sampler.set_epoch(epoch)
+    return DataLoader(ds, batch_size=world.check_batch(batch_size or cfg.batch_size), sampler=sampler,
+                      num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
 
 
 def to_device(x: dict[str, torch.Tensor], y: torch.Tensor,

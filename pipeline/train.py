@@ -24,9 +24,10 @@ killed run resumed with `resume=True` ends with the same weights as an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -37,11 +38,12 @@ from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
 from fusion_search.training.metrics import PRIMARY, loss_fn
-from fusion_search.training.run import Run
+from fusion_search.training.distributed import RANK_RNG, World, joined
+from fusion_search.training.run import Run, shared_run
 from fusion_search.training.rundir import abs_path
 from pipeline.evaluate import evaluate_held_run
 from pipeline.configs import TRAIN_ON, TrainConfig
-from pipeline.runs import check_run_options, open_splits, open_store_checked
+from pipeline.runs import check_run_options, open_splits, open_store_checked, read_run_config
 from stores import FeatureStore
 
 def _validate(cfg: TrainConfig) -> None:
@@ -73,10 +75,16 @@ def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: s
     _validate(cfg)
     genotype = Genotype.load(genotype_path)
     store = open_store_checked(cfg.store, genotype, str(genotype_path), accept_changed_store)
-    with Run.create(out_dir, "train", dataclasses.asdict(cfg)) as run:
-        run.bind_store(store)
-        genotype.save(run.path / "genotype.json")
-        return _train(cfg, genotype, run, resume=False, progress=progress, evaluate_test=evaluate_test, store=store)
+    with joined(cfg.device) as world:
+        cfg.world_size = world.size
+        world.check_batch(cfg.batch_size)
+        world.check_sync_bn(cfg.sync_bn)
+        with shared_run(world, lambda: Run.create(out_dir, "train", dataclasses.asdict(cfg))) as run:
+            run.bind_store(store)
+            if run.writer:
+                genotype.save(run.path / "genotype.json")
+            return _train(cfg, genotype, run, world, resume=False, progress=progress, evaluate_test=evaluate_test,
+                          store=store)
 
 
 def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
@@ -85,65 +93,84 @@ def resume_training(run_dir: str | os.PathLike, *, progress: bool = False, evalu
 
     `device` moves the rest of the run (the only setting a resume may change; config.yaml keeps
     the original)."""
-    with Run.open(run_dir, ("train",)) as run:
-        run.require_checkpoint()
+    with joined(device or TrainConfig(**read_run_config(run_dir)).device) as world, \
+            shared_run(world, lambda: _held_for_resume(run_dir, accept_changed_store)) as run:
         cfg = TrainConfig(**run.config)
         cfg.device = device or cfg.device
+        world.check_batch(cfg.batch_size)
         genotype = Genotype.load(run.path / "genotype.json")
         store = open_store_checked(cfg.store, genotype, str(run.path / "genotype.json"), accept_changed_store)
+        return _train(cfg, genotype, run, world, resume=True, progress=progress, evaluate_test=evaluate_test,
+                      store=store)
+
+
+@contextlib.contextmanager
+def _held_for_resume(run_dir: str | os.PathLike, accept_changed_store: bool) -> Iterator[Run]:
+    """The train run at `run_dir`, held, with a checkpoint and the store it read (or an accepted change)."""
+    with Run.open(run_dir, ("train",)) as run:
+        run.require_checkpoint()
+        genotype = Genotype.load(run.path / "genotype.json")
+        store = open_store_checked(run.config["store"], genotype, str(run.path / "genotype.json"),
+                                   accept_changed_store)
         run.check_store(store, accept_changed_store)
-        return _train(cfg, genotype, run, resume=True, progress=progress, evaluate_test=evaluate_test, store=store)
+        yield run
 
 
-def _train(cfg: TrainConfig, genotype: Genotype, run: Run, *, resume: bool, progress: bool,
-           evaluate_test: bool, store: FeatureStore | None = None) -> dict[str, Any]:
-    """The run's epochs and its test evaluation, on `store` (opened and checked once per command)."""
-    store = store or open_store_checked(cfg.store, genotype, str(run.path / "genotype.json"))
-    summary = _loop(cfg, genotype, run, store, resume, progress, evaluate_test)
+def _train(cfg: TrainConfig, genotype: Genotype, run: Run, world: World, *, resume: bool, progress: bool,
+           evaluate_test: bool, store: FeatureStore) -> dict[str, Any]:
+    """The run's epochs and its test evaluation (rank 0's: the others wait), on `store` (opened and
+    checked once per command)."""
+    summary = _loop(cfg, genotype, run, world, store, resume, progress and world.main)
+    if evaluate_test and len(store.splits.get("test", ())) > 0:
+        if world.main:
+            summary["test"] = evaluate_held_run(run.path, run.config, "test", store=store)
+            run.log.info("test (checkpoint of epoch %d): %s %.4f", summary["best_epoch"], PRIMARY[store.task],
+                         summary["test"].get(PRIMARY[store.task], float("nan")))
+        world.barrier()
     run.finish(["metrics_test.json"] if summary["test"] is not None else [])
     return summary
 
 
-def _loop(cfg: TrainConfig, genotype: Genotype, run: Run, store: FeatureStore, resume: bool, progress: bool,
-          evaluate_test: bool) -> dict[str, Any]:
+def _loop(cfg: TrainConfig, genotype: Genotype, run: Run, world: World, store: FeatureStore, resume: bool,
+          progress: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
     task, key = store.task, PRIMARY[store.task]
-    device = resolve_device(cfg.device)
+    device = world.device(resolve_device(cfg.device))
     nodes = genotype.used_nodes()
     budget = budget_bytes(cfg.memory_budget_gb)
     train = open_splits(store, cfg.train_on.split("+"), nodes, device, budget)
     val = open_splits(store, ["val"], nodes, device, budget) if cfg.train_on == "train" else None
     torch.manual_seed(cfg.seed)
     model = FoundNetwork(genotype, store.node_shapes, cfg.dropout).to(device)
+    if world.rank:  # each rank its own dropout stream; rank 0 goes on with a 1-process run's
+        torch.manual_seed(cfg.seed + world.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = cfg.optimizer(params)
     log, book = run.log, run.book(key)
     if resume:
-        book.restore(model, opt, sched, device)
-        log.info("resumed after epoch %d", book.epoch)
+        world.restore_rng(book.restore(model, opt, sched, device), device)
+        log.info("resumed after epoch %d on %d process(es)", book.epoch, world.size)
     else:
-        log.info("train %s on %s (%s): %d rows, nodes %s, device %s, %d parameters", run.path / "genotype.json",
-                 store.path, cfg.train_on, train.num_rows, ",".join(nodes), device, count_parameters(model))
+        log.info("train %s on %s (%s): %d rows, nodes %s, device %s, %d parameters, %d process(es)",
+                 run.path / "genotype.json", store.path, cfg.train_on, train.num_rows, ",".join(nodes), device,
+                 count_parameters(model), world.size)
 
     def end_epoch(epoch: int, totals: EpochTotals) -> None:
         record = totals.record(epoch, opt.param_groups[0]["lr"])
-        if val is not None:
+        if val is not None:  # every rank scores the whole (cached) split: the same numbers, no gathering
             record["val"] = evaluate(model, val, task, cfg.batch_size)
         record["seconds"] = totals.seconds
-        msg = book.end_epoch(record, model, opt, sched, device)
+        ranks = world.rng_states(device)
+        msg = book.end_epoch(record, model, opt, sched, device, **({RANK_RNG: ranks} if ranks else {}))
         log.info(msg)
         if progress:
             tqdm.write(msg)
 
-    fit(model, lambda epoch: train.batches(cfg.batch_size, cfg.seed, epoch), lambda z, y: loss_fn(task, z, y), opt,
-        sched, FitOptions(epochs=cfg.epochs, start_epoch=book.epoch, params=params, grad_clip=cfg.grad_clip,
-                          steps_per_epoch=steps_per_epoch(train.num_rows, cfg.batch_size), on_epoch=end_epoch,
-                          progress=progress))
-    summary = book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on,
-                            "num_parameters": count_parameters(model), "test": None})
-    if evaluate_test and len(store.splits.get("test", ())) > 0:
-        summary["test"] = evaluate_held_run(run.path, run.config, "test", store=store)
-        log.info("test (checkpoint of epoch %d): %s %.4f", summary["best_epoch"], key,
-                 summary["test"].get(key, float("nan")))
-    return summary
+    fit(world.wrap(model, cfg.sync_bn), lambda epoch: train.batches(cfg.batch_size, cfg.seed, epoch, world=world),
+        lambda z, y: loss_fn(task, z, y), opt, sched,
+        FitOptions(epochs=cfg.epochs, start_epoch=book.epoch, params=params, grad_clip=cfg.grad_clip,
+                   steps_per_epoch=steps_per_epoch(train.num_rows, cfg.batch_size), on_epoch=end_epoch,
+                   progress=progress, world=world))
+    return book.summary({"epochs": cfg.epochs, "train_on": cfg.train_on,
+                         "num_parameters": count_parameters(model), "test": None})

@@ -10,18 +10,25 @@ written once. What differs between stages goes through two hooks:
 A step is exactly `zero_grad → forward → loss → grads of params → clip → step`; with
 `accumulate` k, the grads of k batches (each loss / k) are summed before one step; with AMP the
 forward runs under float16 autocast and the loss through a GradScaler (unscaled before clipping).
+With a `world` of several processes (`fusion_search.training.distributed`) the model comes wrapped in
+DistributedDataParallel: each rank's loss is weighted by its share of the global batch, gradients
+flow through `backward` (DDP averages them over the ranks, once per optimiser step) and the epoch's
+totals are summed over the ranks before `on_epoch` sees them.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from fusion_search.training.distributed import SINGLE, World, share_weight
 
 Batch = tuple[Any, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,6 +78,13 @@ class EpochTotals:
         """Since the epoch began (read in `on_epoch`, it includes validation)."""
         return time.perf_counter() - self.started
 
+    def summed(self, world: World) -> "EpochTotals":
+        """The totals of every rank's rows (this rank's alone in a one-process world)."""
+        if world.size == 1:
+            return self
+        loss_sum, rows, correct = world.sum([self.loss_sum, self.rows, self.correct])
+        return EpochTotals(loss_sum, int(rows), correct, self.multiclass, self.started)
+
     def record(self, epoch: int, lr: float) -> dict[str, Any]:
         """The first fields of an epoch's metrics.jsonl line."""
         out: dict[str, Any] = {"epoch": epoch + 1, "train_loss": self.loss, "lr": lr}
@@ -101,6 +115,7 @@ class FitOptions:
     progress: bool = False
     desc: str = "train"
     leave: bool = False
+    world: World = SINGLE
 
 
 def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], loss: LossFn,
@@ -126,9 +141,13 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], loss: LossF
         for i, batch in enumerate(bar):
             if o.to_device is not None:
                 batch = o.to_device(*batch)
-            w_loss, logits = _forward_backward(model, params, loss, batch, o.amp, scaler, o.accumulate)
+            steps = not (i + 1) % o.accumulate or i + 1 == n
+            if o.world.size > 1:
+                w_loss, logits = _ddp_forward_backward(model, loss, batch, o, scaler, steps)
+            else:
+                w_loss, logits = _forward_backward(model, params, loss, batch, o.amp, scaler, o.accumulate)
             totals.add(w_loss, logits, batch[1])
-            if (i + 1) % o.accumulate and i + 1 != n:
+            if not steps:
                 continue
             lr = float(optimizer.param_groups[0]["lr"])
             _optimizer_step(optimizer, params, scaler, o.grad_clip)
@@ -141,7 +160,7 @@ def fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], loss: LossF
                 post["acc"] = f"{totals.accuracy:.3f}"
             bar.set_postfix(post, refresh=False)
         if o.on_epoch is not None:
-            o.on_epoch(epoch, totals)
+            o.on_epoch(epoch, totals.summed(o.world))
 
 
 def train_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer, loss: LossFn,
@@ -166,6 +185,20 @@ def _forward_backward(model: nn.Module, params: list[nn.Parameter], loss: LossFn
     for p, g in zip(params, grads):
         if g is not None:
             p.grad = g if p.grad is None else p.grad + g
+    return value.detach(), logits.detach()
+
+
+def _ddp_forward_backward(model: nn.Module, loss: LossFn, batch: Batch, o: FitOptions, scaler: torch.amp.GradScaler,
+                          steps: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_forward_backward` of a DDP-wrapped model: the rank's loss weighted by its share of the global
+    batch, gradients through `backward`, averaged over the ranks only on a batch that steps."""
+    feats, labels = batch
+    weight = share_weight(len(labels), o.world) / o.accumulate
+    with model.no_sync() if not steps else nullcontext():  # type: ignore[operator]
+        with torch.autocast("cuda", dtype=torch.float16, enabled=o.amp):
+            logits = model(feats)
+        value = loss(logits.float(), labels)
+        scaler.scale(value * weight).backward()
     return value.detach(), logits.detach()
 
 

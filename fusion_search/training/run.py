@@ -26,9 +26,10 @@ import shutil
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 from fusion_search.errors import SearchError
+from fusion_search.training.distributed import World
 from fusion_search.training.events import EVENTS, EpochEvents
 from fusion_search.training.rundir import CONFIG, LAST, LOG, METRICS, EpochBook, read_config, run_log
 from stores.errors import StoreError
@@ -101,6 +102,32 @@ def run_state(path: str | os.PathLike) -> str:
     return Run(path, "search", SearchError).state
 
 
+@contextmanager
+def shared_run(world: World, hold: Callable[[], ContextManager["Run"]],
+               error: type[Exception] = SearchError) -> Iterator["Run"]:
+    """The run of a command that several processes run together (torchrun): rank 0 holds it (`hold`:
+    a `Run.create` or `Run.open`), the other ranks follow it (`Run.follower`) once rank 0 holds it.
+    A refusal on rank 0 (a used --out, a missing checkpoint) is the same refusal on every rank."""
+    if world.size == 1:
+        with hold() as run:
+            yield run
+        return
+    if not world.main:
+        told = world.broadcast(None)
+        if isinstance(told, str):
+            raise error(told)
+        yield Run.follower(*told, error=error)
+        return
+    with ExitStack() as stack:
+        try:
+            run = stack.enter_context(hold())
+        except Exception as exc:
+            world.broadcast(str(exc))
+            raise
+        world.broadcast((str(run.path), run.kind, run.config))
+        yield run
+
+
 class Run:
     """A run directory held by this process (see the module docstring)."""
 
@@ -109,6 +136,7 @@ class Run:
         self.config: dict[str, Any] = {}
         self.log: logging.Logger | None = None
         self.events: EpochEvents | None = None
+        self.writer = True  # False: a follower (`shared_run`), which writes nothing
         self._open = ExitStack()
 
     # --- the two ways in -----------------------------------------------------------------------
@@ -168,6 +196,18 @@ class Run:
                 probe._outputs()
             yield probe
 
+    @classmethod
+    def follower(cls, path: str | os.PathLike, kind: str, config: dict[str, Any],
+                 error: type[Exception] = SearchError) -> "Run":
+        """Another rank's view of the run rank 0 holds (`shared_run`): its path and config, a log that
+        goes nowhere, and no writes."""
+        run = cls(path, kind, error)
+        run.config, run.writer = dict(config), False
+        run.log = logging.getLogger(f"bmnas.{kind}.follower")
+        run.log.addHandler(logging.NullHandler())
+        run.log.propagate = False
+        return run
+
     # --- what a run is --------------------------------------------------------------------------
 
     @property
@@ -199,12 +239,13 @@ class Run:
 
     def book(self, key: str) -> EpochBook:
         """The per-epoch bookkeeping (best-on-val by `rundir.improves`, best.pt, metrics, last.pt)."""
-        return EpochBook(self.path, key, self.events)
+        return EpochBook(self.path, key, self.events, writes=self.writer)
 
     def write_json(self, name: str, data: Any, indent: int | None = 2) -> Path:
-        """A result file of the run, replaced whole."""
+        """A result file of the run, replaced whole (by the writer only)."""
         path = self.path / name
-        write_json_atomic(path, data, indent=indent)
+        if self.writer:
+            write_json_atomic(path, data, indent=indent)
         return path
 
     def bind_store(self, store: Any) -> None:
@@ -229,6 +270,8 @@ class Run:
             {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "store": str(store.path), "changed": changed}])
 
     def _update_record(self, **fields: Any) -> None:
+        if not self.writer:
+            return
         rec = self.record() or {"kind": self.kind, "bmnas": _version()}
         rec.update(fields)
         write_json_atomic(self.path / RUN_RECORD, rec)

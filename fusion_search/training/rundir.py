@@ -111,7 +111,11 @@ def load_training_state(path: Path, model: nn.Module, optimizer: Any, scheduler:
     (holding at least `keys`) for the stage's own state."""
     ckpt = load_run_checkpoint(path, ("model", "optimizer", "scheduler", "rng", *keys))
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as exc:  # another set of trained parameters (an older bmnas froze fewer)
+        raise SearchError(f"{path}: its optimiser state does not fit this run's trained parameters ({exc}); "
+                          "start the run again in a new directory") from None
     scheduler.load_state_dict(ckpt["scheduler"])
     restore_rng(ckpt, device)
     return ckpt
@@ -137,8 +141,9 @@ class EpochBook:
     val split), one line of metrics.jsonl (and its TensorBoard scalars), then last.pt holding
     everything to continue."""
 
-    def __init__(self, run: Path, key: str, events: Any = None) -> None:
+    def __init__(self, run: Path, key: str, events: Any = None, writes: bool = True) -> None:
         self.run, self.key, self.events = run, key, events  # events: an EpochEvents, or None
+        self.writes = writes  # False: a rank of a torchrun launch other than 0 keeps the state, writes nothing
         self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": 0, "best_loss": None}
 
     def restore(self, model: nn.Module, optimizer: Any, scheduler: Any, device: torch.device) -> dict[str, Any]:
@@ -146,7 +151,8 @@ class EpochBook:
         ckpt = load_training_state(self.run / LAST, model, optimizer, scheduler, device,
                                    ("epoch", "best_score", "best_epoch"))
         self.state = {k: ckpt.get(k) for k in self.state}
-        keep_epochs(self.run / METRICS, self.epoch)
+        if self.writes:
+            keep_epochs(self.run / METRICS, self.epoch)
         return ckpt
 
     @property
@@ -168,16 +174,22 @@ class EpochBook:
                 self.state["best_score"], self.state["best_loss"] = score, loss
         if improved:
             self.state["best_epoch"] = epoch
-            save_run_checkpoint({"model": model.state_dict(), "epoch": epoch, "score": self.state["best_score"]},
-                                self.run / BEST)
         self.state["epoch"] = epoch
+        if self.writes:
+            self._write(record, improved, model, optimizer, scheduler, device, extra)
+        val = f", val {self.key} {record['val'].get(self.key, float('nan')):.4f}" if "val" in record else ""
+        return (f"epoch {epoch}: train loss {record['train_loss']:.4f}{val}, best epoch {self.state['best_epoch']} "
+                f"({record.get('seconds', 0.0):.1f}s)")
+
+    def _write(self, record: dict[str, Any], improved: bool, model: nn.Module, optimizer: Any, scheduler: Any,
+               device: torch.device, extra: dict[str, Any]) -> None:
+        if improved:
+            save_run_checkpoint({"model": model.state_dict(), "epoch": self.state["epoch"],
+                                 "score": self.state["best_score"]}, self.run / BEST)
         append_jsonl(self.run / METRICS, record)
         if self.events is not None:
             self.events.add(record)
         save_training_state(self.run / LAST, model, optimizer, scheduler, device, **extra, **self.state)
-        val = f", val {self.key} {record['val'].get(self.key, float('nan')):.4f}" if "val" in record else ""
-        return (f"epoch {epoch}: train loss {record['train_loss']:.4f}{val}, best epoch {self.state['best_epoch']} "
-                f"({record.get('seconds', 0.0):.1f}s)")
 
     def summary(self, run_kind_fields: dict[str, Any]) -> dict[str, Any]:
         return {"run_dir": str(self.run), "best_epoch": self.state["best_epoch"],
