@@ -14,6 +14,8 @@ What a CPU-only test suite cannot show, each on tiny synthetic data in a tempora
   finetune_amp_resume      finetune with AMP killed and resumed; a CPU-begun run resumed on CUDA
   pretrain_kill_resume     pretrain killed after epoch 1 on CUDA and rerun (CUDA RNG restored)
   ablate_on_gpus           ablate, 2 dask workers, one GPU each (shares when there is one GPU)
+  torchrun_two_gpus        finetune under torchrun on 2 GPUs (nccl): one run directory, world_size 2,
+                           one metrics line per epoch, test metrics, its wall time (SKIP with < 2 GPUs)
   no_context_on_cpu        train + evaluate under --device cpu leave CUDA uninitialised
 Resumed runs are compared with deterministic algorithms on; weights must agree within RESUME_ATOL
 (CUDA kernels may still reorder sums), genotypes and best epochs exactly.
@@ -321,6 +323,32 @@ def ablate_on_gpus(tmp: Path) -> str:
     store, g = _train_setup(tmp)
     path = run_ablation(store, g, tmp / "ablate", seeds=1, epochs=1, batch_size=32, device="cuda", workers=2)
     return f"{len(path.read_text().splitlines())} lines of ablation.md from 2 workers"
+
+
+@check
+def torchrun_two_gpus(tmp: Path) -> str:
+    import json
+
+    import torch
+    import yaml
+
+    if torch.cuda.device_count() < 2:
+        raise Skip(f"{torch.cuda.device_count()} GPU visible; torchrun across GPUs needs 2")
+    store, g = _train_setup(tmp)
+    bmnas = Path(sys.executable).parent / "bmnas"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(bmnas),
+           "train", "--store", store, "--genotype", str(g), "--out", str(tmp / "ddp_run"), "--epochs", "2",
+           "--batch-size", "32", "--device", "cuda"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr[-800:]
+    run = tmp / "ddp_run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == 2
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2], epochs
+    acc = json.loads((run / "metrics_test.json").read_text()).get("accuracy")
+    return f"2 ranks (nccl), 2 epochs in {seconds:.1f}s wall, test accuracy {acc}"
 
 
 @check
