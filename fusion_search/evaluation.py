@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -20,13 +21,18 @@ from fusion_search.data import SplitData
 from fusion_search.training.engine import FitOptions, fit, predict, steps_per_epoch
 from fusion_search.found_network import FoundNetwork
 from fusion_search.genotype import Genotype
+from fusion_search.missing import VAL_MASK_SEED, with_dropout
 from fusion_search.training.metrics import PRIMARY, loss_fn, split_metrics
 from fusion_search.training.schedule import weight_optimizer
 
 
-def evaluate(model: nn.Module, data: SplitData, task: str, batch_size: int) -> dict[str, float]:
-    """Loss and task metrics over every row of `data` (eval mode, no autograd); restores train mode."""
-    logits, labels = predict(model, data.batches(batch_size, seed=0, shuffle=False))
+def evaluate(model: nn.Module, data: SplitData, task: str, batch_size: int, modality_dropout: float = 0.0,
+             nodes: Sequence[str] = ()) -> dict[str, float]:
+    """Loss and task metrics over every row of `data` (eval mode, no autograd); restores train mode.
+    With `modality_dropout`, under one fixed set of masks over the modalities of `nodes`
+    (`fusion_search.missing.VAL_MASK_SEED`: every model scored the same way)."""
+    batches = with_dropout(data.batches(batch_size, seed=0, shuffle=False), modality_dropout, nodes, VAL_MASK_SEED, 0)
+    logits, labels = predict(model, batches)
     return split_metrics(task, logits, labels)
 
 
@@ -42,6 +48,8 @@ class ScoringRecipe:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     dropout: float = 0.2
+    modality_dropout: float = 0.0
+    nodes: tuple[str, ...] = ()  # the modalities a sample may lose are those of these nodes
 
     def epochs_for(self, rows: int) -> int:
         return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch(rows, self.batch_size)))
@@ -52,7 +60,11 @@ def train_epochs(model: nn.Module, train: SplitData, task: str, recipe: ScoringR
     epochs = recipe.epochs_for(train.num_rows)
     opt, sched = weight_optimizer(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                                   lr_min=recipe.lr * 1e-3, restart_period=epochs, restart_mult=1)
-    fit(model, lambda epoch: train.batches(recipe.batch_size, seed, epoch), lambda z, y: loss_fn(task, z, y), opt,
+    def batches(epoch: int):
+        return with_dropout(train.batches(recipe.batch_size, seed, epoch), recipe.modality_dropout, recipe.nodes,
+                            seed, epoch)
+
+    fit(model, batches, lambda z, y: loss_fn(task, z, y), opt,
         sched, FitOptions(epochs=epochs, grad_clip=recipe.grad_clip,
                           steps_per_epoch=steps_per_epoch(train.num_rows, recipe.batch_size)))
 
@@ -74,5 +86,6 @@ def score_genotype(genotype: Genotype, train: SplitData, val: SplitData, node_sh
             torch.manual_seed(seed)
             net = FoundNetwork(genotype, node_shapes, recipe.dropout).to(device)
             train_epochs(net, train, task, recipe, seed)
-            scores.append(float(evaluate(net, val, task, recipe.batch_size)[PRIMARY[task]]))
+            scores.append(float(evaluate(net, val, task, recipe.batch_size, recipe.modality_dropout,
+                                         recipe.nodes)[PRIMARY[task]]))
     return scores

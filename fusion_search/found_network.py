@@ -3,6 +3,7 @@
 Only the store nodes some Cell reads get a ReshapeInput. Each Step runs its one primitive on its two
 inner nodes (op(x, x) via `forward_same` when both inputs are the same node), each Cell projects the
 concat of its `concat` inner nodes to C, and the head reads the concat of the `output` Cells.
+A features dict with missing-modality masks is read as `fusion_search.missing` defines.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from fusion_search.blocks import CellOutput, ClassifierHead, ReshapeInput
 from fusion_search.genotype import CellGene, Genotype, cell_name
+from fusion_search.missing import apply_missing
 from fusion_search.primitives import build_primitive
 
 
@@ -51,7 +53,7 @@ class FoundNetwork(nn.Module):
         self.head = ClassifierHead(len(g.output), g.C, g.L, g.num_classes)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        states = {n: r(features[n]) for n, r in zip(self.input_nodes, self.reshapes)}
+        states = apply_missing({n: r(features[n]) for n, r in zip(self.input_nodes, self.reshapes)}, features)
         for k, (gene, cell) in enumerate(zip(self.genotype.cells, self.cells)):
             states[cell_name(k)] = cell(states[gene.inputs[0]], states[gene.inputs[1]])
         return self.head([states[name] for name in self.genotype.output])

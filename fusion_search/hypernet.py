@@ -29,6 +29,7 @@ from torch import nn
 
 from fusion_search.blocks import CellOutput, ClassifierHead, ReshapeInput
 from fusion_search.derive import derive_candidates, node_modalities
+from fusion_search.missing import apply_missing
 from fusion_search.genotype import Genotype
 from fusion_search.primitives import DEFAULT_PRIMITIVES, build_primitive
 
@@ -147,9 +148,10 @@ class Hypernet(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.spec
         if s.reshape:
-            inputs = torch.stack([r(features[n]) for r, n in zip(self.reshapes, s.nodes)])
+            states = {n: r(features[n]) for r, n in zip(self.reshapes, s.nodes)}
         else:
-            inputs = torch.stack([features[n] for n in s.nodes])
+            states = {n: features[n] for n in s.nodes}
+        inputs = torch.stack(list(apply_missing(states, features).values()))  # masks: `fusion_search.missing`
         n_in = inputs.shape[0]
         flat = inputs.reshape(n_in, -1)  # eq. 2 over the inputs as one (A, P) @ (P, N·C·L) product
         cells: list[torch.Tensor] = []

@@ -46,7 +46,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -62,6 +62,7 @@ from fusion_search.training.events import EpochEvents, entropies
 from fusion_search.genotype import Genotype
 from fusion_search.history import plot_history, plot_metrics
 from fusion_search.hypernet import Hypernet, HypernetSpec, arch_weights_to_lists
+from fusion_search.missing import check_dropout, with_dropout
 from fusion_search.training.metrics import PRIMARY, loss_fn
 from fusion_search.training.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from fusion_search.training.run import Run, settings_diff
@@ -97,14 +98,18 @@ def _check_store(store, cfg: SearchConfig) -> list[str]:
     if cfg.cross_modal and len(set(node_modalities(nodes))) < 2:
         raise SearchError(f"--cross-modal: the nodes {', '.join(nodes)} are of one modality; drop --cross-modal "
                           "or search over nodes of two modalities")
+    check_dropout(cfg.modality_dropout, nodes)
     return nodes
 
 
-def _val_stream(val: SplitData, batch_size: int, seed: int, epoch: int) -> Iterator[TensorBatch]:
-    """Endless val batches for the arch steps of one epoch (own seeded order, restarts per epoch)."""
+def _val_stream(val: SplitData, batch_size: int, seed: int, epoch: int, modality_dropout: float = 0.0,
+                nodes: Sequence[str] = ()) -> Iterator[TensorBatch]:
+    """Endless val batches for the arch steps of one epoch (own seeded order, restarts per epoch), under
+    the search's modality dropout."""
     k = 0
     while True:
-        yield from val.batches(batch_size, seed, 1_000_000 + epoch * 1000 + k)
+        yield from with_dropout(val.batches(batch_size, seed, 1_000_000 + epoch * 1000 + k), modality_dropout, nodes,
+                                seed + 1, 1_000_000 + epoch * 1000 + k)
         k += 1
 
 
@@ -112,16 +117,19 @@ class _SearchEpochs:
     """The search's side of each epoch of `engine.fit`: after every weight step, an architecture step on
     the next batch of this epoch's own val stream (from `arch_warmup_epochs` on), and its loss."""
 
-    def __init__(self, cfg: SearchConfig, architect: Architect, val: SplitData, on_batch: BatchCallback | None) -> None:
-        self.cfg, self.architect, self.val, self.on_batch = cfg, architect, val, on_batch
+    def __init__(self, cfg: SearchConfig, architect: Architect, val: SplitData, on_batch: BatchCallback | None,
+                 nodes: list[str]) -> None:
+        self.cfg, self.architect, self.val, self.on_batch, self.nodes = cfg, architect, val, on_batch, nodes
         self.arch_loss_sum = 0.0
         self._vals: Iterator[TensorBatch] = iter(())
 
     def batches(self, train: SplitData) -> Callable[[int], Iterator[TensorBatch]]:
         def epoch_batches(epoch: int) -> Iterator[TensorBatch]:
             self.arch_loss_sum = 0.0
-            self._vals = _val_stream(self.val, self.cfg.batch_size, self.cfg.seed, epoch)
-            return train.batches(self.cfg.batch_size, self.cfg.seed, epoch)
+            cfg = self.cfg
+            self._vals = _val_stream(self.val, cfg.batch_size, cfg.seed, epoch, cfg.modality_dropout, self.nodes)
+            return with_dropout(train.batches(cfg.batch_size, cfg.seed, epoch), cfg.modality_dropout, self.nodes,
+                                cfg.seed, epoch)
         return epoch_batches
 
     def arch_step(self, step: Step) -> None:
@@ -213,7 +221,7 @@ def _search(run: "_Search", resume: bool, progress: bool, on_batch: BatchCallbac
         run.log.info("search on %s: %d train / %d val rows, nodes %s, device %s, %d weight parameters",
                      run.store_path, run.train.num_rows, run.val.num_rows, ",".join(run.nodes), run.device,
                      sum(p.numel() for p in run.weights))
-    loop = _SearchEpochs(cfg, run.architect, run.val, on_batch)
+    loop = _SearchEpochs(cfg, run.architect, run.val, on_batch, run.nodes)
     fit(run.model, loop.batches(run.train), run.loss, run.w_opt, run.sched,
         FitOptions(epochs=cfg.epochs, start_epoch=run.state["epoch"], params=run.weights, grad_clip=cfg.grad_clip,
                    steps_per_epoch=steps_per_epoch(run.train.num_rows, cfg.batch_size), on_step=loop.arch_step,
@@ -272,7 +280,8 @@ class _Search:
     def end_epoch(self, epoch: int, totals: EpochTotals, loop: _SearchEpochs, progress: bool) -> None:
         """Score this epoch's genotype, keep the best, write the epoch's lines and the checkpoint."""
         state, files, key = self.state, self.files, self.key
-        val_metrics = evaluate(self.model, self.val, self.task, self.cfg.batch_size)
+        val_metrics = evaluate(self.model, self.val, self.task, self.cfg.batch_size, self.cfg.modality_dropout,
+                               self.nodes)
         genotype, score = self.scoring.best_candidate(self.model, epoch, state["scores"], val_metrics[key])
         best = state["best"]
         if score is not None and (best is None or score > best["score"]):
@@ -367,7 +376,8 @@ def score_runs(cfg: SearchConfig, genotype: Genotype, train: SplitData, val: Spl
     """Val scores of scoring runs `first` .. `first + runs - 1` of a genotype, trained with the
     search's scoring settings (the one place those settings meet `score_genotype`)."""
     recipe = ScoringRecipe(epochs=cfg.score_epochs, min_steps=cfg.score_min_steps, batch_size=cfg.batch_size,
-                           lr=cfg.weight_lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, dropout=cfg.dropout)
+                           lr=cfg.weight_lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, dropout=cfg.dropout,
+                           modality_dropout=cfg.modality_dropout, nodes=tuple(genotype.nodes))
     return score_genotype(genotype, train, val, node_shapes, task=task, recipe=recipe, seeds=runs, first_seed=first)
 
 

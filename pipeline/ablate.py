@@ -29,8 +29,10 @@ from extract.cluster import connect, on_worker
 from fusion_search.baselines import baseline_genotype
 from fusion_search.errors import SearchError
 from fusion_search.genotype import Genotype, inner_name
+from fusion_search.missing import modalities_of
 from fusion_search.training.metrics import PRIMARY
 from pipeline.evaluate import evaluate_run, has_metrics, read_metrics
+from pipeline.robustness import NOISE_LEVELS, has_robustness, read_robustness
 from fusion_search.training.run import FINISHED, PARTIAL, hold_folder, rerun, run_state, settings_diff
 from fusion_search.training.rundir import abs_path
 from pipeline.configs import DEFAULT_EPOCHS, TrainConfig
@@ -78,16 +80,22 @@ def _run_one(store_path: str, genotype_path: str, run_dir: str, split: str, sett
     started = run_state(run) in (PARTIAL, FINISHED)
     if started:
         _check_same_run(run, store_path, genotype_path, settings)
-    if run_done(run, split):
-        return read_metrics(run, split)
-    rerun(run, lambda: train_on_cache(store_path, genotype_path, run, evaluate_test=False, **settings),
-          lambda: resume_training(run, evaluate_test=False))
-    return evaluate_run(run, split, plots=False)
+    if not run_done(run, split):
+        rerun(run, lambda: train_on_cache(store_path, genotype_path, run, evaluate_test=False, **settings),
+              lambda: resume_training(run, evaluate_test=False))
+        evaluate_run(run, split, plots=False, robustness=NOISE_LEVELS)
+    return {**read_metrics(run, split), "missing": _missing(run, split)}
+
+
+def _missing(run: Path, split: str) -> dict[str, float]:
+    """The primary metric with each modality the run's network reads missing (`robustness_<split>.json`)."""
+    table = read_robustness(run, split)
+    return {m: float(v[table["primary"]]) for m, v in table["missing"].items()}
 
 
 def run_done(run: Path, split: str) -> bool:
-    """Whether one training run of the table is done: finished, with its metrics on `split`."""
-    return run_state(run) == FINISHED and has_metrics(run, split)
+    """Whether one training run of the table is done: finished, with its metrics and robustness on `split`."""
+    return run_state(run) == FINISHED and has_metrics(run, split) and has_robustness(run, split)
 
 
 def _check_same_run(run: Path, store_path: str, genotype_path: str, settings: dict[str, Any]) -> None:
@@ -181,16 +189,20 @@ def _ablate(store, store_path: str, template: Genotype, genotype_path: Path, out
     per_seed = [dict(settings, seed=s) for _, s, _, _ in tasks]
     results = train_runs(tasks, per_seed, store_path, split, workers, scheduler)
     key = PRIMARY[store.task]
+    modalities = modalities_of(store.nodes)
     by_row: dict[str, dict[str, Any]] = {}
     for (row, s, gpath, run), m in zip(tasks, results):
-        r = by_row.setdefault(row, {"values": [], "seeds": [], "params": [], "runs": [], "genotypes": []})
+        r = by_row.setdefault(row, {"values": [], "seeds": [], "params": [], "runs": [], "genotypes": [],
+                                    "missing": {mod: [] for mod in modalities}})
         r["values"].append(float(m[key]))
+        for mod in modalities:  # a network that does not read a modality loses nothing without it
+            r["missing"][mod].append(m["missing"].get(mod, float(m[key])))
         r["seeds"].append(s)
         r["params"].append(int(m["num_parameters"]))
         r["runs"].append(str(run))
         r["genotypes"].append(str(gpath))
     summary = {"store": str(store_path), "genotype": str(genotype_path), "metric": key, "split": split,
-               "seeds": seed_list, "epochs": epochs, "train_on": train_on, "rows": by_row}
+               "seeds": seed_list, "epochs": epochs, "train_on": train_on, "modalities": modalities, "rows": by_row}
     write_json_atomic(out / "ablation.json", summary, indent=1)
     _plot(by_row, key, split, out / "ablation.png")
     path = out / "ablation.md"
@@ -222,18 +234,23 @@ def ablation_markdown(summary: dict[str, Any], template: Genotype) -> str:
             f"{summary['train_on']} per run. Paper column: NTU RGB-D test accuracy from the paper's tables "
             "(other data, other backbones: compare the ordering, not the values).\n\n"
             f"- searched feature selection: {_inputs_text(template)}\n"
+            "- no <modality>: the same runs with that modality missing (`bmnas evaluate --robustness`)\n"
             f"- searched Cells: {_cells_text(template)}\n")
 
+    mods = summary.get("modalities", [])
+
     def table(title: str, first: str, second: str, spec: tuple[Row, ...]) -> str:
-        lines = [f"\n## {title}\n", f"| {first} | {second} | {key} ({unit}) | per seed | parameters | paper (%) |",
-                 "|---|---|---|---|---|---|"]
+        missing_head = "".join(f" no {m} ({unit}) |" for m in mods)
+        lines = [f"\n## {title}\n", f"| {first} | {second} | {key} ({unit}) | per seed |{missing_head} parameters | "
+                 "paper (%) |", "|---|---|---|---|" + "---|" * len(mods) + "---|---|"]
         for row in spec:
             r = rows[row.key]
             mean, std = mean_std(r["values"])
             params = sorted(set(r["params"]))
             ptxt = f"{params[0]:,}" if len(params) == 1 else f"{min(params):,}–{max(params):,}"
             seeds = ", ".join(f"{v * 100:.2f}" for v in r["values"])
-            lines.append(f"| {row.label} | {row.note} | {_fmt(mean, std, n, 100)} | {seeds} | {ptxt} | "
+            missing = "".join(f" {_fmt(*mean_std(r['missing'][m]), n, 100)} |" for m in mods)
+            lines.append(f"| {row.label} | {row.note} | {_fmt(mean, std, n, 100)} | {seeds} |{missing} {ptxt} | "
                          f"{PAPER[row.key]:.2f} |")
         return "\n".join(lines) + "\n"
 

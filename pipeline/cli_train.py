@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from fusion_search.errors import SearchError
 from pipeline.cli_resume import accept_changed_store_option, check_resume_options, given_device
@@ -12,6 +13,9 @@ from pipeline.configs import DEFAULT_EPOCHS, TRAIN_ON, FinetuneConfig, TrainConf
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
 _T, _F = TrainConfig(), FinetuneConfig()  # the defaults of train's and finetune's options
+_MODALITY_DROPOUT = click.option(
+    "--modality-dropout", type=float, default=0.0, show_default=True,
+    help="Probability that a training sample loses one of its modalities (chosen uniformly, never all).")
 _SYNC_BN = click.option("--sync-bn", is_flag=True, default=False,
                         help="Under torchrun on GPUs: training BatchNorm layers normalise over the global batch.")
 
@@ -36,9 +40,10 @@ def _echo_metrics(metrics: dict | None, prefix: str = "") -> None:
 @click.option("--lr", type=float, default=_T.lr, show_default=True, help="Adam learning rate.")
 @click.option("--resume", type=click.Path(), help="Continue the killed run in this directory.")
 @_SYNC_BN
+@_MODALITY_DROPOUT
 @accept_changed_store_option
 def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train_on, lr, resume, sync_bn,
-              accept_changed_store) -> None:
+              modality_dropout, accept_changed_store) -> None:
     """Train a found network on cached features; evaluate its kept checkpoint on test."""
     from fusion_search.training.distributed import launched_rank
     from pipeline.train import resume_training, train_on_cache
@@ -52,7 +57,7 @@ def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train
                 raise SearchError(f"{name}: required (or --resume RUN to continue a run)")
         summary = train_on_cache(store, genotype_path, out, epochs=epochs, batch_size=batch_size, seed=seed,
                                  device=device, train_on=train_on, lr=lr, progress=True, sync_bn=sync_bn,
-                                 accept_changed_store=accept_changed_store)
+                                 modality_dropout=modality_dropout, accept_changed_store=accept_changed_store)
     if launched_rank():  # under torchrun, rank 0 reports for all
         return
     click.echo(f"{summary['run_dir']}: {summary['num_parameters']:,} parameters, "
@@ -65,14 +70,26 @@ def train_cmd(store, genotype_path, out, epochs, batch_size, seed, device, train
 @click.option("--split", default="test", show_default=True)
 @click.option("--device", type=_DEVICE, default=None, help="Default: the run's device setting.")
 @click.option("--batch-size", type=int, default=None)
+@click.option("--robustness", is_flag=True, default=False,
+              help="Also score the split with each modality missing in turn and with noise on each modality.")
+@click.option("--noise-levels", default="0.5,1,2", show_default=True,
+              help="With --robustness: noise sigmas, as multiples of each node's std on train.")
 @accept_changed_store_option
-def evaluate_cmd(run, split, device, batch_size, accept_changed_store) -> None:
+def evaluate_cmd(run, split, device, batch_size, robustness, noise_levels, accept_changed_store) -> None:
     """Metrics, predictions, confusion matrix, parameters and latency of RUN on a split."""
     from pipeline.evaluate import evaluate_run
+    from pipeline.robustness import parse_noise_levels, read_robustness, robustness_rows
 
-    metrics = evaluate_run(run, split, device=device, batch_size=batch_size, accept_changed_store=accept_changed_store)
+    if not robustness and click.get_current_context().get_parameter_source("noise_levels") == ParameterSource.COMMANDLINE:
+        raise SearchError("--noise-levels: only with --robustness")
+    levels = parse_noise_levels(noise_levels) if robustness else None  # a bad level before any work
+    metrics = evaluate_run(run, split, device=device, batch_size=batch_size, accept_changed_store=accept_changed_store,
+                           robustness=levels)
     _echo_metrics(metrics, f"{split}: ")
     click.echo(f"wrote {run}/metrics_{split}.json, predictions_{split}.csv")
+    if levels is not None:
+        click.echo("\n".join(robustness_rows(read_robustness(Path(run), split))))
+        click.echo(f"wrote {run}/robustness_{split}.json, robustness_{split}.png")
 
 
 @click.command("ablate")
@@ -185,11 +202,12 @@ def baseline_cmd(name, store, output, like, seed, C, L, cells) -> None:
 @click.option("--seed", type=int, default=_F.seed, show_default=True)
 @click.option("--resume", type=click.Path(), help="Continue the killed finetune run in this directory.")
 @_SYNC_BN
+@_MODALITY_DROPOUT
 @accept_changed_store_option
 def finetune_cmd(store, genotype_path, source, kind, split_preset, source_opt, backbone_opts, checkpoint_opts, tap_opts,
                  input_opts, setting, t_max, grid, init_from, out, epochs, batch_size, accumulate, lr,
                  backbone_lr_scale, loader_workers, amp, device, train_on, seed, resume, sync_bn,
-                 accept_changed_store) -> None:
+                 modality_dropout, accept_changed_store) -> None:
     """Fine-tune backbones and the found fusion network jointly from raw data; evaluate on test."""
     from pipeline.cli_backbones import backbone_options
     from pipeline.cli_extract import _source_options
@@ -217,7 +235,7 @@ def finetune_cmd(store, genotype_path, source, kind, split_preset, source_opt, b
                            epochs=epochs, batch_size=batch_size,
                            accumulate=accumulate, device=device, train_on=train_on, seed=seed, progress=True, lr=lr,
                            backbone_lr_scale=backbone_lr_scale, loader_workers=loader_workers, amp=amp,
-                           sync_bn=sync_bn, accept_changed_store=accept_changed_store, **reduction)
+                           sync_bn=sync_bn, modality_dropout=modality_dropout, accept_changed_store=accept_changed_store, **reduction)
     if launched_rank():  # under torchrun, rank 0 reports for all
         return
     click.echo(f"{summary['run_dir']}: {summary['num_parameters']:,} parameters "

@@ -31,6 +31,7 @@ class Schedule:
     weight_decay: float = 3e-4
     dropout: float = 0.2
     grad_clip: float = 5.0
+    modality_dropout: float = 0.0  # P of a training sample losing one modality (`fusion_search.missing`)
 
     def optimizer(self, params: Any) -> tuple[Any, Any]:
         """The paper's Adam and cosine warm restarts over `params` (tensors or param-group dicts)."""

@@ -182,6 +182,13 @@ def _tested(run: Path) -> bool:
     return has_metrics(run, "test")
 
 
+def _trained(run: Path) -> bool:
+    """Whether a trained network's run is done: finished, with its test metrics and robustness table."""
+    from pipeline.ablate import run_done
+
+    return run_done(run, "test")
+
+
 def _source(cfg: DemoConfig, raw: Path):
     from extract.sources.registry import open_source
 
@@ -247,7 +254,7 @@ def _run_stages(cfg: DemoConfig) -> dict[str, Any]:
     what = ("the found network, the baselines and the unimodal rows (the found Cells on one modality's taps)"
             if data.unimodal_on_cache else "the found network and the baselines")
     stages.run(f"train {what} on the cache",
-               lambda: all(_tested(t[3]) for t in _train_tasks(cfg, runs, train_root)),
+               lambda: all(_trained(t[3]) for t in _train_tasks(cfg, runs, train_root)),
                lambda: _train_all(cfg, store, runs, train_root),
                f"reusing {train_root}")
     if not data.unimodal_on_cache:
@@ -403,7 +410,7 @@ def _train_all(cfg: DemoConfig, store: Path, runs: dict[str, Path], root: Path) 
     from pipeline.ablate import train_runs
 
     tasks = _train_tasks(cfg, runs, root)
-    done = {name for name in runs if all(_tested(root / name / f"seed_{s}") for s in cfg.train_seeds)}
+    done = {name for name in runs if all(_trained(root / name / f"seed_{s}") for s in cfg.train_seeds)}
     for name in done:
         _say(f"  {name}: cache hit")
     todo = [t for t in tasks if t[0] not in done]

@@ -181,10 +181,12 @@ def _first_example(data: SplitData) -> Any:
     return feats
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str | None = None,
-                 batch_size: int | None = None, plots: bool = True, accept_changed_store: bool = False) -> dict[str, Any]:
+                 batch_size: int | None = None, plots: bool = True, accept_changed_store: bool = False,
+                 robustness: Sequence[str] | None = None) -> dict[str, Any]:
     """`bmnas evaluate`: a train or finetune run's kept checkpoint (best on val, or last for train+val)
     on `split`, holding the run's lock (two evaluations never race on its result files). A train run
-    whose store is no longer the one it read is refused unless `accept_changed_store`."""
+    whose store is no longer the one it read is refused unless `accept_changed_store`. `robustness`
+    (noise levels): also the missing / noisy modality table (`pipeline.robustness`)."""
     with Run.open(run_dir, ("train", "finetune"), outputs=False) as run:
         store = None
         if run.kind == "train":
@@ -192,8 +194,37 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
             store = open_store_checked(run.config["store"], genotype, str(run.path / "genotype.json"),
                                        accept_changed_store)
             run.check_store(store, accept_changed_store)
-        return evaluate_held_run(run.path, run.config, split, device=device, batch_size=batch_size, plots=plots,
-                                 store=store)
+        metrics = evaluate_held_run(run.path, run.config, split, device=device, batch_size=batch_size, plots=plots,
+                                    store=store)
+        if robustness is not None:
+            evaluate_robustness(run.path, run.config, split, robustness, device=device, batch_size=batch_size,
+                                store=store, plots=plots)
+        return metrics
+
+
+def evaluate_robustness(run: Path, cfg: dict[str, Any], split: str, levels: Sequence[str], *,
+                        device: str | None = None, batch_size: int | None = None, store: Any = None,
+                        plots: bool = True) -> dict[str, Any]:
+    """robustness_<split>.json of a held train or finetune run (`pipeline.robustness`); returns the table."""
+    from pipeline.robustness import (finetune_run_inputs, parse_noise_levels, robustness_table, train_run_inputs,
+                                     write_robustness)
+
+    levels = parse_noise_levels(levels)
+    if not (run / BEST).is_file():
+        raise SearchError(f"{run}: no {BEST}; the run has not finished an epoch yet")
+    dev = resolve_device(device or cfg.get("device", "auto"))
+    bs = int(batch_size or cfg.get("batch_size", 96))
+    genotype = Genotype.load(run / "genotype.json")
+    if cfg["kind"] == "finetune":
+        net, data, std = finetune_run_inputs(run, split, bs, dev)
+    else:
+        store = store or open_store_checked(cfg["store"], genotype, str(run / "genotype.json"))
+        require_rows(store, [split], "choose another --split")
+        net, data, std = train_run_inputs(run, cfg, split, store, bs, dev)
+    table = robustness_table(net, data, std, task=genotype.task, levels=levels, batch_size=bs, device=dev,
+                             metrics=functools.partial(task_metrics, genotype.task, genotype.num_classes))
+    write_robustness(run, split, table, plots)
+    return table
 
 
 def evaluate_held_run(run: Path, cfg: dict[str, Any], split: str = "test", *, device: str | None = None,

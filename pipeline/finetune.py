@@ -30,6 +30,7 @@ from fusion_search.training.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.errors import SearchError
 from fusion_search.found_network import count_parameters
 from fusion_search.genotype import Genotype, check_provenance
+from fusion_search.missing import check_dropout, with_dropout
 from fusion_search.training.metrics import PRIMARY, loss_fn
 from fusion_search.training.run_checkpoint import load_run_checkpoint
 from fusion_search.training.distributed import RANK_RNG, World, gathered, joined
@@ -62,6 +63,7 @@ def finetune(genotype_path: str | os.PathLike, source_path: str, backbones: Sequ
         world.check_batch(cfg.batch_size)
         world.check_sync_bn(cfg.sync_bn)
         genotype = Genotype.load(genotype_path)
+        check_dropout(cfg.modality_dropout, genotype.used_nodes())
         torch.manual_seed(cfg.seed)  # the fusion network's initial weights
         built = build_model(cfg, genotype)  # all user errors (checkpoints, nodes, task) before the run dir exists
         if opened is not None:
@@ -254,9 +256,11 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Run, world: World, resume: boo
         log.info(book.end_epoch(record, model, opt, sched, device, scaler=scaler.state_dict(),
                                 **({RANK_RNG: ranks} if ranks else {})))
 
-    fit(world.wrap(model, cfg.sync_bn),
-        lambda epoch: raw_loader(built, splits, cfg, device, world, shuffle=True, epoch=epoch),
-        lambda z, y: loss_fn(task, z, y), opt, sched,
+    def batches(epoch: int):
+        return with_dropout(raw_loader(built, splits, cfg, device, world, shuffle=True, epoch=epoch),
+                            cfg.modality_dropout, list(built.node_shapes), cfg.seed + 100_003 * world.rank, epoch)
+
+    fit(world.wrap(model, cfg.sync_bn), batches, lambda z, y: loss_fn(task, z, y), opt, sched,
         FitOptions(epochs=cfg.epochs, start_epoch=book.epoch, params=bb_params + fusion_params, grad_clip=cfg.grad_clip,
                    accumulate=cfg.accumulate, amp=amp, scaler=scaler, to_device=on_device, on_epoch=end_epoch,
                    progress=progress, desc="finetune", world=world))

@@ -29,6 +29,7 @@ from extract.sources.registry import open_source
 from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork
 from fusion_search.genotype import Genotype
+from fusion_search.missing import MISSING
 from fusion_search.training.distributed import SINGLE, World
 from pipeline.configs import FinetuneConfig
 from pipeline.runs import read_run_config
@@ -133,8 +134,11 @@ class JointModel(nn.Module):
         return feats
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits; missing-modality masks among `inputs` go on to the fusion network (`fusion_search.missing`)."""
         assert self.fusion is not None
-        return self.fusion(self.features(inputs))
+        feats = self.features(inputs)
+        feats.update({k: v for k, v in inputs.items() if k.startswith(MISSING)})
+        return self.fusion(feats)
 
     def train(self, mode: bool = True) -> "JointModel":
         super().train(mode)

@@ -130,6 +130,25 @@ def _num(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def _split_sections(run: Path, split: str, metrics: dict[str, Any], img: Path) -> list[str]:
+    """The confusion matrix, per-class F1 and robustness table of one evaluated split, where written."""
+    from pipeline.robustness import robustness_rows
+
+    lines: list[str] = []
+    if (run / f"confusion_{split}.png").is_file():
+        lines += [f"## Confusion matrix ({split})", "", f"![confusion](confusion_{split}.png)", ""]
+    per_class = run / f"per_class_f1_{split}.json"
+    if metrics.get("task") == "multilabel" and per_class.is_file():
+        plot = _per_class_f1_plot(json.loads(per_class.read_text()), img / f"per_class_f1_{split}.png",
+                                  f"{run.name}: F1 per class on {split} (weighted {metrics.get('f1_weighted', 0):.4f})")
+        lines += [f"## F1 per class ({split})", "", f"![per-class F1](report/{plot.name})", ""]
+    robust = run / f"robustness_{split}.json"
+    if robust.is_file():
+        lines += [f"## Robustness ({split}): a modality missing, or noise on it (σ x its std on train)", ""]
+        lines += robustness_rows(json.loads(robust.read_text())) + ["", f"![robustness](robustness_{split}.png)", ""]
+    return lines
+
+
 def run_report(run_dir: str | os.PathLike) -> Path:
     """Write RUN/report.md (images in RUN/report/); returns its path."""
     from fusion_search.render import render
@@ -148,13 +167,7 @@ def run_report(run_dir: str | os.PathLike) -> Path:
     if curve:
         lines += ["## Learning curves", "", "![curves](report/curves.png)", ""]
     for split, metrics in info["metrics"].items():
-        if (run / f"confusion_{split}.png").is_file():
-            lines += [f"## Confusion matrix ({split})", "", f"![confusion](confusion_{split}.png)", ""]
-        per_class = run / f"per_class_f1_{split}.json"
-        if metrics.get("task") == "multilabel" and per_class.is_file():
-            plot = _per_class_f1_plot(json.loads(per_class.read_text()), img / f"per_class_f1_{split}.png",
-                                      f"{run.name}: F1 per class on {split} (weighted {metrics.get('f1_weighted', 0):.4f})")
-            lines += [f"## F1 per class ({split})", "", f"![per-class F1](report/{plot.name})", ""]
+        lines += _split_sections(run, split, metrics, img)
     if info["genotype"].is_file():
         g = Genotype.load(info["genotype"])
         render(g, img / "genotype.png", "matplotlib")
@@ -193,20 +206,47 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     lines = [f"# Comparison of {len(infos)} runs", "", "| " + " | ".join(cols + [f"{key} ({s})" for s in splits]) + " |",
              "|" + "---|" * (len(cols) + len(splits))]
     names = [i["run"].name for i in infos]
-    for i in infos:
+    labels = [i["run"].name if names.count(i["run"].name) == 1 else f"{i['run'].parent.name}/{i['run'].name}"
+              for i in infos]
+    for i, label in zip(infos, labels):
         params = next((m.get("num_parameters") for m in i["metrics"].values()), None)
-        label = i["run"].name if names.count(i["run"].name) == 1 else f"{i['run'].parent.name}/{i['run'].name}"
         g = Genotype.load(i["genotype"]) if i["genotype"].is_file() else None
         cells = "; ".join(f"({c.inputs[0]}, {c.inputs[1]}): " + ", ".join(s.op for s in c.steps)
                           for c in g.cells) if g else "—"
         link = os.path.relpath(i["run"] / "report.md", path.parent)
         values = " | ".join(_num(i["metrics"].get(s, {}).get(key)) for s in splits)
         lines.append(f"| [{label}]({link}) | {i['kind']} | {cells} | {_num(params)} | {values} |")
+    lines += _robustness_comparison(infos, labels)
     plot = _compare_curves(infos, key, path.with_suffix(".png"))
     if plot:
         lines += ["", f"![validation curves]({plot.name})"]
     write_text_atomic(path, "\n".join(lines) + "\n")
     return pages + [path]
+
+
+def _robustness_comparison(infos: list[dict], labels: list[str]) -> list[str]:
+    """One row per run holding a robustness table (`bmnas evaluate --robustness`): its primary metric
+    with all modalities, each one missing, and noise on each at every level; test split first."""
+    from pipeline.robustness import read_robustness
+
+    found = []
+    for info, label in zip(infos, labels):
+        split = next((s for s in ("test", "val", "train") if (info["run"] / f"robustness_{s}.json").is_file()), None)
+        if split is not None:
+            found.append((label, split, read_robustness(info["run"], split)))
+    if not found:
+        return []
+    first = found[0][2]
+    key = first["primary"]
+    cols = ["all"] + [f"no {m}" for m in first["missing"]] + [f"{m} σ={s}" for m, lv in first["noise"].items()
+                                                              for s in lv]
+    lines = ["", f"## Robustness ({key}): a modality missing, or noise on it (σ x its std on train)", "",
+             "| run | split | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    for label, split, t in found:
+        values = [t["full"].get(key)] + [t["missing"].get(m, {}).get(key) for m in first["missing"]]
+        values += [t["noise"].get(m, {}).get(s, {}).get(key) for m, lv in first["noise"].items() for s in lv]
+        lines.append(f"| {label} | {split} | " + " | ".join(_num(v) for v in values) + " |")
+    return lines
 
 
 def _compare_curves(infos: list[dict], key: str, path: Path) -> Path | None:

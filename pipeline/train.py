@@ -37,6 +37,7 @@ from fusion_search.errors import SearchError
 from fusion_search.evaluation import evaluate
 from fusion_search.found_network import FoundNetwork, count_parameters
 from fusion_search.genotype import Genotype
+from fusion_search.missing import check_dropout, with_dropout
 from fusion_search.training.metrics import PRIMARY, loss_fn
 from fusion_search.training.distributed import RANK_RNG, World, joined
 from fusion_search.training.run import Run, shared_run
@@ -74,6 +75,7 @@ def train_on_cache(store_path: str, genotype_path: str | os.PathLike, out_dir: s
                          "epochs": epochs})
     _validate(cfg)
     genotype = Genotype.load(genotype_path)
+    check_dropout(cfg.modality_dropout, genotype.used_nodes())
     store = open_store_checked(cfg.store, genotype, str(genotype_path), accept_changed_store)
     with joined(cfg.device) as world:
         cfg.world_size = world.size
@@ -167,8 +169,11 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Run, world: World, store: F
         if progress:
             tqdm.write(msg)
 
-    fit(world.wrap(model, cfg.sync_bn), lambda epoch: train.batches(cfg.batch_size, cfg.seed, epoch, world=world),
-        lambda z, y: loss_fn(task, z, y), opt, sched,
+    def batches(epoch: int):
+        return with_dropout(train.batches(cfg.batch_size, cfg.seed, epoch, world=world), cfg.modality_dropout, nodes,
+                            cfg.seed + 100_003 * world.rank, epoch)
+
+    fit(world.wrap(model, cfg.sync_bn), batches, lambda z, y: loss_fn(task, z, y), opt, sched,
         FitOptions(epochs=cfg.epochs, start_epoch=book.epoch, params=params, grad_clip=cfg.grad_clip,
                    steps_per_epoch=steps_per_epoch(train.num_rows, cfg.batch_size), on_epoch=end_epoch,
                    progress=progress, world=world))

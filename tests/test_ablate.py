@@ -20,6 +20,7 @@ def test_ablate_two_seeds_on_dask(tmp_path):
     for row in TABLE6 + TABLE7:
         assert f"| {row.label} |" in text
     assert "Table 6" in text and "Table 7" in text and " ± " in text
+    assert "| no a (%) | no b (%) |" in text  # a column per missing modality
     data = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert data["metric"] == "accuracy" and data["split"] == "test" and data["seeds"] == [0, 1]
     rows = data["rows"]
@@ -29,6 +30,8 @@ def test_ablate_two_seeds_on_dask(tmp_path):
     # the numbers in the table are the runs' own metrics files
     m = json.loads((tmp_path / "abl" / "runs" / "sum" / "seed_1" / "metrics_test.json").read_text())
     assert rows["sum"]["values"][1] == m["accuracy"] and rows["sum"]["params"][1] == m["num_parameters"]
+    missing = json.loads((tmp_path / "abl" / "runs" / "sum" / "seed_1" / "robustness_test.json").read_text())["missing"]
+    assert rows["sum"]["missing"]["a"][1] == missing["a"]["accuracy"]
     # random: one genotype per seed; the others one genotype for all seeds
     assert len(set(rows["random"]["genotypes"])) == 2 and len(set(rows["late"]["genotypes"])) == 1
     assert set(rows["searched"]["genotypes"]) == {str((tmp_path / "g.json").resolve())}  # the user's own file

@@ -48,6 +48,9 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path, said):
     metrics = json.loads((root / "train" / "found" / "seed_0" / "metrics_test.json").read_text())
     assert metrics["num_samples"] > 0 and "accuracy" in metrics
     assert "| BM-NAS found network |" in (root / "comparison.md").read_text()
+    page = (root / "report" / "comparison.md").read_text()  # the robustness of the found network and late fusion
+    assert "## Robustness (accuracy)" in page and "| no video | no skeleton |" in page
+    assert "| found/seed_0 | test |" in page and "| late/seed_0 | test |" in page
     assert "| method | test accuracy | seeds | parameters |" in out and "cache hit" not in out
     kept = json.loads((root / "search" / "seeds.json").read_text())["kept_seed"]  # multi-start over 2 seeds
     assert kept in (0, 1) and (root / "search" / "seed_1" / "genotype.json").is_file()
@@ -76,6 +79,8 @@ def test_mmimdb_like_demo_on_raw_posters_and_plots(tmp_path, said):
     assert "| method | test F1-W | mean F1, cross-modal genres | seeds | parameters |" in out
     assert "[6/6] report" in out and "cache hit" not in out  # unimodal rows train with the fused ones
     assert 0.0 <= rows["BM-NAS found network"]["cross_f1"] <= 1.0
+    page = (tmp_path / "mm" / "report" / "comparison.md").read_text()
+    assert "## Robustness (f1_weighted)" in page and "| found/seed_0 | test |" in page and "| late/seed_0 | test |" in page
     store = tmp_path / "mm" / "features.zarr"
     from stores import open_store
 

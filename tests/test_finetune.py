@@ -239,3 +239,18 @@ def test_store_record_overrides_merge_field_by_field(chain):
     assert settings == {"t_max": 32, "grid": 4} and opts == store.attrs["extraction"]["source_options"]
     bbs, _ = _from_store(store, [], {}, None, "full")
     assert all(b["setting"] == "full" and b["input"] == {} for b in bbs)
+
+
+def test_finetune_with_modality_dropout_and_its_robustness(chain):
+    """--modality-dropout through the joint model (masks travel with the raw batch to the fusion
+    network); --robustness on a finetune run reads the fine-tuned backbones' taps."""
+    d, store, g, backbones = chain
+    run = d / "ft_drop"
+    finetune(d / "g.json", str(d / "ntu"), backbones, run, setting="tiny", epochs=1, batch_size=4, device="cpu",
+             loader_workers=0, modality_dropout=0.3)
+    r = CliRunner().invoke(cli, ["evaluate", str(run), "--robustness", "--noise-levels", "1"])
+    assert r.exit_code == 0, r.output
+    table = json.loads((run / "robustness_test.json").read_text())
+    assert set(table["missing"]) == {"video", "skeleton"} and set(table["noise"]["video"]) == {"1"}
+    assert set(table["noise_std"]) == set(g.used_nodes()) and all(v > 0 for v in table["noise_std"].values())
+    assert table["full"]["accuracy"] == json.loads((run / "metrics_test.json").read_text())["accuracy"]
