@@ -84,7 +84,7 @@ def score_genotype(genotype: Genotype, train: SplitData, val: SplitData, node_sh
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             seed = scoring_seed(index, genotype)
             torch.manual_seed(seed)
-            net = FoundNetwork(genotype, node_shapes, recipe.dropout).to(device)
+            net = FoundNetwork(genotype, node_shapes, recipe.dropout, recipe.modality_dropout > 0).to(device)
             train_epochs(net, train, task, recipe, seed)
             scores.append(float(evaluate(net, val, task, recipe.batch_size, recipe.modality_dropout,
                                          recipe.nodes)[PRIMARY[task]]))

@@ -15,7 +15,7 @@ from torch import nn
 
 from fusion_search.blocks import CellOutput, ClassifierHead, ReshapeInput
 from fusion_search.genotype import CellGene, Genotype, cell_name
-from fusion_search.missing import apply_missing
+from fusion_search.missing import apply_missing, placeholders
 from fusion_search.primitives import build_primitive
 
 
@@ -39,7 +39,10 @@ class FoundCell(nn.Module):
 class FoundNetwork(nn.Module):
     """Genotype + the (C_node, T_node) of the nodes it reads -> a trainable classifier."""
 
-    def __init__(self, genotype: Genotype, node_shapes: Mapping[str, tuple[int, int]], dropout: float = 0.2) -> None:
+    def __init__(self, genotype: Genotype, node_shapes: Mapping[str, tuple[int, int]], dropout: float = 0.2,
+                 learned_placeholders: bool = False) -> None:
+        """`learned_placeholders`: one learned placeholder per input node for a missing modality
+        (`fusion_search.missing`; a network trained with modality dropout)."""
         super().__init__()
         g = genotype
         self.genotype = g
@@ -51,9 +54,11 @@ class FoundNetwork(nn.Module):
             ReshapeInput(node_shapes[n][0], g.C, g.L, dropout, t_node=node_shapes[n][1]) for n in self.input_nodes)
         self.cells = nn.ModuleList(FoundCell(c, g.C, g.L, dropout) for c in g.cells)
         self.head = ClassifierHead(len(g.output), g.C, g.L, g.num_classes)
+        self.absent = placeholders(len(self.input_nodes), g.C, g.L, learned_placeholders)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        states = apply_missing({n: r(features[n]) for n, r in zip(self.input_nodes, self.reshapes)}, features)
+        states = apply_missing({n: r(features[n]) for n, r in zip(self.input_nodes, self.reshapes)}, features,
+                               self.absent)
         for k, (gene, cell) in enumerate(zip(self.genotype.cells, self.cells)):
             states[cell_name(k)] = cell(states[gene.inputs[0]], states[gene.inputs[1]])
         return self.head([states[name] for name in self.genotype.output])

@@ -29,7 +29,7 @@ from torch import nn
 
 from fusion_search.blocks import CellOutput, ClassifierHead, ReshapeInput
 from fusion_search.derive import derive_candidates, node_modalities
-from fusion_search.missing import apply_missing
+from fusion_search.missing import apply_missing, placeholders
 from fusion_search.genotype import Genotype
 from fusion_search.primitives import DEFAULT_PRIMITIVES, build_primitive
 
@@ -55,6 +55,7 @@ class HypernetSpec:
     dropout: float = 0.2
     cross_modal: bool = False  # a Cell reading two store nodes reads two modalities (derive.py)
     reshape: bool = True
+    learned_placeholders: bool = False  # a learned placeholder per node for a missing modality (missing.py)
 
 
 class MixedStep(nn.Module):
@@ -123,6 +124,7 @@ class Hypernet(nn.Module):
             self.reshapes = nn.ModuleList(
                 ReshapeInput(s.node_shapes[n][0], s.C, s.L, s.dropout, t_node=s.node_shapes[n][1]) for n in s.nodes)
         self.cells = nn.ModuleList(SearchCell(s) for _ in range(s.cells))
+        self.absent = placeholders(len(s.nodes), s.C, s.L, s.learned_placeholders)
         self.head = ClassifierHead(s.multiplier, s.C, s.L, s.num_classes)
         a = 2 if s.step_inputs == "pair" else 1
         n_in = len(s.nodes)
@@ -151,7 +153,7 @@ class Hypernet(nn.Module):
             states = {n: r(features[n]) for r, n in zip(self.reshapes, s.nodes)}
         else:
             states = {n: features[n] for n in s.nodes}
-        inputs = torch.stack(list(apply_missing(states, features).values()))  # masks: `fusion_search.missing`
+        inputs = torch.stack(list(apply_missing(states, features, self.absent).values()))  # `fusion_search.missing`
         n_in = inputs.shape[0]
         flat = inputs.reshape(n_in, -1)  # eq. 2 over the inputs as one (A, P) @ (P, N·C·L) product
         cells: list[torch.Tensor] = []

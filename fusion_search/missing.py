@@ -2,9 +2,13 @@
 
 A batch's features dict may carry, beside its nodes, one boolean mask per modality under the key
 `missing:<modality>` (shape (N,): True where that sample lacks the modality). A network reads the
-mask after its reshape layers: each node of a missing modality enters the Cells as zeros for the
-masked samples (`apply_missing`), the state an input has when it carries nothing. Only two options
-set masks: `--modality-dropout P` while training (train, finetune, search; recorded in the run's
+mask after its reshape layers: each node of a missing modality enters the Cells, for the masked
+samples, as that node's placeholder (`apply_missing`). A network trained or searched with modality
+dropout learns one placeholder per node (a (C, L) parameter, zeros at first, `placeholders`); any
+other network uses zeros, the state an input has when it carries nothing. Why learned: a Cell that
+multiplies its inputs (LinearGLU, Attention) turns a zero input into a zero output and loses the
+other modality with it; a learned placeholder can carry a constant that lets the other one through
+(tests/test_robustness.py). Only two options set masks: `--modality-dropout P` while training (train, finetune, search; recorded in the run's
 config) and `bmnas evaluate --robustness`. Stores never hold missing rows: NaN or absent data is
 refused as everywhere else, never turned into a mask.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from fusion_search.derive import node_modalities
 from fusion_search.errors import SearchError
@@ -34,19 +39,27 @@ def modalities_of(nodes: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(node_modalities(nodes)))
 
 
-def apply_missing(states: dict[str, torch.Tensor], features: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def apply_missing(states: dict[str, torch.Tensor], features: Mapping[str, Any],
+                  placeholders: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """`states` (node -> (N, C, L), after the reshape layers) with the masked samples of each missing
-    modality's nodes set to zeros; unchanged when `features` carries no mask."""
+    modality's nodes replaced by the node's placeholder (`placeholders[i]` for the i-th node of
+    `states`; zeros without); unchanged when `features` carries no mask."""
     masks = {k[len(MISSING):]: v for k, v in features.items() if k.startswith(MISSING)}
     if not masks:
         return states
     out = dict(states)
-    for node, modality in zip(states, node_modalities(list(states))):
+    for i, (node, modality) in enumerate(zip(states, node_modalities(list(states)))):
         mask = masks.get(modality)
         if mask is not None:
             x = states[node]
-            out[node] = torch.where(mask.to(x.device).view(-1, *([1] * (x.dim() - 1))), torch.zeros_like(x), x)
+            fill = torch.zeros_like(x) if placeholders is None else placeholders[i].expand_as(x)
+            out[node] = torch.where(mask.to(x.device).view(-1, *([1] * (x.dim() - 1))), fill, x)
     return out
+
+
+def placeholders(nodes: int, C: int, L: int, learned: bool) -> nn.Parameter | None:
+    """The learned placeholders of a network's `nodes` input nodes (zeros at first), or None (zeros)."""
+    return nn.Parameter(torch.zeros(nodes, C, L)) if learned else None
 
 
 def check_dropout(p: float, nodes: Sequence[str], option: str = "--modality-dropout") -> float:

@@ -248,7 +248,8 @@ class _Search:
         spec = HypernetSpec(nodes=tuple(nodes), node_shapes=dict(store.node_shapes), task=store.task,
                             num_classes=store.num_classes, cells=cfg.cells, steps=cfg.steps, C=cfg.channels,
                             L=cfg.length, multiplier=cfg.multiplier, primitives=tuple(cfg.primitives),
-                            step_inputs=cfg.step_inputs, dropout=cfg.dropout, cross_modal=cfg.cross_modal)
+                            step_inputs=cfg.step_inputs, dropout=cfg.dropout, cross_modal=cfg.cross_modal,
+                            learned_placeholders=cfg.modality_dropout > 0)
         self.model = Hypernet(spec).to(device)
         self.weights, arch = self.model.weight_parameters(), self.model.arch_parameters()
         self.w_opt, self.sched = weight_optimizer(self.weights, lr=cfg.weight_lr, weight_decay=cfg.weight_decay,

@@ -240,7 +240,8 @@ def evaluate_held_run(run: Path, cfg: dict[str, Any], split: str = "test", *, de
     require_rows(store, [split], "choose another --split")
     dev = resolve_device(device or cfg.get("device", "auto"))
     bs = int(batch_size or cfg.get("batch_size", 96))
-    model = FoundNetwork(genotype, store.node_shapes, float(cfg.get("dropout", 0.2))).to(dev)
+    model = FoundNetwork(genotype, store.node_shapes, float(cfg.get("dropout", 0.2)),
+                         float(cfg.get("modality_dropout", 0.0)) > 0).to(dev)
     ckpt = load_run_checkpoint(run / BEST)
     model.load_state_dict(ckpt["model"])
     data = open_splits(store, [split], genotype.used_nodes(), dev)

@@ -253,7 +253,7 @@ def build_model(cfg: FinetuneConfig, genotype: Genotype, *, load_checkpoints: bo
         specs[mod] = (spec, inp)
     joint = JointModel(backbones, taps, reduction, cfg.freeze_bn)
     shapes = _tap_shapes(joint, {m: t[None] for m, t in RawSamples(source, samples[:1], specs)[0][0].items()})
-    joint.fusion = FoundNetwork(genotype, shapes, cfg.dropout)
+    joint.fusion = FoundNetwork(genotype, shapes, cfg.dropout, cfg.modality_dropout > 0)
     return Built(joint, source, specs, shapes)
 
 

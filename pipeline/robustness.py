@@ -192,7 +192,8 @@ def train_run_inputs(run: Path, cfg: dict[str, Any], split: str, store: Any, bat
 
     genotype = Genotype.load(run / "genotype.json")
     nodes = genotype.used_nodes()
-    net = FoundNetwork(genotype, store.node_shapes, float(cfg.get("dropout", 0.2))).to(device)
+    net = FoundNetwork(genotype, store.node_shapes, float(cfg.get("dropout", 0.2)),
+                       float(cfg.get("modality_dropout", 0.0)) > 0).to(device)
     net.load_state_dict(load_run_checkpoint(run / BEST)["model"])
     cpu = torch.device("cpu")
     data = _collect(open_splits(store, [split], nodes, cpu).batches(batch_size, seed=0, shuffle=False))

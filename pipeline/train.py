@@ -144,7 +144,7 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Run, world: World, store: F
     train = open_splits(store, cfg.train_on.split("+"), nodes, device, budget)
     val = open_splits(store, ["val"], nodes, device, budget) if cfg.train_on == "train" else None
     torch.manual_seed(cfg.seed)
-    model = FoundNetwork(genotype, store.node_shapes, cfg.dropout).to(device)
+    model = FoundNetwork(genotype, store.node_shapes, cfg.dropout, cfg.modality_dropout > 0).to(device)
     if world.rank:  # each rank its own dropout stream; rank 0 goes on with a 1-process run's
         torch.manual_seed(cfg.seed + world.rank)
     params = [p for p in model.parameters() if p.requires_grad]

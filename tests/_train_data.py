@@ -10,7 +10,7 @@ from pathlib import Path
 
 from _search_data import NODES, planted_store
 
-__all__ = ["NODES", "small_store", "searched_genotype"]
+__all__ = ["NODES", "small_store", "searched_genotype", "glu_genotype"]
 
 
 def small_store(path: Path, task: str = "multiclass", n: int = 160, C: int = 6, T: int = 4, signal: float = 3.0):
@@ -32,3 +32,14 @@ def searched_genotype(task: str = "multiclass", k: int = 4, C: int = 8, L: int =
                    "steps": [{"op": "Sum", "inputs": [0, 1]}, {"op": "Attention", "inputs": [2, 0]}],
                    "concat": [2, 3]}],
         "output": ["cell_1", "cell_2"]})
+
+
+def glu_genotype():
+    """One Cell, one Step: LinearGLU(a_2, b_3) = a_2 W1 ⊙ sigmoid(b_3 W2), a multiplicative fusion of
+    the planted pair (a missing value input zeroes its output unless the network learned a placeholder)."""
+    from fusion_search.genotype import Genotype
+
+    return Genotype.from_dict({
+        "format": "bmnas-genotype", "version": 1, "task": "multiclass", "num_classes": 4, "C": 8, "L": 4,
+        "multiplier": 1, "nodes": NODES, "output": ["cell_1"],
+        "cells": [{"inputs": ["a_2", "b_3"], "steps": [{"op": "LinearGLU", "inputs": [0, 1]}], "concat": [2]}]})
