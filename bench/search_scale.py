@@ -13,7 +13,7 @@ projects to NTU: per-step times are size-free (measured at both sizes: they agre
 is its weight+arch steps, its scoring steps and its val passes at the measured rates; peak memory
 is fitted linearly in the rows.
 
-    .venv/bin/python bench/search_scale.py                      # about 5 minutes on 2 CPU cores
+    .venv/bin/python bench/search_scale.py                      # under 2 minutes on 2 CPU cores
     .venv/bin/python bench/search_scale.py --device cuda        # a GPU row (also its peak GPU memory)
 """
 
@@ -82,9 +82,8 @@ def one_epoch(store: str, out: str, device: str) -> dict:
     t0 = time.perf_counter()
     search.run_search(cfg, out)
     total = time.perf_counter() - t0
-    record = json.loads((Path(out) / "metrics.jsonl").read_text().splitlines()[0])
     return {"epoch_s": total, "scoring_s": spent["scoring"], "search_s": total - spent["scoring"],
-            "epoch_record_s": record["seconds"], "peak_host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 

@@ -42,7 +42,7 @@ class ExtractConfig:
     workers: int = 2
     threads_per_worker: int = 1
     device: str = "auto"  # checked on the workers (a head node needs no GPU)
-    precision: str = "auto"  # the forward's compute precision; auto: float16 autocast on CUDA for all-float16 nodes
+    precision: str = "auto"  # the forward's compute precision; auto: `extract.precision.auto_precision`
     on_error: str = "fail"
     overwrite: bool = False
     progress: bool = True

@@ -30,6 +30,7 @@ from extract.cluster import connect
 from extract.errors import BackboneError, DataError, ExtractError
 from extract.config import ExtractConfig, ReductionConfig
 from extract.dtypes import DTYPE_CHOICES, choose_dtype, peak_magnitude, unstorable_message
+from extract.precision import auto_precision
 from extract.worker import INIT_SEED, PRECISIONS, ChunkResult, Entry, Placement, run_chunks, warm_up
 from stores import NodeSpec, StoreError, create_store, is_bmnas_store, open_writer
 from stores.device import DEVICES, gpu_slot
@@ -184,14 +185,15 @@ def _device_type(placement: Placement) -> str:
     return "cuda" if any(d.startswith("cuda") for _, d in placement.devices) else "cpu"
 
 
-def place(device: str, precision: str, dtype: str, gpus: dict[str, int]) -> Placement:
+def place(device: str, precision: str, dtype: str, gpus: dict[str, int],
+          backbones: Sequence[tuple[str, str]] = ()) -> Placement:
     """Each worker's device and the compute precision, from the GPUs each worker sees (`gpus`:
     worker address -> CUDA device count there; "" for this process without dask).
 
     Pure, so the assignment is testable without a GPU. `auto` is CUDA only when every worker has a
     GPU (one store is never half CPU, half GPU); `cuda` refuses workers without one, naming them.
     Workers on one host share its GPUs by rank (`stores.device.gpu_slot`). Precision `auto` is
-    float16 autocast on CUDA when the store keeps float16, float32 otherwise.
+    `extract.precision.auto_precision` of the job's `backbones` ((name, setting) pairs).
     """
     if device not in DEVICES:
         raise ExtractError(f"--device must be auto, cpu or cuda, not {device!r}")
@@ -205,7 +207,7 @@ def place(device: str, precision: str, dtype: str, gpus: dict[str, int]) -> Plac
     cuda = device == "cuda" or (device == "auto" and bool(gpus) and all(n > 0 for n in gpus.values()))
     devices = tuple((a, f"cuda:{gpu_slot(a, gpus, n)[0]}" if cuda else "cpu") for a, n in sorted(gpus.items()))
     if precision == "auto":
-        precision = "float16" if cuda and dtype == "float16" else "float32"
+        precision = auto_precision(cuda, dtype, backbones)
     return Placement(devices, precision)
 
 
@@ -434,7 +436,8 @@ def extract(source: Any, out: str, backbones: Sequence[BackboneChoice], config: 
     runner = _Runner(cfg.use_dask, cfg.scheduler, cfg.workers, cfg.threads_per_worker, cfg.timeout)
     try:
         dtypes = _node_dtypes(entries, cfg.dtype)
-        placement = place(cfg.device, cfg.precision, _forward_dtype(dtypes), runner.gpus(cfg.device))
+        placement = place(cfg.device, cfg.precision, _forward_dtype(dtypes), runner.gpus(cfg.device),
+                          [(e.backbone, e.setting) for e in entries])
         prov = _provenance(entries, shas, cfg, len(ids), source, placement)
         writer = _reopen(out, prov) if resumed else None
         if writer is None:  # a new store, or one holding no complete chunk made with other settings

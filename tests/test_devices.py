@@ -143,6 +143,13 @@ def test_place_gives_each_worker_of_a_host_its_own_gpu_and_checks_the_workers():
     assert place("cpu", "float16", "float16", {"": 0}).precision == "float16"  # autocast on the CPU, if asked
     with pytest.raises(ExtractError, match="--precision"):
         place("cpu", "bfloat16", "float16", {"": 0})
+    # auto by measurement (extract/precision.py): ResNeXt-101 3D runs faster in float32 on CUDA, the
+    # inflated ResNet-50 in float16; a job with one measured slower in float16 computes in float32
+    fast = [("inflated_resnet50", "full"), ("hcn", "full")]
+    assert place("cuda", "auto", "float16", {a: 1}, fast).precision == "float16"
+    assert place("cuda", "auto", "float16", {a: 1}, fast + [("resnext101_3d", "full")]).precision == "float32"
+    assert place("cuda", "float16", "float16", {a: 1}, [("resnext101_3d", "full")]).precision == "float16"  # asked
+    assert place("cpu", "auto", "float16", {"": 0}, fast).precision == "float32"
 
 
 @pytest.fixture(scope="module")
