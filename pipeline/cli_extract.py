@@ -101,6 +101,10 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, taps_text, i
                        on_error=on_error, seed=seed, keep_in_memory=keep_in_memory, source_location=where,
                        tap_choice=tap_list(taps_text or "") or None,
                        input=input_fields(input_text) if input_text else {})
+    from fusion_search.training.distributed import launched_rank
+
+    if launched_rank():  # under torchrun, rank 0 reports for all
+        return
     click.echo(f"best {res.metric} {res.best_score:.4f} at epoch {res.best_epoch}; checkpoint {res.checkpoint} "
                f"(sha256 {res.checkpoint_sha256[:12]})")
 

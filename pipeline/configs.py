@@ -122,6 +122,7 @@ class PretrainConfig:
     metric: str = ""
     init_sha256: str | None = None
     taps: list[dict[str, Any]] = field(default_factory=list)  # the resolved tap specs
+    world_size: int = 1                    # processes training together (torchrun)
 
 
 PRETRAIN_SETTABLE = ("backbone", "modality", "setting", "epochs", "batch_size", "lr", "weight_decay", "seed", "device",

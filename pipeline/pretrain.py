@@ -16,18 +16,24 @@ its root) is refused in one line naming what to do.
 Training: Adam with one cosine cycle over the epochs down to 0 (`fusion_search.training.schedule`, stepped
 once per epoch), no gradient clipping; batches with fewer than two readable rows are skipped
 (BatchNorm). The data side (prepared samples) is `extract.labelled_samples`.
+
+Under torchrun (`fusion_search.training.distributed`) each process trains on its share of every
+global batch (a DistributedSampler order, seeded by --seed and the epoch), the val scores are
+gathered over the whole split, and rank 0 alone writes the run. `--on-error skip` is refused there:
+a sample skipped on one process would leave the processes with different numbers of steps.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from extract.backbones import resolve_backbone
 from extract.checkpoints import inflate_checkpoint, load_checkpoint, save_checkpoint
@@ -36,9 +42,10 @@ from extract.labelled_samples import LabelledSamples, collate_samples
 from extract.sources.registry import open_source
 from fusion_search.training.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.training.metrics import PRIMARY, loss_fn, split_metrics
-from fusion_search.training.run import Run
+from fusion_search.training.distributed import RANK_RNG, SINGLE, World, gathered, joined
+from fusion_search.training.run import Run, shared_run
 from fusion_search.training.rundir import (LAST, METRICS, append_jsonl, improves, keep_epochs, load_training_state,
-                                           save_training_state)
+                                           read_config, save_training_state)
 from fusion_search.training.schedule import weight_optimizer
 from stores.device import resolve_device
 from pipeline.configs import PRETRAIN_SETTABLE, PretrainConfig
@@ -71,9 +78,23 @@ class _Parts:
     device: torch.device
     input_dim: int | None
     init_sha256: str | None
+    world: World = SINGLE
+
+    def batches(self, epoch: int) -> Any:
+        """One epoch of training batches (this rank's share of each global batch under torchrun)."""
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
+        return (b for b in self.loader if b is not None and len(b[1]) >= 2)  # BatchNorm: 2 rows
+
+    def scores(self, task: str) -> dict[str, float]:
+        """Loss and metrics over the whole eval split (gathered from every rank under torchrun)."""
+        to_device = lambda x, y: (x.to(self.device), y.to(self.device))  # noqa: E731
+        rows = list(self.eval_loader.sampler) if self.world.size > 1 else []  # (one process: no RNG drawn)
+        logits, labels = predict(self.model, (b for b in self.eval_loader if b is not None), to_device=to_device)
+        return split_metrics(task, *gathered(self.world, rows, logits, labels))
 
 
-def _build(source: Any, cfg: PretrainConfig, device: str, *, initialise: bool) -> _Parts:
+def _build(source: Any, cfg: PretrainConfig, device: str, *, initialise: bool, world: World = SINGLE) -> _Parts:
     """The model (initial weights from --checkpoint/--inflate-from when `initialise`) and the loaders."""
     modality, setting, batch_size = cfg.modality, cfg.setting, cfg.batch_size
     spec = resolve_backbone(cfg.backbone, modality, cfg.tap_choice)
@@ -82,6 +103,10 @@ def _build(source: Any, cfg: PretrainConfig, device: str, *, initialise: bool) -
         raise ExtractError(f"source {source.name!r} has no modality {modality!r} (it has {', '.join(source.modalities)})")
     if cfg.on_error not in ("fail", "skip"):
         raise ExtractError(f"--on-error must be fail or skip, not {cfg.on_error!r}")
+    if cfg.on_error == "skip" and world.size > 1:
+        raise ExtractError("--on-error skip: not under torchrun (a sample skipped on one process leaves the "
+                           "processes with different step counts); use --on-error fail, or one process")
+    batch_size = world.check_batch(batch_size)
     resolve_device(device, ExtractError)  # a bad --device fails before any data is read
     torch.manual_seed(cfg.seed)
     samples = source.samples()
@@ -103,14 +128,23 @@ def _build(source: Any, cfg: PretrainConfig, device: str, *, initialise: bool) -
         init_sha = inflate_checkpoint(model, cfg.inflate_from, head=spec.head) if initialise else None
     elif cfg.init_checkpoint and initialise:
         init_sha = load_checkpoint(model, cfg.init_checkpoint, head=spec.head)
-    dev = resolve_device(device, ExtractError)
+    dev = world.device(resolve_device(device, ExtractError))
     model.to(dev)
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=cfg.num_workers,
-                        collate_fn=collate_samples, drop_last=len(train) > batch_size)
-    eval_loader = DataLoader(LabelledSamples(source, val, modality, spec, inp, skip, keep=keep),
-                             batch_size=batch_size, num_workers=cfg.num_workers,
-                             collate_fn=collate_samples) if val else loader
-    return _Parts(model, loader, eval_loader, dev, input_dim, init_sha)
+    loader = DataLoader(train_ds, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=collate_samples,
+                        drop_last=len(train) > cfg.batch_size, **_order(train_ds, world, True, cfg.seed))
+    eval_ds = LabelledSamples(source, val, modality, spec, inp, skip, keep=keep)
+    eval_loader = DataLoader(eval_ds, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=collate_samples,
+                             **_order(eval_ds, world, False, cfg.seed)) if val else loader
+    return _Parts(model, loader, eval_loader, dev, input_dim, init_sha, world)
+
+
+def _order(dataset: Any, world: World, shuffle: bool, seed: int) -> dict[str, Any]:
+    """One process: the DataLoader's own order (shuffled by the torch RNG); several: rank r's share of
+    a DistributedSampler's (the eval split in order, each row once after gathering)."""
+    if world.size == 1:
+        return {"shuffle": shuffle}
+    return {"sampler": DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=shuffle,
+                                          seed=seed)}
 
 
 def pretrain(source: Any, modality: str, backbone: str, out_dir: str, *,
@@ -137,13 +171,16 @@ def pretrain(source: Any, modality: str, backbone: str, out_dir: str, *,
     cfg.input = dict(cfg.input or {})
     spec = resolve_backbone(backbone, modality, cfg.tap_choice)
     cfg.backbone = spec.name  # an hf: path made absolute, so a resume finds it from anywhere
-    parts = _build(source, cfg, cfg.device, initialise=True)  # every user error before the run directory is written
-    cfg.metric = ("val_" if parts.eval_loader is not parts.loader else "train_") + \
-        ("f1_weighted" if source.task == "multilabel" else "accuracy")
-    cfg.device, cfg.input_dim, cfg.init_sha256 = str(parts.device), parts.input_dim, parts.init_sha256
     cfg.taps = [asdict(t) for t in spec.tap_specs(cfg.setting, cfg.tap_choice)]
-    with Run.create(out_dir, "pretrain", asdict(cfg), ExtractError, unstarted=("best.pt",)) as run:
-        return _train(cfg, parts, run, False, progress, on_epoch)
+    with joined(cfg.device) as world:
+        cfg.world_size = world.size
+        parts = _build(source, cfg, cfg.device, initialise=True, world=world)  # user errors before the run dir
+        cfg.metric = ("val_" if parts.eval_loader is not parts.loader else "train_") + \
+            ("f1_weighted" if source.task == "multilabel" else "accuracy")
+        cfg.device, cfg.input_dim, cfg.init_sha256 = str(parts.device), parts.input_dim, parts.init_sha256
+        create = lambda: Run.create(out_dir, "pretrain", asdict(cfg), ExtractError, unstarted=("best.pt",))  # noqa: E731
+        with shared_run(world, create, ExtractError) as run:
+            return _train(cfg, parts, run, False, progress, on_epoch)
 
 
 def resume_pretrain(run_dir: str | os.PathLike, *, source: Any = None, device: str | None = None,
@@ -157,13 +194,20 @@ def resume_pretrain(run_dir: str | os.PathLike, *, source: Any = None, device: s
         raise ExtractError(f"--resume {run}: a pretrain run of the earlier layout (last.pt and config.json at its "
                            "root), which this version does not continue: its best.pt stays usable with "
                            "--checkpoint, or start the run again into a new --out")
-    with Run.open(run, ("pretrain",), ExtractError) as held:
-        held.require_checkpoint()
+    started_on = str(read_config(run, ExtractError, "is it a pretrain run directory?").get("device", "auto"))
+    with joined(device or started_on) as world, shared_run(world, lambda: _held(run), ExtractError) as held:
         cfg = PretrainConfig(**{k: v for k, v in held.config.items() if k in PRETRAIN_FIELDS})
         if source is None:
             source = _reopen_source(run, cfg.source_location)
-        parts = _build(source, cfg, device or cfg.device, initialise=False)
+        parts = _build(source, cfg, device or cfg.device, initialise=False, world=world)
         return _train(cfg, parts, held, True, progress, on_epoch)
+
+
+@contextmanager
+def _held(run: Path) -> Iterator[Run]:
+    with Run.open(run, ("pretrain",), ExtractError) as held:
+        held.require_checkpoint()
+        yield held
 
 
 def _reopen_source(run: Path, location: dict[str, Any] | None) -> Any:
@@ -179,47 +223,63 @@ def _reopen_source(run: Path, location: dict[str, Any] | None) -> Any:
 def _train(cfg: PretrainConfig, parts: _Parts, run: Run, resume: bool, progress: bool,
            on_epoch: Callable[[int], None] | None) -> PretrainResult:
     """The epochs of `engine.fit`, with best-on-eval selection, metrics.jsonl and last.pt after each."""
-    model, dev, task, metric = parts.model, parts.device, cfg.task, cfg.metric
-    out, log, events = run.path, run.log, run.events
+    model, dev, world = parts.model, parts.device, parts.world
     opt, sched = weight_optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, lr_min=0.0,
                                   restart_period=max(1, cfg.epochs), restart_mult=1)
     state = {"epoch": 0, "best": -float("inf"), "best_epoch": -1, "sha": "", "history": [], "best_loss": None}
     if resume:
-        ckpt = load_training_state(out / LAST, model, opt, sched, dev, ("epoch", "best", "best_epoch", "sha", "history"))
+        ckpt = load_training_state(run.path / LAST, model, opt, sched, dev,
+                                   ("epoch", "best", "best_epoch", "sha", "history"))
+        world.restore_rng(ckpt, dev)
         state = {k: ckpt.get(k) for k in state}
-        keep_epochs(out / METRICS, state["epoch"])
-    on_device = lambda x, y: (x.to(dev), y.to(dev))  # noqa: E731
+        if run.writer:
+            keep_epochs(run.path / METRICS, state["epoch"])
+        run.log.info("resumed after epoch %d on %d process(es)", state["epoch"], world.size)
+    else:
+        if world.rank:  # each rank its own stream from here; rank 0 goes on with a 1-process run's
+            torch.manual_seed(cfg.seed + world.rank)
+        run.log.info("pretrain %s (%s) on %s of %s, device %s, %d process(es)", cfg.backbone, cfg.setting,
+                     cfg.modality, cfg.source, dev, world.size)
 
     def end_epoch(epoch: int, totals: EpochTotals) -> None:
         sched.step(epoch + 1)
-        batches = (b for b in parts.eval_loader if b is not None)
-        scores = split_metrics(task, *predict(model, batches, to_device=on_device))
-        score = scores.get(PRIMARY[task], float("nan"))
-        row = {"epoch": epoch + 1, "train_loss": totals.loss, "eval_loss": scores["loss"], metric: score,
-               "seconds": totals.seconds}
-        state["history"].append(row)
-        append_jsonl(out / METRICS, row)
-        events.add({**row, "lr": opt.param_groups[0]["lr"]})
-        if state["best_epoch"] < 0 or improves(score, scores["loss"], state["best"], state["best_loss"]):
-            state.update(best=score, best_loss=scores["loss"], best_epoch=epoch + 1,
-                         sha=save_checkpoint(model, out / "best.pt"))
-        state["epoch"] = epoch + 1
-        save_training_state(out / LAST, model, opt, sched, dev, **state)
-        log.info("epoch %d: train loss %.4f, %s %.4f, best epoch %d (%.1fs)", epoch + 1, totals.loss, metric, score,
-                 state["best_epoch"], row["seconds"])
+        _end_epoch(cfg, parts, run, state, epoch, totals, (opt, sched))
         if on_epoch is not None:
             on_epoch(epoch + 1)
 
-    if resume:
-        log.info("resumed after epoch %d", state["epoch"])
-    else:
-        log.info("pretrain %s (%s) on %s of %s, device %s", cfg.backbone, cfg.setting, cfg.modality, cfg.source, dev)
-    fit(model, lambda epoch: (b for b in parts.loader if b is not None and len(b[1]) >= 2),  # BatchNorm: 2 rows
-        lambda z, y: loss_fn(task, z, y), opt, None,
+    fit(world.wrap(model), parts.batches, lambda z, y: loss_fn(cfg.task, z, y), opt, None,
         FitOptions(epochs=cfg.epochs, start_epoch=state["epoch"], steps_per_epoch=len(parts.loader),
-                   to_device=on_device, on_epoch=end_epoch, progress=progress, desc=f"pretrain {cfg.backbone}"))
+                   to_device=lambda x, y: (x.to(dev), y.to(dev)), on_epoch=end_epoch, progress=progress and world.main,
+                   desc=f"pretrain {cfg.backbone}", world=world))
     best, best_epoch, sha = state["best"], state["best_epoch"], state["sha"]
-    summary = {"best_epoch": best_epoch, metric: best, "checkpoint": str(out / "best.pt"), "checkpoint_sha256": sha}
+    summary = {"best_epoch": best_epoch, cfg.metric: best, "checkpoint": str(run.path / "best.pt"),
+               "checkpoint_sha256": sha}
     run.write_json("summary.json", summary)
     run.finish(["best.pt", "summary.json"])
-    return PretrainResult(str(out), str(out / "best.pt"), sha, best_epoch, float(best), metric, state["history"])
+    return PretrainResult(str(run.path), str(run.path / "best.pt"), sha, best_epoch, float(best), cfg.metric,
+                          state["history"])
+
+
+def _end_epoch(cfg: PretrainConfig, parts: _Parts, run: Run, state: dict[str, Any], epoch: int,
+               totals: EpochTotals, optimisation: tuple[Any, Any]) -> None:
+    """Score the eval split, select, and (rank 0) write the epoch's line, best.pt and last.pt."""
+    opt, sched = optimisation
+    scores = parts.scores(cfg.task)
+    score = scores.get(PRIMARY[cfg.task], float("nan"))
+    row = {"epoch": epoch + 1, "train_loss": totals.loss, "eval_loss": scores["loss"], cfg.metric: score,
+           "seconds": totals.seconds}
+    state["history"].append(row)
+    improved = state["best_epoch"] < 0 or improves(score, scores["loss"], state["best"], state["best_loss"])
+    if improved:
+        state.update(best=score, best_loss=scores["loss"], best_epoch=epoch + 1)
+    state["epoch"] = epoch + 1
+    ranks = parts.world.rng_states(parts.device)
+    if run.writer:
+        append_jsonl(run.path / METRICS, row)
+        run.events.add({**row, "lr": opt.param_groups[0]["lr"]})
+        if improved:
+            state["sha"] = save_checkpoint(parts.model, run.path / "best.pt")
+        save_training_state(run.path / LAST, parts.model, opt, sched, parts.device, **state,
+                            **({RANK_RNG: ranks} if ranks else {}))
+    run.log.info("epoch %d: train loss %.4f, %s %.4f, best epoch %d (%.1fs)", epoch + 1, totals.loss, cfg.metric,
+                 score, state["best_epoch"], row["seconds"])

@@ -172,3 +172,23 @@ def test_train_under_torchrun_and_its_refusals(data, tmp_path):
                        capture_output=True, text=True, env=_env(), timeout=300)
     assert r.returncode != 0 and "--sync-bn: SyncBatchNorm runs on CUDA processes only" in r.stderr
     assert not (tmp_path / "sync").exists()
+
+
+def test_pretrain_under_torchrun(data, tmp_path):
+    """`bmnas pretrain` shares the engine: 2 processes write one run (world_size 2, one line per epoch,
+    best.pt), and --on-error skip is refused there in one line."""
+    import yaml
+
+    base = ["pretrain", str(data / "ntu"), "--modality", "skeleton", "--backbone", "hcn", "--setting", "tiny",
+            "--epochs", "2", "--batch-size", "4", "--device", "cpu"]
+    r = subprocess.run(_torchrun("--no-python", "bmnas", *base, "--out", str(tmp_path / "pre")), capture_output=True,
+                       text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = tmp_path / "pre"
+    assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == 2
+    assert [e["epoch"] for e in _epochs(run)] == [1, 2] and (run / "best.pt").is_file()
+    assert r.stdout.count("best ") == 1  # rank 0 reports for both
+    r = subprocess.run(_torchrun("--no-python", "bmnas", *base, "--out", str(tmp_path / "skip"), "--on-error", "skip"),
+                       capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode != 0 and "--on-error skip: not under torchrun" in r.stderr
+    assert not (tmp_path / "skip").exists()
