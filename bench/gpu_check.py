@@ -10,6 +10,8 @@ What a CPU-only test suite cannot show, each on tiny synthetic data in a tempora
   bank_in_gpu_memory       a split that fits goes to GPU memory; a zero share keeps it on the host
   search_kill_resume       search killed mid-epoch on CUDA, resumed, against an uninterrupted run
   search_cpu_to_cuda       a search begun on CPU resumed with --device cuda (RNG states on the CPU)
+  search_compiled          search --compile killed mid-epoch and resumed on CUDA; the NTU-configuration
+                           step eager and compiled (bench/search_step.py), their times printed
   train_kill_resume        train killed after epoch 1 on CUDA, resumed, against an uninterrupted run
   finetune_amp_resume      finetune with AMP killed and resumed; a CPU-begun run resumed on CUDA
   pretrain_kill_resume     pretrain killed after epoch 1 on CUDA and rerun (CUDA RNG restored)
@@ -196,6 +198,35 @@ def search_kill_resume(tmp: Path) -> str:
     assert same and whole.best_epoch == cut.best_epoch, "resumed search kept another genotype"
     assert diff <= RESUME_ATOL, f"weights differ by {diff:.2e}"
     return f"same genotype, weights max diff {diff:.1e} (tol {RESUME_ATOL})"
+
+
+@check
+def search_compiled(tmp: Path) -> str:
+    import json
+
+    import torch
+
+    from fusion_search.search import run_search
+
+    store = str(tmp / "joint.zarr")  # written by search_kill_resume
+    cfg = dict(compile=True, dropout=0.0)
+    try:
+        run_search(_search_cfg(store, **cfg), tmp / "c_cut", on_batch=_kill_at(1, 2))
+    except Killed:
+        pass
+    run_search(_search_cfg(store, **cfg), tmp / "c_cut", resume=True)
+    epochs = [json.loads(x)["epoch"] for x in (tmp / "c_cut/metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3], epochs
+    sys.path.insert(0, str(ROOT / "bench"))
+    import search_step as ss
+
+    ss.DEVICE = torch.device("cuda")
+    model, train, val = ss.make(True)
+    eager, _ = ss.timed(ss.bmnas_step(model, train, val), 20)
+    model, train, val = ss.make(True)
+    compiled, _ = ss.timed(ss.bmnas_step(torch.compile(model), train, val), 20)
+    return (f"compiled search resumed to epochs {epochs}; NTU step eager {eager:.1f} ms, compiled {compiled:.1f} ms "
+            f"({eager / compiled:.2f}x)")
 
 
 @check

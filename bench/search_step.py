@@ -9,7 +9,10 @@ each with and without the ReshapeInput layers (the official 227 ms/step referenc
 NTU configuration: 8 input nodes, channels 512,1024,2048,2048,128,256,1024,512, T = 8; 2 Cells,
 2 Steps, C = 128, L = 8, multiplier 2, 60 classes, batch 96.
 
-    .venv/bin/python bench/search_step.py [--threads 2] [--steps 10]
+    .venv/bin/python bench/search_step.py [--threads 2] [--steps 10] [--device cuda] [--compile]
+
+`--compile` adds the bmnas step with the hypernet under torch.compile (what `search --compile`
+runs), its compile time and its ratio to the eager step; `--device cuda` runs every row on the GPU.
 """
 
 from __future__ import annotations
@@ -49,16 +52,20 @@ FIG5_LIKE = {  # a two-Cell NTU genotype in the shape of the paper's Fig. 5, for
     "output": ["cell_1", "cell_2"]}
 
 
+DEVICE = torch.device("cpu")
+
+
 def make(reshape: bool):
     shapes = {n: ((c if reshape else C), (T if reshape else L)) for n, c in zip(NODES, CHANNELS)}
     spec = HypernetSpec(nodes=tuple(NODES), node_shapes=shapes, task="multiclass", num_classes=K, cells=2, steps=2,
                         C=C, L=L, multiplier=2, step_inputs="sum", dropout=0.2, reshape=reshape)
     torch.manual_seed(0)
-    model = Hypernet(spec)
+    model = Hypernet(spec).to(DEVICE)
     g = torch.Generator().manual_seed(1)
 
     def batch():
-        return ({n: torch.randn(B, *shapes[n], generator=g) for n in NODES}, torch.randint(0, K, (B,), generator=g))
+        return ({n: torch.randn(B, *shapes[n], generator=g).to(DEVICE) for n in NODES},
+                torch.randint(0, K, (B,), generator=g).to(DEVICE))
 
     return model, batch(), batch()
 
@@ -92,21 +99,40 @@ def naive_step(model, train, val):
 
 def timed(step, n: int) -> tuple[float, float]:
     """(median, min) ms over n steps after 3 warm-up steps; min is the robust figure on a shared CPU."""
+    sync = torch.cuda.synchronize if DEVICE.type == "cuda" else (lambda: None)
     for _ in range(3):
         step()
     times = []
     for _ in range(n):
+        sync()
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000, min(times) * 1000
+
+
+def compiled_row(args, eager_ms: float) -> None:
+    """The bmnas step (with reshape) through torch.compile: compile time (the first step), then timed."""
+    model, train, val = make(True)
+    step = bmnas_step(torch.compile(model), train, val)
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    ms, best = timed(step, args.steps)
+    print(f"bmnas with reshape, torch.compile: {ms:7.1f} ms/step (min {best:6.1f}), compiled in {first:.0f} s; "
+          f"{eager_ms / ms:.2f}x the eager step")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"NTU config: 8 nodes, C={C}, L={L}, 2 cells x 2 steps, batch {B}, {K} classes; "
@@ -131,6 +157,8 @@ def main() -> None:
     for reshape in (False, True):
         print(f"bmnas vs naive {'with' if reshape else 'without'} reshape: "
               f"{results[('naive', reshape)] / results[('bmnas', reshape)]:.2f}x")
+    if args.compile:
+        compiled_row(args, results[("bmnas", True)])
     g = Genotype.from_dict(FIG5_LIKE)
     found = FoundNetwork(g, {n: (c, T) for n, c in zip(NODES, CHANNELS)})
     print(f"found network (Fig. 5-like NTU genotype): {count_parameters(found) / 1e6:.2f} M parameters "

@@ -55,6 +55,7 @@ class SearchConfig:
     cross_modal: bool = False               # Cells that read two store nodes read two modalities (MFAS-style)
     op_variants: bool = False               # also score each candidate with every Step set to one primitive
     modality_dropout: float = 0.0           # P of a sample losing one modality, in weight, arch and scoring steps
+    compile: bool = False                   # torch.compile the hypernet for the weight and arch steps
     device: str = "auto"
     plots: bool = True                      # write plots/ at the end (heatmaps of α, β, γ; metrics)
     memory_budget_gb: float | None = None   # None: half of the RAM
@@ -122,5 +123,8 @@ def validate(cfg: SearchConfig) -> None:
         raise SearchError("primitives: add at least one primitive besides Zero")
     if not 0.0 <= float(cfg.dropout) < 1.0:
         raise SearchError(f"dropout {cfg.dropout!r}: use a value in [0, 1)")
+    if cfg.compile and cfg.unrolled:
+        raise SearchError("--compile: first-order search only (the second-order step swaps weights in place); "
+                          "drop --compile or --unrolled")
     if not 0.0 <= float(cfg.modality_dropout) < 1.0:
         raise SearchError(f"--modality-dropout {cfg.modality_dropout!r}: use a probability in [0, 1)")

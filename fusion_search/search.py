@@ -222,7 +222,7 @@ def _search(run: "_Search", resume: bool, progress: bool, on_batch: BatchCallbac
                      run.store_path, run.train.num_rows, run.val.num_rows, ",".join(run.nodes), run.device,
                      sum(p.numel() for p in run.weights))
     loop = _SearchEpochs(cfg, run.architect, run.val, on_batch, run.nodes)
-    fit(run.model, loop.batches(run.train), run.loss, run.w_opt, run.sched,
+    fit(run.step_model, loop.batches(run.train), run.loss, run.w_opt, run.sched,
         FitOptions(epochs=cfg.epochs, start_epoch=run.state["epoch"], params=run.weights, grad_clip=cfg.grad_clip,
                    steps_per_epoch=steps_per_epoch(run.train.num_rows, cfg.batch_size), on_step=loop.arch_step,
                    on_epoch=lambda epoch, totals: run.end_epoch(epoch, totals, loop, progress), progress=progress,
@@ -257,7 +257,9 @@ class _Search:
                                                   restart_mult=cfg.restart_mult)
         self.a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
         self.loss = lambda z, y: loss_fn(store.task, z, y)
-        self.architect = Architect(self.model, arch, self.weights, self.a_opt, self.loss, unrolled=cfg.unrolled,
+        # the steps run the compiled hypernet with --compile (the same parameters; checkpoints hold self.model's)
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.architect = Architect(self.step_model, arch, self.weights, self.a_opt, self.loss, unrolled=cfg.unrolled,
                                    weight_decay=cfg.weight_decay)
         self.key = PRIMARY[store.task]
         self.state: dict = {"epoch": 0, "best": None, "scores": {}}

@@ -20,7 +20,8 @@ _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "c
             "multiplier": "multiplier", "epochs": "epochs", "batch_size": "batch_size", "seed": "seed",
             "unrolled": "unrolled", "step_inputs": "step_inputs", "nodes": "nodes", "device": "device",
             "arch_warmup_epochs": "arch_warmup_epochs", "candidates": "candidates", "score_seeds": "score_seeds",
-            "cross_modal": "cross_modal", "op_variants": "op_variants", "modality_dropout": "modality_dropout"}
+            "cross_modal": "cross_modal", "op_variants": "op_variants", "modality_dropout": "modality_dropout",
+            "compile": "compile"}
 
 
 @click.command("search")
@@ -47,6 +48,8 @@ _OPTIONS = {"store": "store", "cells": "cells", "steps": "steps", "channels": "c
 @click.option("--modality-dropout", type=float,
               help="Probability that a sample loses one modality in weight, arch and scoring steps: searches for a "
                    "network that degrades gracefully when one is missing (default 0).")
+@click.option("--compile", is_flag=True, default=None,
+              help="torch.compile the hypernet for the weight and arch steps (first-order; a resume compiles again).")
 @click.option("--score-seeds", type=int,
               help="Training runs averaged to score a genotype (default 3; one run is noisy).")
 @click.option("--seeds", "seed_list", help="Multi-start: one search per seed (0-4 or 0,2,5) as dask tasks, "

@@ -236,3 +236,26 @@ def test_op_variants_only_add_candidates_to_the_same_search(joint_store, tmp_pat
         for c in g.cells:
             stores = [n for n in c.inputs if not n.startswith("cell_")]
             assert len(stores) < 2 or stores[0][0] != stores[1][0]
+
+
+def test_compiled_search_runs_resumes_and_tracks_the_eager_one(joint_store, tmp_path):
+    """--compile: the weight and arch steps run torch.compile's hypernet (the same parameters, so the
+    checkpoints are the eager module's); killed mid-epoch and resumed, it compiles again and ends with
+    the lines of every epoch; its first epoch's losses are the eager search's to float rounding."""
+    cfg = dict(epochs=2, compile=True, dropout=0.0)  # dropout: compiled graphs draw other masks
+
+    def kill(epoch, batch):
+        if epoch == 1 and batch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_search(small(joint_store, **cfg), tmp_path / "cut", on_batch=kill)
+    run_search(small(joint_store, **cfg), tmp_path / "cut", resume=True)
+    compiled = lines(tmp_path / "cut/metrics.jsonl")
+    assert [r["epoch"] for r in compiled] == [1, 2] and (tmp_path / "cut/genotype.json").is_file()
+    assert "compile: true" in (tmp_path / "cut/config.yaml").read_text()
+    run_search(small(joint_store, epochs=2, dropout=0.0), tmp_path / "eager")
+    eager = lines(tmp_path / "eager/metrics.jsonl")
+    assert compiled[0]["train_loss"] == pytest.approx(eager[0]["train_loss"], rel=1e-3)
+    with pytest.raises(SearchError, match="--compile: first-order search only"):
+        run_search(small(joint_store, compile=True, unrolled=True), tmp_path / "both")
