@@ -14,8 +14,8 @@
     heavier skeleton backbone (hcn full), and (b) with it on samples decoded in RAM beforehand,
     so that the forward dominates each worker's work.
 (d) for comparison only (--ntu-samples 0 leaves it out): videos at NTU's own 1920x1080 frame
-    size, where decoding dominates each sample; also the uint8 resize vs a float32 one, and the
-    fast .skeleton parser vs the line-by-line one, side by side.
+    size, where decoding dominates each sample; also the uint8 resize vs a float32 one, the
+    fast .skeleton parser vs the line-by-line one, and --decode-threads 2 vs 1, side by side.
 Data: synthetic ntu-like clips (H.264, 32 px) + NTU .skeleton files, the demo's backbones
 (inflated_resnet50 + hcn, tiny).
 
@@ -52,6 +52,9 @@ class _Decoded:
 
     def load(self, sample_id, modality):
         return self._data[(sample_id, modality)]
+
+    def read(self, sample_id, modality):  # what extraction calls (the original source checked the data)
+        return self.load(sample_id, modality)
 
 
 class _Forward:
@@ -315,6 +318,25 @@ def _part_d(tmp: Path, args) -> None:
     sized = argparse.Namespace(**dict(vars(args), rounds=1, batch_size=args.ntu_chunk, rows_per_chunk=args.ntu_chunk))
     costs = _part_a(source, choices, common, tmp, sized, target="")
     _part_b(source, choices, common, tmp, costs, args.rounds, target=" (the target's 1.6x, at NTU's frame size)")
+    _decode_threads(source, choices, common, tmp, args.rounds)
+
+
+def _decode_threads(source, choices, common: dict, tmp: Path, rounds: int) -> None:
+    """--decode-threads 2 against 1 in one process (no dask), alternating for `rounds` rounds."""
+    import statistics
+
+    from extract.job import extract
+
+    n = len(source.samples())
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(rounds):
+        for k in rates:
+            t0 = time.perf_counter()
+            extract(source, str(tmp / f"decode{k}.zarr"), choices, use_dask=False, decode_threads=k, **common)
+            rates[k].append(n / (time.perf_counter() - t0))
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    print(f"  --decode-threads 2 vs 1, one process, no dask: {two:.1f} vs {one:.1f} samples/s ({two / one:.2f}x, "
+          f"median of {rounds})")
 
 
 def main() -> None:

@@ -416,7 +416,8 @@ def extract(source: Any, out: str, backbones: Sequence[BackboneChoice], config: 
     cfg = replace(config or ExtractConfig(), **options)
     _check_options({"--rows-per-chunk": cfg.rows_per_chunk, "--chunks-per-task": cfg.chunks_per_task,
                     "--batch-size": cfg.batch_size, "--workers": cfg.workers,
-                    "--threads-per-worker": cfg.threads_per_worker}, cfg.on_error, cfg.dtype, backbones)
+                    "--threads-per-worker": cfg.threads_per_worker, "--decode-threads": cfg.decode_threads},
+                   cfg.on_error, cfg.dtype, backbones)
     place(cfg.device, cfg.precision, cfg.dtype, {})  # bad option values fail before any work
     _check_out(out)
     samples = source.samples()
@@ -467,7 +468,7 @@ def _run_tasks(runner: _Runner, writer: Any, tally: "_Tally", cfg: ExtractConfig
                          desc="extract", leave=False)
     cpu0, t0 = runner.cpu_seconds(), time.perf_counter()
     runner.run(tasks, (source, str(writer.path), ids, entries, cfg.reduction, placement, cfg.batch_size,
-                       cfg.on_error), tally.add)
+                       cfg.on_error, cfg.decode_threads), tally.add)
     return {"chunks": sum(len(t) for t in tasks), "seconds": time.perf_counter() - t0,
             "cpu": runner.cpu_seconds() - cpu0, "t0": t0}
 

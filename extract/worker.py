@@ -2,7 +2,8 @@
 
 Each process (dask worker or the driver with --no-dask) keeps its models in a module-level
 cache, so a backbone is built and its checkpoint read once per worker, not once per task.
-Decoding and input preparation run in a loader thread one batch ahead of the forward pass, and
+Decoding and input preparation run in a loader thread one batch ahead of the forward pass (the
+samples of a batch read by `--decode-threads` threads in parallel), and
 chunk writes in a writer thread, so both overlap the forward passes. All chunks of a call go
 through one such pipeline; with --no-dask that is every chunk of the run, so nothing stalls
 between chunks, and each chunk is reported as soon as its completion record is on disk.
@@ -10,6 +11,7 @@ between chunks, and each chunk is reported as soon as its completion record is o
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -158,36 +160,42 @@ def _autocast(lm: _Loaded) -> torch.autocast:
     return torch.autocast(lm.device.type, dtype=torch.float16, enabled=lm.fp16)
 
 
-def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...]) -> tuple[list[int], dict, list[dict]]:
+def _load_rows(source: Any, ids: list[str], entries: tuple[Entry, ...],
+               decoders: ThreadPoolExecutor | None = None) -> tuple[list[int], dict, list[dict]]:
     """Read and prepare every modality of some samples, each modality stacked into one batch tensor.
 
     Returns the readable rows (offsets into ``ids``), modality -> batch tensor, and skip records
-    for the rest. Stacking here, in the loader thread, keeps the per-sample tensors' allocations
-    and frees in one thread (and arena): handed across threads one by one, they would page-fault
-    the forward pass's memory afresh.
+    for the rest. Stacking here, in the loader thread, keeps the batch tensors' allocations and
+    frees in one thread (and arena): handed across threads one by one, they would page-fault the
+    forward pass's memory afresh. `decoders` (--decode-threads above 1) reads and prepares the
+    samples in parallel (decord releases the GIL while it decodes), in order.
     """
     specs = {e.modality: (e.spec(), e.input) for e in entries}
-    good: dict[int, dict[str, torch.Tensor]] = {}
-    errors: list[dict] = []
-    for row, sid in enumerate(ids):
-        got: dict[str, torch.Tensor] = {}
-        for modality, (spec, inp) in specs.items():
-            try:
-                got[modality] = spec.prepare_input(source.read(sid, modality), modality, inp)
-            except Exception as exc:  # noqa: BLE001 - any read/decode failure is this sample's
-                try:
-                    path = source.path_of(sid, modality)
-                except Exception:  # noqa: BLE001
-                    path = "?"
-                errors.append({"row": row, "id": sid, "path": str(path), "modality": modality,
-                               "reason": f"{type(exc).__name__}: {exc}".strip()})
-                got = {}
-                break
-        if got:
-            good[row] = got
+    one = functools.partial(_load_one, source, specs)
+    loaded = list(decoders.map(one, enumerate(ids)) if decoders is not None else map(one, enumerate(ids)))
+    good = {row: got for row, got, _ in loaded if got}
+    errors = [err for _, _, err in loaded if err is not None]
     rows = sorted(good)
     inputs = {m: torch.stack([good[r][m] for r in rows]) for m in specs} if rows else {}
     return rows, inputs, errors
+
+
+def _load_one(source: Any, specs: dict[str, tuple[Any, Any]],
+              item: tuple[int, str]) -> tuple[int, dict[str, torch.Tensor], dict | None]:
+    """One sample's prepared inputs, or its skip record (the first modality that failed)."""
+    row, sid = item
+    got: dict[str, torch.Tensor] = {}
+    for modality, (spec, inp) in specs.items():
+        try:
+            got[modality] = spec.prepare_input(source.read(sid, modality), modality, inp)
+        except Exception as exc:  # noqa: BLE001 - any read/decode failure is this sample's
+            try:
+                path = source.path_of(sid, modality)
+            except Exception:  # noqa: BLE001
+                path = "?"
+            return row, {}, {"row": row, "id": sid, "path": str(path), "modality": modality,
+                             "reason": f"{type(exc).__name__}: {exc}".strip()}
+    return row, got, None
 
 
 def _forward(entries, loaded_by_entry, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -355,7 +363,8 @@ def _batch_plans(writer: Any, chunks: list[int], batch_size: int) -> list[tuple[
 
 def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list[int],
                entries: tuple[Entry, ...], reduction: ReductionConfig, placement: Placement, batch_size: int,
-               on_error: str, on_chunk: Callable[[ChunkResult], bool | None] | None = None) -> list[ChunkResult]:
+               on_error: str, decode_threads: int = 1,
+               on_chunk: Callable[[ChunkResult], bool | None] | None = None) -> list[ChunkResult]:
     """Extract and write some row chunks through one pipeline (decode ahead, write behind).
 
     One `ChunkResult` per chunk (skips, failure, seconds): passed to ``on_chunk`` as each chunk
@@ -374,8 +383,9 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
     dtypes = writer.node_dtypes()
     results = _Results(on_chunk)
     writes = _Writes(writer, results)
+    decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="bmnas-read") if decode_threads > 1 else None
     batches = _prefetched(_batch_plans(writer, chunks, batch_size),
-                          lambda plan: _load_rows(source, sample_ids[plan[2]:plan[3]], entries))
+                          lambda plan: _load_rows(source, sample_ids[plan[2]:plan[3]], entries, decoders))
     chunk: _Chunk | None = None
     try:
         for (k, rows, a, b), (good, inputs, errors) in batches:
@@ -396,5 +406,7 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
                 break
     finally:
         batches.close()  # waits for the batch being decoded
+        if decoders is not None:
+            decoders.shutdown()
         writes.close()
     return results.kept

@@ -137,6 +137,8 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, taps_text, i
 @click.option("--grid", default=_X.reduction.grid, show_default=True, help="Image taps: adaptive max to GRID x GRID.")
 @click.option("--workers", default=_X.workers, show_default=True, help="LocalCluster worker processes.")
 @click.option("--threads-per-worker", default=_X.threads_per_worker, show_default=True)
+@click.option("--decode-threads", default=_X.decode_threads, show_default=True,
+              help="Per worker: threads reading and decoding a batch's samples in parallel (feeds a GPU).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Use an existing dask scheduler (tcp://host:8786); the store must be on shared storage.")
 @click.option("--no-dask", is_flag=True, help="Run in this process, without dask.")
@@ -153,8 +155,8 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, taps_text, i
 def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_opts, inflate_from, tap_opts, input_opts,
                 setting,
                 rows_per_chunk, chunks_per_task, batch_size, dtype, codec, t_max, grid, workers,
-                threads_per_worker, scheduler, no_dask, device, precision, on_error, overwrite, timeout,
-                quiet) -> None:
+                threads_per_worker, decode_threads, scheduler, no_dask, device, precision, on_error, overwrite,
+                timeout, quiet) -> None:
     """Run frozen backbones over DATA and write their reduced taps to the store OUT (resumable)."""
     from extract.job import BackboneChoice, extract
 
@@ -173,7 +175,8 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
     src = _open(data, kind, split, source_opt)
     cfg = ExtractConfig(reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype, rows_per_chunk=rows_per_chunk,
                         chunks_per_task=chunks_per_task, codec=codec, batch_size=batch_size, use_dask=not no_dask,
-                        scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, device=device,
+                        scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
+                        decode_threads=decode_threads, device=device,
                         precision=precision, on_error=on_error, overwrite=overwrite, progress=not quiet,
                         timeout=timeout)
     res = extract(src, str(out), choices, cfg)

@@ -403,3 +403,18 @@ def test_extract_inflate_from_2d_resnet(ntu, tmp_path):
     assert attrs["checkpoint_sha256"] == sha256_file(tmp_path / "resnet50.pth") and "inflated" in attrs["init"]
     r = _cli(*base, "--out", tmp_path / "j.zarr", "--backbone", "video=hcn", "--inflate-from", tmp_path / "resnet50.pth")
     assert r.exit_code == 2 and "--inflate-from needs exactly one" in r.output
+
+
+def test_decode_threads_read_a_batch_in_parallel_into_the_same_store(ntu, tmp_path):
+    """--decode-threads 3: the samples of each batch are decoded (decord) and prepared by three
+    threads; the store is the one a single loader thread writes, value for value."""
+    src = _source(ntu)
+    one = extract(src, str(tmp_path / "one.zarr"), TINY, use_dask=False, progress=False, batch_size=4, dtype="float32")
+    three = extract(src, str(tmp_path / "three.zarr"), TINY, use_dask=False, progress=False, batch_size=4,
+                    dtype="float32", decode_threads=3)
+    assert one.rows_run == three.rows_run == 16
+    a, b = _features(tmp_path / "one.zarr"), _features(tmp_path / "three.zarr")
+    assert set(a) == set(b) and all(np.array_equal(a[n], b[n]) for n in a)
+    r = CliRunner().invoke(cli, ["extract", str(ntu), "--out", str(tmp_path / "bad.zarr"), "--backbone",
+                                 "skeleton=hcn", "--setting", "tiny", "--no-dask", "--decode-threads", "0"])
+    assert r.exit_code == 2 and "--decode-threads 0: use a positive integer" in r.output, r.output
