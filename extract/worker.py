@@ -28,6 +28,7 @@ from extract.backbones.taps import TapReader
 from extract.checkpoints import inflate_checkpoint, load_checkpoint
 from extract.cluster import on_worker
 from extract.dtypes import unstorable
+from extract.precision import memory_format
 from extract.reduction import ReductionConfig
 from stores import open_writer
 
@@ -89,6 +90,12 @@ class _Loaded:
     device: torch.device
     fp16: bool  # forward under float16 autocast
     lock: threading.Lock
+    layout: torch.memory_format | None = None  # channels_last_3d where measured faster (extract.precision)
+
+    def prepared(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on this model's device, in its layout."""
+        x = x.to(self.device)
+        return x.contiguous(memory_format=self.layout) if self.layout is not None and x.dim() == 5 else x
 
 
 _MODELS: dict[tuple, _Loaded] = {}
@@ -111,11 +118,14 @@ def worker_address(dask_worker: Any = None) -> str:
         return ""
 
 
-def get_model(entry: Entry, reduction: ReductionConfig, device: torch.device, precision: str = "float32") -> _Loaded:
+def get_model(entry: Entry, reduction: ReductionConfig, device: torch.device, precision: str = "float32",
+              layout: torch.memory_format | None = None) -> _Loaded:
     """The frozen, eval-mode model of an entry on a resolved device in this process, built on first use.
 
-    Keyed by the resolved device: the same worker never reuses a model built for another GPU."""
-    key = (entry, reduction, str(device), precision)
+    Keyed by the resolved device: the same worker never reuses a model built for another GPU.
+    `layout`: a memory format for weights and 5-D inputs (default: `extract.precision.memory_format`)."""
+    layout = layout if layout is not None else memory_format(entry.backbone, entry.setting, device)
+    key = (entry, reduction, str(device), precision, layout)
     with _MODELS_LOCK:
         if key not in _MODELS:
             spec = entry.spec()
@@ -128,10 +138,14 @@ def get_model(entry: Entry, reduction: ReductionConfig, device: torch.device, pr
             if device.type == "cuda":
                 torch.cuda.set_device(device)  # stray allocations land on this worker's GPU, not cuda:0
             model = model.to(device).eval()
+            if layout is not None:  # the 5-D weights (3-D convolutions) only: `Module.to` refuses the others
+                for p in model.parameters():
+                    if p.dim() == 5:
+                        p.data = p.data.contiguous(memory_format=layout)
             for p in model.parameters():
                 p.requires_grad_(False)
             _MODELS[key] = _Loaded(model, TapReader(model, list(entry.taps), reduction), device,
-                                   precision == "float16", threading.Lock())
+                                   precision == "float16", threading.Lock(), layout)
             LOADS["count"] += 1
         return _MODELS[key]
 
@@ -145,7 +159,7 @@ def warm_up(entries: tuple[Entry, ...], reduction: ReductionConfig, placement: P
     for e in entries:
         lm = get_model(e, reduction, device, placement.precision)
         if e.input_shape and batch_size:  # first forward at the batch shape sets up kernels: not timed
-            x = torch.zeros((batch_size,) + e.input_shape, dtype=getattr(torch, e.input_dtype), device=lm.device)
+            x = lm.prepared(torch.zeros((batch_size,) + e.input_shape, dtype=getattr(torch, e.input_dtype)))
             with lm.lock, torch.inference_mode(), _autocast(lm):
                 lm.reader.run(x)
     import decord  # noqa: F401  - first import costs seconds on a busy machine
@@ -203,7 +217,7 @@ def _forward(entries, loaded_by_entry, inputs: dict[str, torch.Tensor]) -> dict[
     feats: dict[str, np.ndarray] = {}
     for entry in entries:
         lm = loaded_by_entry[entry]
-        x = inputs[entry.modality].to(lm.device)
+        x = lm.prepared(inputs[entry.modality])
         with lm.lock, torch.inference_mode(), _autocast(lm):
             taps = lm.reader.run(x)
         for tap, node in zip(entry.taps, entry.nodes):

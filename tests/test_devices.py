@@ -6,6 +6,7 @@ What only a GPU can show (CUDA RNG, two workers on two GPUs, fp16 taps) is in be
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -216,3 +217,39 @@ def test_float16_extraction_autocasts_keeps_motion_in_float32_and_is_recorded(nt
             hook.remove()
     assert seen == {"motion": torch.float32, "conv5": torch.float16}
     assert all(v.dtype == np.float32 for v in feats.values())
+
+
+def test_channels_last_3d_where_measured_faster_keeps_the_taps():
+    """extract/precision.py: the inflated ResNet-50 (full) runs channels_last_3d on CUDA only; the
+    layout changes no tap value (checked here on the CPU, where the same kernels take either layout)."""
+    from extract.job import _probe
+    from extract.precision import memory_format
+    from extract.reduction import ReductionConfig
+    from extract.worker import _forward, get_model
+
+    assert memory_format("inflated_resnet50", "full", torch.device("cuda", 0)) == torch.channels_last_3d
+    assert memory_format("inflated_resnet50", "full", torch.device("cpu")) is None
+    assert memory_format("resnext101_3d", "full", torch.device("cuda", 0)) is None
+    import tempfile
+    from pathlib import Path
+
+    from extract.job import BackboneChoice
+    from extract.sources.ntu import NTUSource
+    from extract.synth import generate
+    from extract.worker import _load_rows
+
+    with tempfile.TemporaryDirectory() as d:
+        generate("ntu-like", Path(d) / "ntu", samples=4, classes=2, seed=0)
+        src = NTUSource(Path(d) / "ntu", size=32)
+        ids = [s.id for s in src.samples()]
+        entry, _ = _probe(src, ids, BackboneChoice("video", "inflated_resnet50", "tiny"), ReductionConfig(),
+                          src.num_classes)
+        _, inputs, _ = _load_rows(src, ids, (entry,))
+        cpu = torch.device("cpu")
+        plain = _forward((entry,), {entry: get_model(entry, ReductionConfig(), cpu)}, inputs)
+        lm = get_model(entry, ReductionConfig(), cpu, layout=torch.channels_last_3d)
+        conv = next(p for p in lm.model.parameters() if p.dim() == 5 and p.shape[2:].numel() > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+        last = _forward((entry,), {entry: lm}, inputs)
+    for node in plain:
+        np.testing.assert_allclose(last[node], plain[node], rtol=1e-4, atol=1e-5)
