@@ -234,7 +234,7 @@ def _loop(cfg: FinetuneConfig, built: Built, run: Run, world: World, resume: boo
     if resume:
         ckpt = book.restore(model, opt, sched, device)
         restore_scaler(scaler, ckpt.get("scaler"))
-        world.restore_rng(ckpt, device)
+        world.restore_rng(ckpt, device, cfg.seed + 100_003 * book.epoch)
         log.info("resumed after epoch %d on %d process(es)", book.epoch, world.size)
     else:
         log.info("finetune %s on %s: backbones %s, %d backbone + %d fusion parameters, device %s, amp %s, "

@@ -30,7 +30,7 @@ from fusion_search.errors import SearchError
 from fusion_search.found_network import FoundNetwork
 from fusion_search.genotype import Genotype
 from fusion_search.missing import MISSING
-from fusion_search.training.distributed import SINGLE, World
+from fusion_search.training.distributed import SINGLE, World, die_with_parent
 from pipeline.configs import FinetuneConfig
 from pipeline.runs import read_run_config
 
@@ -282,7 +282,7 @@ def raw_loader(built: Built, split_names: Sequence[str], cfg: FinetuneConfig, de
                                  seed=cfg.seed * 100_003)
     sampler.set_epoch(epoch)
     return DataLoader(ds, batch_size=world.check_batch(batch_size or cfg.batch_size), sampler=sampler,
-                      num_workers=cfg.loader_workers, pin_memory=device.type == "cuda")
+                      num_workers=cfg.loader_workers, pin_memory=device.type == "cuda", worker_init_fn=die_with_parent)
 
 
 def to_device(x: dict[str, torch.Tensor], y: torch.Tensor,

@@ -42,7 +42,7 @@ from extract.labelled_samples import LabelledSamples, collate_samples
 from extract.sources.registry import open_source
 from fusion_search.training.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.training.metrics import PRIMARY, loss_fn, split_metrics
-from fusion_search.training.distributed import RANK_RNG, SINGLE, World, gathered, joined
+from fusion_search.training.distributed import RANK_RNG, SINGLE, World, die_with_parent, gathered, joined
 from fusion_search.training.run import Run, shared_run
 from fusion_search.training.rundir import (LAST, METRICS, append_jsonl, improves, keep_epochs, load_training_state,
                                            read_config, save_training_state)
@@ -131,10 +131,11 @@ def _build(source: Any, cfg: PretrainConfig, device: str, *, initialise: bool, w
     dev = world.device(resolve_device(device, ExtractError))
     model.to(dev)
     loader = DataLoader(train_ds, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=collate_samples,
-                        drop_last=len(train) > cfg.batch_size, **_order(train_ds, world, True, cfg.seed))
+                        drop_last=len(train) > cfg.batch_size, worker_init_fn=die_with_parent,
+                        **_order(train_ds, world, True, cfg.seed))
     eval_ds = LabelledSamples(source, val, modality, spec, inp, skip, keep=keep)
     eval_loader = DataLoader(eval_ds, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=collate_samples,
-                             **_order(eval_ds, world, False, cfg.seed)) if val else loader
+                             worker_init_fn=die_with_parent, **_order(eval_ds, world, False, cfg.seed)) if val else loader
     return _Parts(model, loader, eval_loader, dev, input_dim, init_sha, world)
 
 
@@ -230,7 +231,7 @@ def _train(cfg: PretrainConfig, parts: _Parts, run: Run, resume: bool, progress:
     if resume:
         ckpt = load_training_state(run.path / LAST, model, opt, sched, dev,
                                    ("epoch", "best", "best_epoch", "sha", "history"))
-        world.restore_rng(ckpt, dev)
+        world.restore_rng(ckpt, dev, cfg.seed + 100_003 * int(ckpt["epoch"]))
         state = {k: ckpt.get(k) for k in state}
         if run.writer:
             keep_epochs(run.path / METRICS, state["epoch"])

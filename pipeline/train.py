@@ -151,7 +151,7 @@ def _loop(cfg: TrainConfig, genotype: Genotype, run: Run, world: World, store: F
     opt, sched = cfg.optimizer(params)
     log, book = run.log, run.book(key)
     if resume:
-        world.restore_rng(book.restore(model, opt, sched, device), device)
+        world.restore_rng(book.restore(model, opt, sched, device), device, cfg.seed + 100_003 * book.epoch)
         log.info("resumed after epoch %d on %d process(es)", book.epoch, world.size)
     else:
         log.info("train %s on %s (%s): %d rows, nodes %s, device %s, %d parameters, %d process(es)",

@@ -192,3 +192,23 @@ def test_pretrain_under_torchrun(data, tmp_path):
                        capture_output=True, text=True, env=_env(), timeout=300)
     assert r.returncode != 0 and "--on-error skip: not under torchrun" in r.stderr
     assert not (tmp_path / "skip").exists()
+
+
+def test_a_one_process_run_resumes_under_torchrun(data, tmp_path):
+    """Another number of processes on --resume: the global batches stay; rank 0 goes on with the
+    checkpoint's RNG, the other ranks start streams of their own (the checkpoint holds none for them)."""
+    import yaml
+
+    from pipeline.train import train_on_cache
+
+    run = tmp_path / "tr"
+    train_on_cache(str(data / "s.zarr"), data / "g.json", run, epochs=1, batch_size=8, device="cpu",
+                   evaluate_test=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["epochs"] = 2  # as if killed after epoch 1 of 2
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(_torchrun("--no-python", "bmnas", "train", "--resume", str(run)), capture_output=True,
+                       text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [e["epoch"] for e in _epochs(run)] == [1, 2]
+    assert "resumed after epoch 1 on 2 process(es)" in (run / "log.txt").read_text()

@@ -124,15 +124,19 @@ class World:
 
         return self.gather(rng_state(device)) if self.size > 1 else None
 
-    def restore_rng(self, checkpoint: dict[str, Any], device: torch.device) -> bool:
-        """This rank's RNG from a checkpoint of as many ranks; False when it holds none (another size)."""
+    def restore_rng(self, checkpoint: dict[str, Any], device: torch.device, seed: int) -> bool:
+        """This rank's RNG from a checkpoint of as many ranks. A checkpoint of another number of
+        processes holds no stream for this rank: rank 0 keeps the checkpoint's own state (already
+        restored with it), every other rank starts a stream of its own from `seed` + rank. False then."""
         from stores.device import restore_rng
 
         states = checkpoint.get(RANK_RNG)
-        if self.size == 1 or not states or len(states) != self.size:
-            return False
-        restore_rng(states[self.rank], device)
-        return True
+        if self.size > 1 and states and len(states) == self.size:
+            restore_rng(states[self.rank], device)
+            return True
+        if self.rank:
+            torch.manual_seed(seed + self.rank)
+        return False
 
 
 SINGLE = World()
@@ -170,8 +174,11 @@ def gathered(world: World, rows: Sequence[int], logits: np.ndarray,
     return np.concatenate([p[1] for p in parts])[first], np.concatenate([p[2] for p in parts])[first]
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent (torchrun's agent) dies (Linux only)."""
+def die_with_parent(*_: Any) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux only): a rank when torchrun's
+    agent dies, a DataLoader worker (as its `worker_init_fn`) when its trainer dies. A worker that
+    outlived a killed trainer would keep the run's lock, which it inherited, and `--resume` would be
+    refused."""
     import ctypes
     import signal
     import sys
@@ -195,7 +202,7 @@ def joined(device: str) -> Iterator[World]:
         return
     import torch.distributed as dist
 
-    _die_with_parent()
+    die_with_parent()
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     cuda = device != "cpu" and torch.cuda.is_available()
     if device == "cuda" and not cuda:
