@@ -91,8 +91,6 @@ class ModalityDropout:
             yield self.mask(feats, len(labels)), labels
 
     def mask(self, feats: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
-        if self.p <= 0:
-            return feats
         dropped = torch.rand(rows, generator=self.generator) < self.p
         which = torch.randint(len(self.modalities), (rows,), generator=self.generator)
         out = dict(feats)

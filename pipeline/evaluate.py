@@ -194,18 +194,23 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, device: str
             store = open_store_checked(run.config["store"], genotype, str(run.path / "genotype.json"),
                                        accept_changed_store)
             run.check_store(store, accept_changed_store)
+        built = None
+        if run.kind == "finetune" and robustness is not None:  # one joint model for both evaluations
+            built = build_model(load_finetune_config(run.path), Genotype.load(run.path / "genotype.json"),
+                                load_checkpoints=False)
         metrics = evaluate_held_run(run.path, run.config, split, device=device, batch_size=batch_size, plots=plots,
-                                    store=store)
+                                    store=store, built=built)
         if robustness is not None:
             evaluate_robustness(run.path, run.config, split, robustness, device=device, batch_size=batch_size,
-                                store=store, plots=plots)
+                                store=store, plots=plots, built=built)
         return metrics
 
 
 def evaluate_robustness(run: Path, cfg: dict[str, Any], split: str, levels: Sequence[str], *,
                         device: str | None = None, batch_size: int | None = None, store: Any = None,
-                        plots: bool = True) -> dict[str, Any]:
-    """robustness_<split>.json of a held train or finetune run (`pipeline.robustness`); returns the table."""
+                        plots: bool = True, built: Built | None = None) -> dict[str, Any]:
+    """robustness_<split>.json of a held train or finetune run (`pipeline.robustness`); returns the table.
+    `built`: a finetune run's joint model when the caller built it already."""
     from pipeline.robustness import (finetune_run_inputs, parse_noise_levels, robustness_table, train_run_inputs,
                                      write_robustness)
 
@@ -216,7 +221,7 @@ def evaluate_robustness(run: Path, cfg: dict[str, Any], split: str, levels: Sequ
     bs = int(batch_size or cfg.get("batch_size", 96))
     genotype = Genotype.load(run / "genotype.json")
     if cfg["kind"] == "finetune":
-        net, data, std = finetune_run_inputs(run, split, bs, dev)
+        net, data, std = finetune_run_inputs(run, split, bs, dev, built)
     else:
         store = store or open_store_checked(cfg["store"], genotype, str(run / "genotype.json"))
         require_rows(store, [split], "choose another --split")
@@ -228,11 +233,13 @@ def evaluate_robustness(run: Path, cfg: dict[str, Any], split: str, levels: Sequ
 
 
 def evaluate_held_run(run: Path, cfg: dict[str, Any], split: str = "test", *, device: str | None = None,
-                      batch_size: int | None = None, plots: bool = True, store: Any = None) -> dict[str, Any]:
+                      batch_size: int | None = None, plots: bool = True, store: Any = None,
+                      built: Built | None = None) -> dict[str, Any]:
     """`evaluate_run` for a caller that holds the run already (the end of `train`); `cfg` its config.
-    `store`: the train run's store when the caller has it open and checked already."""
+    `store`: the train run's store when the caller has it open and checked already; `built`: a
+    finetune run's joint model when the caller built it already."""
     if cfg["kind"] == "finetune":
-        return evaluate_finetune_run(run, split, device=device, batch_size=batch_size, plots=plots)
+        return evaluate_finetune_run(run, split, device=device, batch_size=batch_size, plots=plots, built=built)
     if not (run / BEST).is_file():
         raise SearchError(f"{run}: no {BEST}; the run has not finished an epoch yet")
     genotype = Genotype.load(run / "genotype.json")

@@ -201,10 +201,11 @@ def train_run_inputs(run: Path, cfg: dict[str, Any], split: str, store: Any, bat
     return net, data, node_std(lambda: train.batches(batch_size, seed=0, shuffle=False), nodes)
 
 
-def finetune_run_inputs(run: Path, split: str, batch_size: int,
-                        device: torch.device) -> tuple[nn.Module, SplitFeatures, dict[str, float]]:
+def finetune_run_inputs(run: Path, split: str, batch_size: int, device: torch.device,
+                        built: Any = None) -> tuple[nn.Module, SplitFeatures, dict[str, float]]:
     """A finetune run's kept fusion network, the split's taps as its fine-tuned backbones compute
-    them, and the taps' std on (the first `STD_SAMPLES` samples of) train."""
+    them, and the taps' std on (the first `STD_SAMPLES` samples of) train. `built`: the run's joint
+    model when the caller built it already (`pipeline.joint_model.build_model`)."""
     import functools
     import itertools
 
@@ -214,7 +215,7 @@ def finetune_run_inputs(run: Path, split: str, batch_size: int,
     from pipeline.joint_model import build_model, load_finetune_config, raw_loader, to_device
 
     cfg = load_finetune_config(run)
-    built = build_model(cfg, Genotype.load(run / "genotype.json"), load_checkpoints=False)
+    built = built or build_model(cfg, Genotype.load(run / "genotype.json"), load_checkpoints=False)
     model = built.model.to(device).eval()
     model.load_state_dict(load_run_checkpoint(run / BEST)["model"])
     move = functools.partial(to_device, device=device)

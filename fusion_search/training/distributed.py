@@ -212,5 +212,6 @@ def joined(device: str) -> Iterator[World]:
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local, cuda=cuda)
+        dist.barrier()  # no rank tears the group down while another is still in a collective (gloo aborts)
     finally:
         dist.destroy_process_group()

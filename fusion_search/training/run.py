@@ -204,8 +204,7 @@ class Run:
         run = cls(path, kind, error)
         run.config, run.writer = dict(config), False
         run.log = logging.getLogger(f"bmnas.{kind}.follower")
-        run.log.addHandler(logging.NullHandler())
-        run.log.propagate = False
+        run.log.propagate = False  # no handler: nothing a follower logs goes anywhere
         return run
 
     # --- what a run is --------------------------------------------------------------------------
