@@ -15,7 +15,8 @@
     so that the forward dominates each worker's work.
 (d) for comparison only (--ntu-samples 0 leaves it out): videos at NTU's own 1920x1080 frame
     size, where decoding dominates each sample; also the uint8 resize vs a float32 one, the
-    fast .skeleton parser vs the line-by-line one, and --decode-threads 2 vs 1, side by side.
+    fast .skeleton parser vs the line-by-line one, --decode-threads 2 vs 1, and extraction from a
+    `bmnas data prepare`d copy of the data vs the raw files, side by side.
 Data: synthetic ntu-like clips (H.264, 32 px) + NTU .skeleton files, the demo's backbones
 (inflated_resnet50 + hcn, tiny).
 
@@ -319,6 +320,40 @@ def _part_d(tmp: Path, args) -> None:
     costs = _part_a(source, choices, common, tmp, sized, target="")
     _part_b(source, choices, common, tmp, costs, args.rounds, target=" (the target's 1.6x, at NTU's frame size)")
     _decode_threads(source, choices, common, tmp, args.rounds)
+    _prepared_rate(source, choices, common, tmp, args.rounds)
+
+
+def _prepared_rate(source, choices, common: dict, tmp: Path, rounds: int) -> None:
+    """`bmnas data prepare` once (2 processes), then extraction from the prepared dataset against the
+    raw one in one process (no dask), alternating for `rounds` rounds; and one sample's read of each."""
+    import statistics
+
+    from extract.job import extract
+    from extract.prepare import prepare_dataset
+    from extract.sources.manifest import ManifestSource
+
+    t0 = time.perf_counter()
+    done = prepare_dataset(source, tmp / "prepared", workers=2, progress=False)
+    once = time.perf_counter() - t0
+    ready = ManifestSource(tmp / "prepared" / "manifest.jsonl")
+    ids = [s.id for s in source.samples()][:8]
+    reads = {}
+    for name, src in (("raw", source), ("prepared", ready)):
+        t0 = time.perf_counter()
+        [src.read(i, m) for i in ids for m in src.modalities]
+        reads[name] = (time.perf_counter() - t0) / len(ids) * 1e3
+    n = len(source.samples())
+    rates: dict[str, list[float]] = {"raw": [], "prepared": []}
+    for _ in range(rounds):
+        for name, src in (("raw", source), ("prepared", ready)):
+            t0 = time.perf_counter()
+            extract(src, str(tmp / f"from_{name}.zarr"), choices, use_dask=False, **common)
+            rates[name].append(n / (time.perf_counter() - t0))
+    raw, prep = statistics.median(rates["raw"]), statistics.median(rates["prepared"])
+    print(f"  bmnas data prepare (2 processes, once): {done.written / once:.1f} samples/s; reading a sample "
+          f"(video + skeleton) {reads['raw']:.1f} ms raw vs {reads['prepared']:.2f} ms prepared; extract from "
+          f"the prepared dataset {prep:.1f} vs {raw:.1f} samples/s from the raw one ({prep / raw:.1f}x, median of "
+          f"{rounds}, one process, no dask)")
 
 
 def _decode_threads(source, choices, common: dict, tmp: Path, rounds: int) -> None:

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # name -> (module, attribute, one help line), in pipeline order
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "data": ("pipeline.cli_data", "data", "Raw datasets: synthetic generators and dataset summaries."),
+    "data": ("pipeline.cli_data", "data", "Raw datasets: synthetic generators, dataset summaries, one-off preparation."),
     "backbones": ("pipeline.cli_backbones", "backbones_cmd", "List backbones and their taps; `show SPEC` probes one."),
     "pretrain": ("pipeline.cli_extract", "pretrain_cmd", "Stage 1: train one backbone + head on one modality."),
     "extract": ("pipeline.cli_extract", "extract_cmd", "Stage 1: frozen backbones -> reduced taps -> feature store (dask)."),

@@ -1,4 +1,5 @@
-"""`bmnas data`: write synthetic datasets and summarise any dataset a source can read."""
+"""`bmnas data`: write synthetic datasets, summarise any dataset a source can read, and prepare one for
+repeated extraction."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from pathlib import Path
 
 import click
 
+from extract.prepare import ON_ERROR
 from extract.sources.registry import KINDS, open_source
 from extract.synth import KINDS as SYNTH_KINDS
+from pipeline.cli_extract import _open, _source_args, _source_options
 
 
 @click.group()
 def data() -> None:
-    """Raw datasets: synthetic generators and dataset summaries."""
+    """Raw datasets: synthetic generators, dataset summaries, one-off preparation."""
 
 
 @data.command()
@@ -78,3 +81,30 @@ def info(path: Path, kind: str | None, split_preset: str | None, check: bool, as
         click.echo(f"  {line}")
     if problems:
         sys.exit(1)  # as `store verify`: a script can tell a dataset with problems
+
+
+@data.command()
+@_source_args
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--workers", default=1, show_default=True,
+              help="Processes decoding in parallel (up to the machine's cores).")
+@click.option("--on-error", type=click.Choice(ON_ERROR), default="fail", show_default=True,
+              help="fail: stop at the first unreadable sample (what is saved stays); skip: leave it out and list it.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def prepare(data: Path, kind: str | None, split: str | None, source_opt: tuple[str, ...], out: Path, workers: int,
+            on_error: str, quiet: bool) -> None:
+    """Decode DATA once into OUT as the source reads it (a manifest dataset of .npy files) for faster reruns."""
+    from extract.prepare import prepare_dataset
+
+    src = _open(data, kind, split, source_opt)
+    where = {"path": str(Path(data).resolve()), "kind": kind, "split": split,
+             "options": _source_options(source_opt)}
+    res = prepare_dataset(src, out, location=where, workers=workers, on_error=on_error, progress=not quiet)
+    if res.complete_before:
+        click.echo(f"{out}: already prepared ({res.reused} samples); nothing to do")
+        return
+    click.echo(f"prepared {res.written} samples into {out} in {res.seconds:.1f}s"
+               + (f" ({res.reused} saved by an earlier run)" if res.reused else ""))
+    for sid, why in res.skipped.items():
+        click.echo(f"  skipped {sid}: {why}")
+    click.echo(f"read it with: --kind manifest {out / 'manifest.jsonl'}")
