@@ -9,10 +9,12 @@ each with and without the ReshapeInput layers (the official 227 ms/step referenc
 NTU configuration: 8 input nodes, channels 512,1024,2048,2048,128,256,1024,512, T = 8; 2 Cells,
 2 Steps, C = 128, L = 8, multiplier 2, 60 classes, batch 96.
 
-    .venv/bin/python bench/search_step.py [--threads 2] [--steps 10] [--device cuda] [--compile]
+    .venv/bin/python bench/search_step.py [--threads 2] [--steps 10] [--device cuda] [--compile] [--ops]
 
 `--compile` adds the bmnas step with the hypernet under torch.compile (what `search --compile`
 runs), its compile time and its ratio to the eager step; `--device cuda` runs every row on the GPU.
+`--ops` counts the operators one step dispatches (torch.profiler; views and scalar reads left out):
+on a GPU each is a kernel launch, so the count is what a launch-bound step's time follows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -97,6 +100,24 @@ def naive_step(model, train, val):
     return step
 
 
+def stepped(name: str, reshape: bool):
+    """(hypernet, its step) of the bmnas or the naive kind."""
+    model, train, val = make(reshape)
+    return model, (bmnas_step if name == "bmnas" else naive_step)(model, train, val)
+
+
+@contextlib.contextmanager
+def ops_of(name: str):
+    """The naive step evaluates every op on (h, h) as two arguments while the block runs."""
+    same = Primitive.forward_same
+    if name == "naive":
+        Primitive.forward_same = lambda self, x: self(x, x)
+    try:
+        yield
+    finally:
+        Primitive.forward_same = same
+
+
 def timed(step, n: int) -> tuple[float, float]:
     """(median, min) ms over n steps after 3 warm-up steps; min is the robust figure on a shared CPU."""
     sync = torch.cuda.synchronize if DEVICE.type == "cuda" else (lambda: None)
@@ -110,6 +131,40 @@ def timed(step, n: int) -> tuple[float, float]:
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000, min(times) * 1000
+
+
+VIEW_OPS = {"transpose", "select", "t", "reshape", "slice", "view", "expand", "split", "unsqueeze", "squeeze",
+            "permute", "as_strided", "alias", "detach", "narrow", "unbind", "lift_fresh", "empty", "empty_like",
+            "item", "_local_scalar_dense", "result_type", "to", "flatten", "_unsafe_view", "contiguous"}
+
+
+def operator_counts(step) -> tuple[int, int]:
+    """(operators, of which in optimiser steps) of one step: top-level aten ops that are not views."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    total = in_opt = 0
+    for e in prof.events():
+        parent = e.cpu_parent
+        if not e.name.startswith("aten::") or e.name[6:] in VIEW_OPS or (parent and parent.name.startswith("aten::")):
+            continue
+        total += 1
+        while parent is not None and not parent.name.startswith("Optimizer.step"):
+            parent = parent.cpu_parent
+        in_opt += parent is not None
+    return total, in_opt
+
+
+def ops_rows() -> None:
+    """Operators per step, bmnas and naive, with reshape layers."""
+    for name in ("bmnas", "naive"):
+        model, step = stepped(name, True)
+        with ops_of(name):
+            total, in_opt = operator_counts(step)
+        print(f"{name} with reshape: {total} operators per step ({in_opt} in the optimiser steps, "
+              f"{'foreach' if DEVICE.type == 'cuda' else 'one tensor at a time'} on {DEVICE.type})")
 
 
 def compiled_row(args, eager_ms: float) -> None:
@@ -130,6 +185,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
+    ap.add_argument("--ops", action="store_true", help="also count the operators (GPU kernels) of one step")
     args = ap.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -138,17 +194,12 @@ def main() -> None:
     print(f"NTU config: 8 nodes, C={C}, L={L}, 2 cells x 2 steps, batch {B}, {K} classes; "
           f"{args.threads} threads, median (and min) of {args.steps} steps; load average {load} on {os.cpu_count()} CPUs; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    same = Primitive.forward_same
     results = {}
     for reshape in (False, True):
-        for name, build in (("bmnas", bmnas_step), ("naive", naive_step)):
-            model, train, val = make(reshape)
-            if name == "naive":
-                Primitive.forward_same = lambda self, x: self(x, x)
-            try:
-                ms, best = timed(build(model, train, val), args.steps)
-            finally:
-                Primitive.forward_same = same
+        for name in ("bmnas", "naive"):
+            model, step = stepped(name, reshape)
+            with ops_of(name):
+                ms, best = timed(step, args.steps)
             results[(name, reshape)] = ms
             params = sum(p.numel() for p in model.weight_parameters())
             label = "with reshape   " if reshape else "without reshape"
@@ -159,6 +210,8 @@ def main() -> None:
               f"{results[('naive', reshape)] / results[('bmnas', reshape)]:.2f}x")
     if args.compile:
         compiled_row(args, results[("bmnas", True)])
+    if args.ops:
+        ops_rows()
     g = Genotype.from_dict(FIG5_LIKE)
     found = FoundNetwork(g, {n: (c, T) for n, c in zip(NODES, CHANNELS)})
     print(f"found network (Fig. 5-like NTU genotype): {count_parameters(found) / 1e6:.2f} M parameters "

@@ -96,12 +96,33 @@ def _save_sample(source: Source, sample_id: str, files: dict[str, str], out: str
     except DataError as exc:
         return str(exc)
     for modality, rel in files.items():
-        value = arrays[modality]
-        if not isinstance(value, np.ndarray):
-            raise ExtractError(f"sample {sample_id}: the {modality} is {type(value).__name__}, not an array; "
-                               "only array modalities can be prepared (extract raw text directly)")
-        write_npy_atomic(Path(out) / rel, value)
+        write_npy_atomic(Path(out) / rel, arrays[modality])
     return None
+
+
+def check_preparable(source: Source, samples: list[Sample]) -> None:
+    """Refuse, before anything is written, a source whose modalities a manifest cannot name or whose
+    first readable sample holds something other than arrays (raw text: a text backbone tokenises it
+    at extraction, which reading a string back would not spare)."""
+    from extract.sources.manifest import modality_kind
+
+    odd = [m for m in source.modalities if modality_kind(m) is None]
+    if odd:
+        raise ExtractError(f"the {source.name} source's modality {odd[0]!r} has no manifest column kind; "
+                           "data prepare writes manifests (video, depth, skeleton, image, text, array_<name>)")
+    listed = source.unreadable()
+    for s in samples[:20]:
+        if s.id in listed:
+            continue
+        try:
+            values = {m: source.read(s.id, m) for m in source.modalities}
+        except DataError:
+            continue
+        for m, value in values.items():
+            if not isinstance(value, np.ndarray):
+                raise ExtractError(f"the {m} of {source.name} samples is {type(value).__name__}, not an array: "
+                                   "only array modalities can be prepared; extract this dataset directly")
+        return
 
 
 _WORKER_SOURCE: Source | None = None
@@ -191,6 +212,7 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, location: dict[st
     if not samples:
         raise DataError(f"{location or source.name}: the source lists no samples; nothing to prepare")
     settings = settings_of(source, samples)
+    check_preparable(source, samples)
     result = PrepareResult(out)
     with exclusive(out, "prepared dataset"):
         if _check_out(out, settings):

@@ -117,3 +117,11 @@ def test_an_unreadable_sample_stops_or_is_left_out(tmp_path):
     sid = video.name.replace("_rgb.avi", "")
     rows = [json.loads(line) for line in (tmp_path / "skip" / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 11 and sid not in {row["id"] for row in rows}
+
+
+def test_raw_text_is_refused_before_anything_is_written(tmp_path):
+    raw = tmp_path / "movies"
+    generate("mmimdb-like", raw, samples=12, seed=1)
+    r = _cli("data", "prepare", raw / "manifest.jsonl", tmp_path / "ready")
+    assert r.exit_code == 2 and "the text of manifest samples is str" in r.output, r.output
+    assert not (tmp_path / "ready").exists()
