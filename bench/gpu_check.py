@@ -7,6 +7,9 @@ What a CPU-only test suite cannot show, each on tiny synthetic data in a tempora
                            on its own GPU (with >= 2 GPUs), provenance says cuda + float16, taps
                            within TOL of a float32 CPU extraction
   taps_fp16_vs_fp32        per backbone, float16 autocast against float32 on the GPU: within TOL
+  channels_last_taps       inflated_resnet50 (full) as `--precision auto` runs it on CUDA (float16,
+                           channels_last_3d weights and inputs) against float32 in the default
+                           layout on the CPU: within TOL
   bank_in_gpu_memory       a split that fits goes to GPU memory; a zero share keeps it on the host
   search_kill_resume       search killed mid-epoch on CUDA, resumed, against an uninterrupted run
   search_cpu_to_cuda       a search begun on CPU resumed with --device cuda (RNG states on the CPU)
@@ -75,11 +78,18 @@ class Killed(Exception):
 
 
 def _ntu(tmp: Path) -> Path:
+    """16 ntu-like samples: written here, or copied from $BMNAS_GPU_NTU (`bench/gpu_rows.sh --prepare`
+    writes them on a machine with PyAV, which writes the videos)."""
+    import shutil
+
     from extract.synth import generate
 
     root = tmp / "ntu"
     if not root.exists():
-        generate("ntu-like", root, samples=16, classes=4, seed=3)
+        if os.environ.get("BMNAS_GPU_NTU"):
+            shutil.copytree(os.environ["BMNAS_GPU_NTU"], root)
+        else:
+            generate("ntu-like", root, samples=16, classes=4, seed=3)
     return root
 
 
@@ -138,6 +148,23 @@ def taps_fp16_vs_fp32(tmp: Path) -> str:
         assert worst <= TOL, f"{name}: {worst:.2e} > {TOL}"
         out.append(f"{label} {worst:.1e}")
     return ", ".join(out) + f" (tol {TOL}{'' if len(cases) == 6 else '; minilm not installed'})"
+
+
+@check
+def channels_last_taps(tmp: Path) -> str:
+    from extract.job import BackboneChoice, extract
+    from extract.sources.ntu import NTUSource
+    from stores import open_store
+
+    src = NTUSource(_ntu(tmp), size=32)
+    choice = BackboneChoice("video", "inflated_resnet50", "full", input=(("size", 64),))
+    kw = dict(rows_per_chunk=4, batch_size=4, use_dask=False, dtype="float32", progress=False)
+    gpu = open_store(extract(src, str(tmp / "cl_gpu.zarr"), [choice], device="cuda", precision="float16", **kw).store)
+    cpu = open_store(extract(src, str(tmp / "cl_cpu.zarr"), [choice], device="cpu", precision="float32", **kw).store)
+    assert gpu.attrs["extraction"]["precision"] == "float16", gpu.attrs["extraction"]
+    worst = {n: _rel(gpu.array(n)[...], cpu.array(n)[...]) for n in gpu.nodes}
+    assert max(worst.values()) <= TOL, worst
+    return ", ".join(f"{n} {v:.1e}" for n, v in worst.items()) + f" (tol {TOL})"
 
 
 @check

@@ -1,7 +1,8 @@
 """What `--precision auto` computes a backbone's forward in on CUDA, by measurement.
 
 float16 autocast is not faster for every backbone. Forward times measured on one NVIDIA H200
-(torch 2.11 + CUDA 13, cudnn.benchmark on; recorded in the project's GPU-speed issue, 2026-12):
+(torch 2.11 + CUDA 13, cudnn.benchmark on; recorded in the project's GPU-speed issue, 2026-12;
+`bench/backbone_speed.py --device cuda` measures them again, all four variants side by side):
 
   backbone (setting)          input, batch          float32    float16    faster
   resnext101_3d (full)        32 x 112², 16         17.5 ms    24.2 ms    float32
