@@ -125,3 +125,20 @@ def test_raw_text_is_refused_before_anything_is_written(tmp_path):
     r = _cli("data", "prepare", raw / "manifest.jsonl", tmp_path / "ready")
     assert r.exit_code == 2 and "the text of manifest samples is str" in r.output, r.output
     assert not (tmp_path / "ready").exists()
+
+
+def test_ids_with_slashes_and_depth_frames_round_trip(tmp_path):
+    from extract.prepare import prepare_dataset
+    from extract.sources.egogesture import EgoGestureSource
+    from extract.sources.manifest import ManifestSource
+    from test_sources_egogesture import _tree
+
+    src = EgoGestureSource(_tree(tmp_path / "ego"), frames=4, size=16)
+    done = prepare_dataset(src, tmp_path / "ready", workers=2, progress=False)
+    assert done.written == len(src.samples()) == 4
+    ready = ManifestSource(tmp_path / "ready" / "manifest.jsonl")
+    assert [(s.id, s.split, s.label) for s in ready.samples()] == [(s.id, s.split, s.label) for s in src.samples()]
+    assert ready.modalities == src.modalities == ("video", "depth") and ready.num_classes == src.num_classes
+    for s in src.samples():
+        for m in src.modalities:
+            assert np.array_equal(ready.read(s.id, m), src.read(s.id, m)), (s.id, m)
