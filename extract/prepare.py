@@ -86,7 +86,7 @@ def _check_out(out: Path, settings: dict[str, Any]) -> bool:
         raise ExtractError(f"--out {out} was prepared with other {', '.join(differ)} "
                            f"({held.get('settings', {}).get(differ[0])!r}, now {settings[differ[0]]!r}): "
                            "give a new --out or the same source and options")
-    return (out / MANIFEST).is_file()
+    return bool(held.get("complete"))  # the record is rewritten after the manifest: a kill between redoes both
 
 
 def _save_sample(source: Source, sample_id: str, files: dict[str, str], out: str) -> str | None:
