@@ -66,6 +66,37 @@ def settings_of(source: Source, samples: list[Sample]) -> dict[str, Any]:
             "samples": len(samples), "samples_sha256": ids[:16]}
 
 
+def prepared_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The record of a folder `prepare_dataset` wrote (given the folder or its manifest), else None."""
+    path = Path(path)
+    record = (path if path.is_dir() else path.parent) / PREPARED
+    try:
+        return json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def options_for_prepared(path: str | os.PathLike, source: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The source options to open `path` with when a stage wants the data read as `source` with
+    `options` (a store's record): {} for a prepared copy made with exactly those (its arrays are that
+    reading already), None when `path` is not a prepared copy; a prepared copy made from another
+    source or with other options is refused, naming the first difference."""
+    record = prepared_record(path)
+    if record is None:
+        return None
+    held = record.get("settings", {})
+    if held.get("source") != source:
+        raise ExtractError(f"--source {path} was prepared from a {held.get('source')} source, the store read a "
+                           f"{source} source: prepare the store's data")
+    differ = [k for k in sorted(set(options) | set(held.get("options", {})))
+              if options.get(k) != held.get("options", {}).get(k)]
+    if differ:
+        k = differ[0]
+        raise ExtractError(f"--source {path} was prepared with {k} {held.get('options', {}).get(k)!r}, the store "
+                           f"was extracted with {k} {options.get(k)!r}: prepare it again with --source-opt {k}=...")
+    return {}
+
+
 def _check_out(out: Path, settings: dict[str, Any]) -> bool:
     """Refuse an --out that bmnas did not prepare or prepared from other settings; True when complete."""
     if out.exists() and not out.is_dir():

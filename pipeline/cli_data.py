@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from extract.prepare import ON_ERROR
+from extract.prepare import ON_ERROR, prepared_record
 from extract.sources.registry import KINDS, open_source
 from extract.synth import KINDS as SYNTH_KINDS
 from pipeline.cli_extract import _open, _source_args, _source_options
@@ -65,6 +65,9 @@ def info(path: Path, kind: str | None, split_preset: str | None, check: bool, as
         "splits": dict(sorted(Counter(s.split for s in samples).items())),
         "problems": problems,
     }
+    prepared = prepared_record(path)
+    if prepared:
+        summary["prepared"] = prepared
     meta = getattr(src, "metadata", None)
     if meta and "ceilings" in meta:
         summary["synthetic"] = {"kind": meta.get("kind"), "ceilings": meta["ceilings"]}
@@ -76,6 +79,11 @@ def info(path: Path, kind: str | None, split_preset: str | None, check: bool, as
     if "synthetic" in summary:
         ceilings = ", ".join(f"{k} {v:.3f}" for k, v in meta["ceilings"].items())
         click.echo(f"synthetic {meta.get('kind')}: ceilings {ceilings}")
+    if prepared:
+        options = ", ".join(f"{k} {v}" for k, v in prepared["settings"]["options"].items())
+        click.echo(f"prepared by bmnas data prepare from a {prepared['settings']['source']} source "
+                   f"({prepared['location'].get('path', '?')}; {options})"
+                   + ("" if prepared.get("complete") else "; UNFINISHED: rerun that command to complete it"))
     click.echo(f"problems: {len(problems)}" + ("" if check else " (listing only; --check decodes every sample)"))
     for line in problems:
         click.echo(f"  {line}")
@@ -107,4 +115,4 @@ def prepare(data: Path, kind: str | None, split: str | None, source_opt: tuple[s
                + (f" ({res.reused} saved by an earlier run)" if res.reused else ""))
     for sid, why in res.skipped.items():
         click.echo(f"  skipped {sid}: {why}")
-    click.echo(f"read it with: --kind manifest {out / 'manifest.jsonl'}")
+    click.echo(f"a manifest dataset: bmnas extract {out} --out FEATURES.zarr --backbone ...")

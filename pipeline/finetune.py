@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from extract.backbones import resolve_backbone
+from extract.prepare import options_for_prepared
 from fusion_search.data import open_feature_store, resolve_device
 from fusion_search.training.engine import EpochTotals, FitOptions, fit, predict
 from fusion_search.errors import SearchError
@@ -85,7 +86,12 @@ def _config(genotype_path: str | os.PathLike, source_path: str, backbones: Seque
     init_from = settings.pop("init_from", None)
     opened = open_feature_store(store) if store is not None else None  # opened once for every check
     if opened is not None:
+        given_opts = bool(source_opts)
         bbs, source_opts = _from_store(opened, bbs, settings, source_opts, setting if setting_given else None)
+        prov = opened.attrs.get("extraction") or {}
+        if not given_opts:  # a `bmnas data prepare`d copy of the store's data reads as it was prepared
+            prepared = options_for_prepared(source_path, prov.get("source", ""), source_opts or {})
+            source_opts = source_opts if prepared is None else prepared
     epochs = check_run_options(epochs, settings.get("train_on", FinetuneConfig.train_on), settings, FinetuneConfig,
                                "finetune")
     for b in bbs:  # absolute paths: evaluate and resume work from any directory

@@ -254,3 +254,28 @@ def test_finetune_with_modality_dropout_and_its_robustness(chain):
     assert set(table["missing"]) == {"video", "skeleton"} and set(table["noise"]["video"]) == {"1"}
     assert set(table["noise_std"]) == set(g.used_nodes()) and all(v > 0 for v in table["noise_std"].values())
     assert table["full"]["accuracy"] == json.loads((run / "metrics_test.json").read_text())["accuracy"]
+
+
+def test_finetune_reads_a_prepared_copy_of_the_stores_data(chain, tmp_path):
+    """`--source` a `bmnas data prepare`d copy of the raw data the store was extracted from: the
+    same run, value for value, as from the raw files."""
+    d, store, g, backbones = chain
+    r = CliRunner().invoke(cli, ["data", "prepare", str(d / "ntu"), str(tmp_path / "ready"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    tests = {}
+    for name, source in (("raw", d / "ntu"), ("prepared", tmp_path / "ready")):
+        r = CliRunner().invoke(cli, ["finetune", "--store", str(d / "s.zarr"), "--genotype", str(d / "g.json"),
+                                     "--source", str(source), "--out", str(tmp_path / name), "--epochs", "1",
+                                     "--batch-size", "8", "--loader-workers", "0", "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        tests[name] = json.loads((tmp_path / name / "metrics_test.json").read_text())
+    for key in ("accuracy", "loss"):
+        assert tests["raw"][key] == tests["prepared"][key], (key, tests)
+    r = CliRunner().invoke(cli, ["data", "prepare", str(d / "ntu"), str(tmp_path / "four"), "--source-opt", "frames=4",
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["finetune", "--store", str(d / "s.zarr"), "--genotype", str(d / "g.json"),
+                                 "--source", str(tmp_path / "four"), "--out", str(tmp_path / "four_ft"), "--epochs", "1",
+                                 "--device", "cpu"])
+    assert r.exit_code == 2 and "was prepared with frames 4, the store was extracted with frames 8" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "four_ft").exists()
