@@ -226,8 +226,10 @@ def evaluate_robustness(run: Path, cfg: dict[str, Any], split: str, levels: Sequ
         store = store or open_store_checked(cfg["store"], genotype, str(run / "genotype.json"))
         require_rows(store, [split], "choose another --split")
         net, data, std = train_run_inputs(run, cfg, split, store, bs, dev)
+    logits = run / f"logits_{split}.npy"  # the plain evaluation's, written just before: the full row
     table = robustness_table(net, data, std, task=genotype.task, levels=levels, batch_size=bs, device=dev,
-                             metrics=functools.partial(task_metrics, genotype.task, genotype.num_classes))
+                             metrics=functools.partial(task_metrics, genotype.task, genotype.num_classes),
+                             full_logits=np.load(logits) if logits.is_file() else None)
     write_robustness(run, split, table, plots)
     return table
 

@@ -80,15 +80,16 @@ def node_std(batches: Callable[[], Any], nodes: Sequence[str]) -> dict[str, floa
 
 def robustness_table(net: nn.Module, data: SplitFeatures, std: dict[str, float], *, task: str,
                      metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]], levels: Sequence[str],
-                     batch_size: int, device: torch.device) -> dict[str, Any]:
-    """The full / missing / noise table of `net` on `data` (see the module docstring)."""
+                     batch_size: int, device: torch.device, full_logits: np.ndarray | None = None) -> dict[str, Any]:
+    """The full / missing / noise table of `net` on `data` (see the module docstring). `full_logits`:
+    the split's logits as the plain evaluation predicted them, for the full row (not predicted again)."""
     modalities = modalities_of(list(data.feats))
 
     def score(change: Callable[[Features, int], Features] | None) -> dict[str, float]:
         return metrics(_predict(net, data, change, batch_size, device), data.labels)
 
-    table: dict[str, Any] = {"full": score(None), "missing": {}, "noise": {}, "noise_std": std,
-                             "primary": PRIMARY[task]}
+    full = score(None) if full_logits is None else metrics(full_logits, data.labels)
+    table: dict[str, Any] = {"full": full, "missing": {}, "noise": {}, "noise_std": std, "primary": PRIMARY[task]}
     for m in modalities:
         table["missing"][m] = score(lambda f, rows, m=m: {**f, mask_key(m): torch.ones(rows, dtype=torch.bool)})
     for m in modalities:
