@@ -255,7 +255,8 @@ class _Search:
         self.w_opt, self.sched = weight_optimizer(self.weights, lr=cfg.weight_lr, weight_decay=cfg.weight_decay,
                                                   lr_min=cfg.weight_lr_min, restart_period=cfg.restart_period,
                                                   restart_mult=cfg.restart_mult)
-        self.a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
+        self.a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay,
+                                      foreach=True)
         self.loss = lambda z, y: loss_fn(store.task, z, y)
         # the steps run the compiled hypernet with --compile (the same parameters; checkpoints hold self.model's)
         self.step_model = torch.compile(self.model) if cfg.compile else self.model

@@ -207,7 +207,7 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]
     if scaler.is_enabled():
         scaler.unscale_(optimizer)
     if grad_clip > 0:
-        nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
+        nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip, foreach=True)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
