@@ -9,7 +9,7 @@ clips/s, the fastest variant, and what `--precision auto` and the layout table c
 backbone on this device, flagged where the measurement disagrees.
 
 `--extract N` also runs `extract` (one process, no dask, `--precision auto`, `--decode-threads`
-as given) over N random clips of the case's shape saved as a `bmnas data prepare` folder (so no
+auto unless given) over N random clips of the case's shape saved as a `bmnas data prepare` folder (so no
 video decoding: what is left is reading, input preparation, the forward, hooks, reduction and the
 store's writes), and prints its clips/s against the forward-only bound of the variant auto chose,
 with the GPU's mean utilisation over the run (sampled from nvidia-smi) on CUDA.
@@ -144,7 +144,7 @@ class _GpuUse:
         return statistics.mean(self.samples) if self.samples else None
 
 
-def extraction_row(case: tuple, device, n: int, decode_threads: int, bound_ms: float) -> None:
+def extraction_row(case: tuple, device, n: int, decode_threads: int | str, bound_ms: float) -> None:
     """`extract` of n prepared clips of the case against the forward-only bound (ms per batch)."""
     import tempfile
 
@@ -174,7 +174,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--small", action="store_true", help="tiny settings at 32 px (a quick check of the script)")
     ap.add_argument("--extract", type=int, default=0, metavar="N", help="also extract N prepared clips per case")
-    ap.add_argument("--decode-threads", type=int, default=4)
+    ap.add_argument("--decode-threads", default="auto", type=lambda v: v if v == "auto" else int(v),
+                    help="loader threads of the extraction (default auto: the cores, on a GPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True

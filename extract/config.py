@@ -41,7 +41,7 @@ class ExtractConfig:
     scheduler: str | None = None
     workers: int = 2
     threads_per_worker: int = 1
-    decode_threads: int = 1  # per worker: threads reading and preparing a batch's samples in parallel
+    decode_threads: int | str = "auto"  # per worker: threads reading a batch's samples (`worker.decode_threads_for`)
     device: str = "auto"  # checked on the workers (a head node needs no GPU)
     precision: str = "auto"  # the forward's compute precision; auto: `extract.precision.auto_precision`
     on_error: str = "fail"

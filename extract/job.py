@@ -31,7 +31,7 @@ from extract.errors import BackboneError, DataError, ExtractError
 from extract.config import ExtractConfig, ReductionConfig
 from extract.dtypes import DTYPE_CHOICES, choose_dtype, peak_magnitude, unstorable_message
 from extract.precision import auto_precision
-from extract.worker import INIT_SEED, PRECISIONS, ChunkResult, Entry, Placement, run_chunks, warm_up
+from extract.worker import AUTO, INIT_SEED, PRECISIONS, ChunkResult, Entry, Placement, run_chunks, warm_up
 from stores import NodeSpec, StoreError, create_store, is_bmnas_store, open_writer
 from stores.device import DEVICES, gpu_slot
 from stores.files import disk_full
@@ -416,8 +416,9 @@ def extract(source: Any, out: str, backbones: Sequence[BackboneChoice], config: 
     cfg = replace(config or ExtractConfig(), **options)
     _check_options({"--rows-per-chunk": cfg.rows_per_chunk, "--chunks-per-task": cfg.chunks_per_task,
                     "--batch-size": cfg.batch_size, "--workers": cfg.workers,
-                    "--threads-per-worker": cfg.threads_per_worker, "--decode-threads": cfg.decode_threads},
-                   cfg.on_error, cfg.dtype, backbones)
+                    "--threads-per-worker": cfg.threads_per_worker}, cfg.on_error, cfg.dtype, backbones)
+    if cfg.decode_threads != AUTO and (not isinstance(cfg.decode_threads, int) or cfg.decode_threads < 1):
+        raise ExtractError(f"--decode-threads {cfg.decode_threads!r}: use a positive integer or auto")
     place(cfg.device, cfg.precision, cfg.dtype, {})  # bad option values fail before any work
     _check_out(out)
     samples = source.samples()

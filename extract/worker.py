@@ -31,6 +31,7 @@ from extract.dtypes import unstorable
 from extract.precision import memory_format
 from extract.reduction import ReductionConfig
 from stores import open_writer
+from stores.device import host_of
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,22 @@ class Placement:
         if address in plan:
             return torch.device(plan[address])
         return torch.device("cuda", 0) if any(v.startswith("cuda") for v in plan.values()) else torch.device("cpu")
+
+
+AUTO = "auto"  # --decode-threads auto
+
+
+def decode_threads_for(requested: int | str, device: torch.device, address: str, placement: Placement,
+                       cores: int) -> int:
+    """The loader threads of one worker: as given, or for `auto` the cores of its host shared among
+    the host's workers when its forward runs on a GPU (the cores then only read and prepare samples,
+    and a fast GPU needs many of them), and 1 on a CPU worker (its cores run the forward)."""
+    if requested != AUTO:
+        return int(requested)
+    if device.type != "cuda":
+        return 1
+    peers = {a for a, _ in placement.devices if host_of(a) == host_of(address)} | {address}
+    return max(1, cores // len(peers))
 
 
 @dataclass
@@ -377,7 +394,7 @@ def _batch_plans(writer: Any, chunks: list[int], batch_size: int) -> list[tuple[
 
 def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list[int],
                entries: tuple[Entry, ...], reduction: ReductionConfig, placement: Placement, batch_size: int,
-               on_error: str, decode_threads: int = 1,
+               on_error: str, decode_threads: int | str = 1,
                on_chunk: Callable[[ChunkResult], bool | None] | None = None) -> list[ChunkResult]:
     """Extract and write some row chunks through one pipeline (decode ahead, write behind).
 
@@ -397,6 +414,7 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
     dtypes = writer.node_dtypes()
     results = _Results(on_chunk)
     writes = _Writes(writer, results)
+    decode_threads = decode_threads_for(decode_threads, device, address, placement, len(os.sched_getaffinity(0)))
     decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="bmnas-read") if decode_threads > 1 else None
     batches = _prefetched(_batch_plans(writer, chunks, batch_size),
                           lambda plan: _load_rows(source, sample_ids[plan[2]:plan[3]], entries, decoders))

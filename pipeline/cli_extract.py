@@ -137,8 +137,9 @@ def pretrain_cmd(data, kind, split, source_opt, modality, backbone, taps_text, i
 @click.option("--grid", default=_X.reduction.grid, show_default=True, help="Image taps: adaptive max to GRID x GRID.")
 @click.option("--workers", default=_X.workers, show_default=True, help="LocalCluster worker processes.")
 @click.option("--threads-per-worker", default=_X.threads_per_worker, show_default=True)
-@click.option("--decode-threads", default=_X.decode_threads, show_default=True,
-              help="Per worker: threads reading and decoding a batch's samples in parallel (feeds a GPU).")
+@click.option("--decode-threads", default=str(_X.decode_threads), show_default=True, metavar="N|auto",
+              help="Per worker: threads reading and decoding a batch's samples in parallel; auto: a GPU "
+                   "worker's share of its host's cores, 1 on a CPU worker.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Use an existing dask scheduler (tcp://host:8786); the store must be on shared storage.")
 @click.option("--no-dask", is_flag=True, help="Run in this process, without dask.")
@@ -176,7 +177,7 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
     cfg = ExtractConfig(reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype, rows_per_chunk=rows_per_chunk,
                         chunks_per_task=chunks_per_task, codec=codec, batch_size=batch_size, use_dask=not no_dask,
                         scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
-                        decode_threads=decode_threads, device=device,
+                        decode_threads=int(decode_threads) if decode_threads.isdigit() else decode_threads, device=device,
                         precision=precision, on_error=on_error, overwrite=overwrite, progress=not quiet,
                         timeout=timeout)
     res = extract(src, str(out), choices, cfg)

@@ -418,3 +418,23 @@ def test_decode_threads_read_a_batch_in_parallel_into_the_same_store(ntu, tmp_pa
     r = CliRunner().invoke(cli, ["extract", str(ntu), "--out", str(tmp_path / "bad.zarr"), "--backbone",
                                  "skeleton=hcn", "--setting", "tiny", "--no-dask", "--decode-threads", "0"])
     assert r.exit_code == 2 and "--decode-threads 0: use a positive integer" in r.output, r.output
+    r = CliRunner().invoke(cli, ["extract", str(ntu), "--out", str(tmp_path / "bad.zarr"), "--backbone",
+                                 "skeleton=hcn", "--setting", "tiny", "--no-dask", "--decode-threads", "many"])
+    assert r.exit_code == 2 and "--decode-threads 'many': use a positive integer or auto" in r.output, r.output
+
+
+def test_decode_threads_auto_gives_a_gpu_worker_its_share_of_the_host():
+    """auto: a CUDA worker takes its host's cores divided among the host's workers; a CPU worker one
+    loader thread (its cores run the forward); a number given is kept."""
+    import torch
+
+    from extract.worker import Placement, decode_threads_for
+
+    a, b, c = "tcp://10.0.0.5:4001", "tcp://10.0.0.5:4002", "tcp://10.0.0.6:4001"
+    gpu = Placement(((a, "cuda:0"), (b, "cuda:1"), (c, "cuda:0")))
+    assert decode_threads_for("auto", torch.device("cuda", 0), a, gpu, cores=16) == 8
+    assert decode_threads_for("auto", torch.device("cuda", 0), c, gpu, cores=16) == 16
+    assert decode_threads_for("auto", torch.device("cuda", 0), "", Placement((("", "cuda:0"),)), cores=2) == 2
+    cpu = Placement(((a, "cpu"), (b, "cpu")))
+    assert decode_threads_for("auto", torch.device("cpu"), a, cpu, cores=16) == 1
+    assert decode_threads_for(3, torch.device("cpu"), a, cpu, cores=16) == 3
