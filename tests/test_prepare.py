@@ -142,3 +142,19 @@ def test_ids_with_slashes_and_depth_frames_round_trip(tmp_path):
     for s in src.samples():
         for m in src.modalities:
             assert np.array_equal(ready.read(s.id, m), src.read(s.id, m)), (s.id, m)
+
+
+def test_a_multilabel_hdf5_dataset_round_trips(tmp_path):
+    """MM-IMDB's hdf5 layout (multilabel genres, posters and text features): the same samples, genres
+    and arrays from the prepared copy."""
+    from extract.sources.registry import open_source
+
+    generate("mmimdb-like", tmp_path / "movies", samples=24, seed=2)
+    r = _cli("data", "prepare", tmp_path / "movies" / "multimodal_imdb.hdf5", tmp_path / "ready", "--quiet")
+    assert r.exit_code == 0, r.output
+    raw, ready = open_source(tmp_path / "movies" / "multimodal_imdb.hdf5"), open_source(tmp_path / "ready")
+    assert ready.task == raw.task == "multilabel" and ready.class_names == raw.class_names
+    assert [(s.id, s.split, s.label) for s in ready.samples()] == [(s.id, s.split, s.label) for s in raw.samples()]
+    for s in raw.samples():
+        for m in raw.modalities:
+            assert np.array_equal(ready.read(s.id, m), raw.read(s.id, m)), (s.id, m)
