@@ -39,6 +39,7 @@ MANIFEST = "manifest.jsonl"
 FORMAT = "bmnas-prepared"
 VERSION = 1
 ON_ERROR = ("fail", "skip")
+AUTO = "auto"
 
 
 @dataclass
@@ -231,12 +232,13 @@ def _write_manifest(source: Source, samples: list[Sample], out: Path, skipped: d
 
 
 def prepare_dataset(source: Source, out: str | os.PathLike, *, location: dict[str, Any] | None = None,
-                    workers: int = 1, on_error: str = "fail", progress: bool = True) -> PrepareResult:
-    """Save every sample of `source` as it reads them into the manifest dataset `out` (resumable)."""
+                    workers: int | str = AUTO, on_error: str = "fail", progress: bool = True) -> PrepareResult:
+    """Save every sample of `source` as it reads them into the manifest dataset `out` (resumable).
+    `workers`: decoding processes, `auto` one per core (at most one per pending sample)."""
     if on_error not in ON_ERROR:
         raise ExtractError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
-    if workers < 1:
-        raise ExtractError(f"--workers must be at least 1, not {workers}")
+    if workers != AUTO and (not isinstance(workers, int) or workers < 1):
+        raise ExtractError(f"--workers {workers!r}: use a positive integer or auto")
     out = Path(out)
     t0 = time.perf_counter()
     samples = source.samples()
@@ -260,7 +262,9 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, location: dict[st
         listed = source.unreadable()
         todo_readable = [(i, s) for i, s in todo if s.id not in listed or on_error == "fail"]
         result.skipped.update({s.id: listed[s.id] for _, s in todo if s.id in listed and on_error == "skip"})
-        _run(source, todo_readable, out, workers, on_error, result, progress)
+        cores = len(os.sched_getaffinity(0))
+        _run(source, todo_readable, out, min(cores, len(todo_readable)) if workers == AUTO else workers, on_error,
+             result, progress)
         _write_manifest(source, samples, out, result.skipped)
         result.seconds = time.perf_counter() - t0
         write_json_atomic(out / PREPARED, {"format": FORMAT, "version": VERSION, "settings": settings,

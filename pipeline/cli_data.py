@@ -94,12 +94,12 @@ def info(path: Path, kind: str | None, split_preset: str | None, check: bool, as
 @data.command()
 @_source_args
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--workers", default=1, show_default=True,
-              help="Processes decoding in parallel (up to the machine's cores).")
+@click.option("--workers", default="auto", show_default=True, metavar="N|auto",
+              help="Processes decoding in parallel; auto: one per core.")
 @click.option("--on-error", type=click.Choice(ON_ERROR), default="fail", show_default=True,
               help="fail: stop at the first unreadable sample (what is saved stays); skip: leave it out and list it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def prepare(data: Path, kind: str | None, split: str | None, source_opt: tuple[str, ...], out: Path, workers: int,
+def prepare(data: Path, kind: str | None, split: str | None, source_opt: tuple[str, ...], out: Path, workers: str,
             on_error: str, quiet: bool) -> None:
     """Decode DATA once into OUT as the source reads it (a manifest dataset of .npy files) for faster reruns."""
     from extract.prepare import prepare_dataset
@@ -107,7 +107,8 @@ def prepare(data: Path, kind: str | None, split: str | None, source_opt: tuple[s
     src = _open(data, kind, split, source_opt)
     where = {"path": str(Path(data).resolve()), "kind": kind, "split": split,
              "options": _source_options(source_opt)}
-    res = prepare_dataset(src, out, location=where, workers=workers, on_error=on_error, progress=not quiet)
+    res = prepare_dataset(src, out, location=where, workers=int(workers) if workers.isdigit() else workers,
+                          on_error=on_error, progress=not quiet)
     if res.complete_before:
         click.echo(f"{out}: already prepared ({res.reused} samples); nothing to do")
         return
