@@ -112,7 +112,8 @@ def prepare(data: Path, kind: str | None, split: str | None, source_opt: tuple[s
     if res.complete_before:
         click.echo(f"{out}: already prepared ({res.reused} samples); nothing to do")
         return
-    click.echo(f"prepared {res.written} samples into {out} in {res.seconds:.1f}s"
+    size = sum(p.stat().st_size for p in Path(out).rglob("*.npy"))
+    click.echo(f"prepared {res.written} samples into {out} in {res.seconds:.1f}s, {size / 1e6:.1f} MB on disk"
                + (f" ({res.reused} saved by an earlier run)" if res.reused else ""))
     for sid, why in res.skipped.items():
         click.echo(f"  skipped {sid}: {why}")
