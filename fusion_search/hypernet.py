@@ -68,15 +68,17 @@ class MixedStep(nn.Module):
         self.ops = nn.ModuleList(build_primitive(self.names[i], C, L) for i in self.live)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
+        w = weights.unbind()  # one view per weight, whose gradients come back as one stack (not one scatter each)
         out = None
         for i, op in zip(self.live, self.ops):
             z = op.forward_same(x) if y is None else op(x, y)
-            out = weights[i] * z if out is None else out + weights[i] * z
+            out = w[i] * z if out is None else out + w[i] * z
         return out if out is not None else torch.zeros_like(x)
 
 
 def _mix(weights: torch.Tensor, states: Sequence[torch.Tensor]) -> torch.Tensor:
     """sum_i weights[i] * states[i]; with `sum` inputs x is y, so their two weights scale it once."""
+    weights = weights.unbind()
     if len(states) > 1 and states[1] is states[0]:
         out = (weights[0] + weights[1]) * states[0]
         rest = zip(weights[2:], states[2:])
@@ -102,11 +104,13 @@ class SearchCell(nn.Module):
                 gammas: torch.Tensor) -> torch.Tensor:
         """x, y: the Cell's arguments (y None: y is x); betas[m]: (A, 2+m) softmaxed; gammas: (M, ops)."""
         states = [x, x if y is None else y]
+        gammas = gammas.unbind()
         for m, step in enumerate(self.steps):
+            beta = betas[m].unbind()
             if self.pair:
-                s = step(_mix(betas[m][0], states), _mix(betas[m][1], states), gammas[m])
+                s = step(_mix(beta[0], states), _mix(beta[1], states), gammas[m])
             else:
-                s = step(_mix(betas[m][0], states), None, gammas[m])
+                s = step(_mix(beta[0], states), None, gammas[m])
             states.append(s)
         return self.out(states[-self.multiplier:])
 
@@ -162,9 +166,10 @@ class Hypernet(nn.Module):
             mixed = (alpha[:, :n_in] @ flat).view(alpha.shape[0], *inputs.shape[1:])
             for j, earlier in enumerate(cells):
                 mixed = mixed + alpha[:, n_in + j].view(-1, 1, 1, 1) * earlier
-            y = mixed[1] if s.step_inputs == "pair" else None
+            args = mixed.unbind()
+            y = args[1] if s.step_inputs == "pair" else None
             betas = [self.arch[f"beta_{k}_{m}"].softmax(-1) for m in range(s.steps)]
-            cells.append(cell(mixed[0], y, betas, self.arch[f"gamma_{k}"].softmax(-1)))
+            cells.append(cell(args[0], y, betas, self.arch[f"gamma_{k}"].softmax(-1)))
         return self.head(cells[-s.multiplier:])
 
     @torch.no_grad()
