@@ -7,7 +7,7 @@
 #
 # Each part runs under its own time limit and writes its whole output to $OUT/<part>.txt:
 #   gpu_check        every CUDA path, PASS / FAIL / SKIP per check (bench/gpu_check.py)
-#   search_step      the NTU search step eager, compiled, naive, and its operator count
+#   search_step      the NTU search step eager, naive, compiled, compiled with CUDA graphs; operators per step
 #   backbone_speed   each video backbone per precision and layout; extraction against the forward bound
 #   search_scale     one NTU-sized search epoch on the GPU, projected to the whole search
 set -u
@@ -30,6 +30,6 @@ part() {
   grep -v "^USDT\|Warning\|warn(" "$out/$name.txt" | tail -30
 }
 part gpu_check 270 python3 bench/gpu_check.py
-part search_step 150 python3 bench/search_step.py --device cuda --compile --ops --steps 20
+part search_step 200 python3 bench/search_step.py --device cuda --compile --cudagraphs --ops --steps 20
 part backbone_speed 120 python3 bench/backbone_speed.py --device cuda --extract 256
 part search_scale 150 python3 bench/search_scale.py --device cuda

@@ -9,12 +9,14 @@ each with and without the ReshapeInput layers (the official 227 ms/step referenc
 NTU configuration: 8 input nodes, channels 512,1024,2048,2048,128,256,1024,512, T = 8; 2 Cells,
 2 Steps, C = 128, L = 8, multiplier 2, 60 classes, batch 96.
 
-    .venv/bin/python bench/search_step.py [--threads 2] [--steps 10] [--device cuda] [--compile] [--ops]
+    .venv/bin/python bench/search_step.py [--threads 2] [--steps 10] [--device cuda] [--compile] [--cudagraphs] [--ops]
 
 `--compile` adds the bmnas step with the hypernet under torch.compile (what `search --compile`
 runs), its compile time and its ratio to the eager step; `--device cuda` runs every row on the GPU.
-`--ops` counts the operators one step dispatches (torch.profiler; views and scalar reads left out):
-on a GPU each is a kernel launch, so the count is what a launch-bound step's time follows.
+`--cudagraphs` adds it with mode="reduce-overhead" (CUDA graphs on a GPU; each half-step marks a
+new graph step), or the error it fails with. `--ops` counts the operators one step dispatches
+(torch.profiler; views and scalar reads left out): on a GPU each is a kernel launch, so the count
+is what a launch-bound step's time follows.
 """
 
 from __future__ import annotations
@@ -73,16 +75,22 @@ def make(reshape: bool):
     return model, batch(), batch()
 
 
-def bmnas_step(model, train, val):
+def bmnas_halves(model, train, val):
+    """The weight step on train and the architecture step on val, as the search runs them."""
     loss = lambda z, y: loss_fn("multiclass", z, y)  # noqa: E731
     w, a = model.weight_parameters(), model.arch_parameters()
     w_opt = torch.optim.Adam(w, lr=1e-3, weight_decay=3e-4, foreach=True)  # as the search builds them
     arch = Architect(model, a, w, torch.optim.Adam(a, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, foreach=True),
                      loss)
+    return (lambda: train_step(model, w, w_opt, loss, train, 5.0)), (lambda: arch.step(val))
+
+
+def bmnas_step(model, train, val):
+    weight_half, arch_half = bmnas_halves(model, train, val)
 
     def step():
-        train_step(model, w, w_opt, loss, train, 5.0)
-        arch.step(val)
+        weight_half()
+        arch_half()
     return step
 
 
@@ -168,15 +176,28 @@ def ops_rows() -> None:
         print(f"{name} with reshape: {total} operators per step ({in_opt} in the optimiser steps, {kind})")
 
 
-def compiled_row(args, eager_ms: float) -> None:
-    """The bmnas step (with reshape) through torch.compile: compile time (the first step), then timed."""
+def compiled_row(args, eager_ms: float, mode: str | None = None) -> None:
+    """The bmnas step (with reshape) through torch.compile: compile time (the first step), then timed.
+    mode "reduce-overhead" (CUDA graphs on a GPU): each half-step begins a new graph step, so a
+    replay never overwrites outputs the other half still holds; a failure is printed, not raised."""
     model, train, val = make(True)
-    step = bmnas_step(torch.compile(model), train, val)
-    t0 = time.perf_counter()
-    step()
-    first = time.perf_counter() - t0
-    ms, best = timed(step, args.steps)
-    print(f"bmnas with reshape, torch.compile: {ms:7.1f} ms/step (min {best:6.1f}), compiled in {first:.0f} s; "
+    halves = bmnas_halves(torch.compile(model, mode=mode), train, val)
+
+    def step():
+        for half in halves:
+            if mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            half()
+    label = f"torch.compile{f' mode={mode}' if mode else ''}"
+    try:
+        t0 = time.perf_counter()
+        step()
+        first = time.perf_counter() - t0
+        ms, best = timed(step, args.steps)
+    except Exception as exc:  # noqa: BLE001 - the row reports what failed; the others stand
+        print(f"bmnas with reshape, {label}: FAILED ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        return
+    print(f"bmnas with reshape, {label}: {ms:7.1f} ms/step (min {best:6.1f}), compiled in {first:.0f} s; "
           f"{eager_ms / ms:.2f}x the eager step")
 
 
@@ -187,6 +208,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
     ap.add_argument("--ops", action="store_true", help="also count the operators (GPU kernels) of one step")
+    ap.add_argument("--cudagraphs", action="store_true",
+                    help="also time the compiled step with mode=reduce-overhead (CUDA graphs on a GPU)")
     args = ap.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -211,6 +234,8 @@ def main() -> None:
               f"{results[('naive', reshape)] / results[('bmnas', reshape)]:.2f}x")
     if args.compile:
         compiled_row(args, results[("bmnas", True)])
+    if args.cudagraphs:
+        compiled_row(args, results[("bmnas", True)], mode="reduce-overhead")
     if args.ops:
         ops_rows()
     g = Genotype.from_dict(FIG5_LIKE)
