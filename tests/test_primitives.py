@@ -129,3 +129,26 @@ def test_dropout_keeps_expectation_and_is_identity_in_eval():
     assert abs(float(y.mean()) - 1.0) < 0.02
     d.eval()
     assert d(x) is x
+
+
+@pytest.mark.parametrize("step_inputs", ["sum", "pair"])
+def test_the_hypernet_and_a_found_network_trace_to_one_graph(step_inputs):
+    """No graph break in the forward (a missing-modality mask included): torch.compile fuses it
+    whole, and CUDA graphs can capture it whole, on a GPU."""
+    import torch._dynamo as dynamo
+
+    from fusion_search.found_network import FoundNetwork
+    from fusion_search.hypernet import Hypernet, HypernetSpec
+    from _train_data import glu_genotype
+
+    shapes = {"a_1": (6, 4), "b_1": (5, 1), "b_2": (7, 3)}
+    spec = HypernetSpec(nodes=tuple(shapes), node_shapes=shapes, task="multiclass", num_classes=3, C=8, L=4,
+                        step_inputs=step_inputs, learned_placeholders=True)
+    feats = {n: torch.randn(4, *s) for n, s in shapes.items()}
+    feats["missing:a"] = torch.tensor([True, False, False, True])
+    traced = dynamo.explain(Hypernet(spec))(feats)
+    assert (traced.graph_count, traced.graph_break_count) == (1, 0), [b.reason for b in traced.break_reasons]
+    g = glu_genotype()
+    net = FoundNetwork(g, {n: (6, 4) for n in g.nodes}, 0.2, True)
+    traced = dynamo.explain(net)({n: torch.randn(4, 6, 4) for n in g.nodes})
+    assert (traced.graph_count, traced.graph_break_count) == (1, 0), [b.reason for b in traced.break_reasons]
