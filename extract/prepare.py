@@ -31,6 +31,7 @@ import numpy as np
 from extract.errors import DataError, ExtractError
 from extract.sources.base import Sample, Source
 from extract.sources.ntu import SYNTH_META
+from stores.device import usable_cores
 from stores.files import write_json_atomic, write_npy_atomic, write_text_atomic
 from stores.lock import exclusive
 
@@ -262,7 +263,7 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, location: dict[st
         listed = source.unreadable()
         todo_readable = [(i, s) for i, s in todo if s.id not in listed or on_error == "fail"]
         result.skipped.update({s.id: listed[s.id] for _, s in todo if s.id in listed and on_error == "skip"})
-        cores = len(os.sched_getaffinity(0))
+        cores = usable_cores()
         _run(source, todo_readable, out, min(cores, len(todo_readable)) if workers == AUTO else workers, on_error,
              result, progress)
         _write_manifest(source, samples, out, result.skipped)

@@ -31,7 +31,7 @@ from extract.dtypes import unstorable
 from extract.precision import memory_format
 from extract.reduction import ReductionConfig
 from stores import open_writer
-from stores.device import host_of
+from stores.device import host_of, usable_cores
 
 
 @dataclass(frozen=True)
@@ -414,7 +414,7 @@ def run_chunks(source: Any, store_path: str, sample_ids: list[str], chunks: list
     dtypes = writer.node_dtypes()
     results = _Results(on_chunk)
     writes = _Writes(writer, results)
-    decode_threads = decode_threads_for(decode_threads, device, address, placement, len(os.sched_getaffinity(0)))
+    decode_threads = decode_threads_for(decode_threads, device, address, placement, usable_cores())
     decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="bmnas-read") if decode_threads > 1 else None
     batches = _prefetched(_batch_plans(writer, chunks, batch_size),
                           lambda plan: _load_rows(source, sample_ids[plan[2]:plan[3]], entries, decoders))

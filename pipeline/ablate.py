@@ -38,7 +38,7 @@ from fusion_search.training.rundir import abs_path
 from pipeline.configs import DEFAULT_EPOCHS, TrainConfig
 from pipeline.runs import open_store_checked, read_run_config
 from pipeline.train import resume_training, train_on_cache
-from stores.device import claim_gpu, gpu_slot
+from stores.device import claim_gpu, gpu_slot, usable_cores
 from stores.files import write_json_atomic, write_text_atomic
 
 
@@ -137,7 +137,7 @@ def train_runs(tasks, settings: list[dict], store_path: str, split: str, workers
     """Train every (row, seed, genotype file, run dir) task, on dask when more than one worker is
     available; finished runs are reused, killed ones resumed; metrics in task order."""
     args = [(store_path, str(g), str(r), split, st) for (_, _, g, r), st in zip(tasks, settings)]
-    n_workers = workers if workers is not None else min(os.cpu_count() or 1, len(tasks))
+    n_workers = workers if workers is not None else min(usable_cores(), len(tasks))
     if scheduler is None and n_workers <= 1:
         return [_run_one(*a) for a in args]
     try:

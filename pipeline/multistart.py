@@ -41,6 +41,7 @@ from fusion_search.training.rundir import read_config
 from fusion_search.search import run_search, score_runs
 from pipeline.selection import CANDIDATES, Candidate, candidates_lines, candidates_record, choose, fixed_genotypes
 from stores import open_store
+from stores.device import usable_cores
 from stores.files import write_json_atomic, write_yaml_atomic
 from stores.lock import holds_lock
 
@@ -135,7 +136,7 @@ def run_multistart(cfg: SearchConfig, out: str | os.PathLike, seeds: list[int], 
     """Search once per seed (dask tasks), re-score each seed's genotype and (with `fixed_fusions`) late
     fusion and each modality alone on the best seed's Cells, keep the best; see module doc."""
     validate(cfg)
-    n_workers = workers if workers is not None else min(os.cpu_count() or 1, len(seeds))
+    n_workers = workers if workers is not None else min(usable_cores(), len(seeds))
     if n_workers < 1:
         raise SearchError(f"--workers {workers}: use at least 1")
     root = Path(out)

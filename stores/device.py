@@ -14,6 +14,7 @@ torch. Rules kept in one place:
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -32,6 +33,13 @@ def resolve_device(name: str, error: type[Exception] = ValueError) -> torch.devi
     if name == "cuda" and not torch.cuda.is_available():
         raise error("--device cuda: no CUDA device is visible to torch here (use --device cpu or auto)")
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (Linux: a container's
+    or taskset's share, not the machine's count), else the machine's count."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 def host_of(address: str) -> str:

@@ -253,3 +253,15 @@ def test_channels_last_3d_where_measured_faster_keeps_the_taps():
         last = _forward((entry,), {entry: lm}, inputs)
     for node in plain:
         np.testing.assert_allclose(last[node], plain[node], rtol=1e-4, atol=1e-5)
+
+
+def test_usable_cores_is_the_affinity_where_there_is_one(monkeypatch):
+    """Linux: the process's CPU affinity (a container's share); a platform without it (macOS): the
+    machine's count, never an AttributeError."""
+    import os
+
+    from stores.device import usable_cores
+
+    assert usable_cores() == len(os.sched_getaffinity(0)) >= 1
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert usable_cores() == (os.cpu_count() or 1)
