@@ -90,8 +90,7 @@ def options_for_prepared(path: str | os.PathLike, source: str, options: dict[str
     if held.get("source") != source:
         raise ExtractError(f"--source {path} was prepared from a {held.get('source')} source, the store read a "
                            f"{source} source: prepare the store's data")
-    differ = [k for k in sorted(set(options) | set(held.get("options", {})))
-              if options.get(k) != held.get("options", {}).get(k)]
+    differ = _differing(held.get("options", {}), options)
     if differ:
         k = differ[0]
         raise ExtractError(f"--source {path} was prepared with {k} {held.get('options', {}).get(k)!r}, the store "
@@ -99,8 +98,18 @@ def options_for_prepared(path: str | os.PathLike, source: str, options: dict[str
     return {}
 
 
-def _check_out(out: Path, settings: dict[str, Any]) -> bool:
-    """Refuse an --out that bmnas did not prepare or prepared from other settings; True when complete."""
+def _differing(held: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between a prepared folder's record and what is asked now, sorted."""
+    return sorted(k for k in set(held) | set(now) if held.get(k) != now.get(k))
+
+
+def _record(settings: dict[str, Any], location: dict[str, Any] | None, **state: Any) -> dict[str, Any]:
+    """The folder's record (`PREPARED`): what it is made from, where from, and how far it got."""
+    return {"format": FORMAT, "version": VERSION, "settings": settings, "location": location or {}, **state}
+
+
+def _check_out(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse an --out that bmnas did not prepare or prepared from other settings; its record, if any."""
     if out.exists() and not out.is_dir():
         raise ExtractError(f"--out {out} is a file, not a folder: give a new folder path")
     record = out / PREPARED
@@ -109,17 +118,17 @@ def _check_out(out: Path, settings: dict[str, Any]) -> bool:
         if names:
             raise ExtractError(f"--out {out} holds {', '.join(sorted(names)[:3])}, which bmnas data prepare did "
                                "not write: give a new folder")
-        return False
+        return None
     try:
         held = json.loads(record.read_text())
     except (OSError, ValueError) as exc:
         raise ExtractError(f"{record}: unreadable ({exc}); give a new --out") from None
-    differ = sorted(k for k in settings if held.get("settings", {}).get(k) != settings[k])
+    differ = _differing(held.get("settings", {}), settings)
     if differ:
         raise ExtractError(f"--out {out} was prepared with other {', '.join(differ)} "
-                           f"({held.get('settings', {}).get(differ[0])!r}, now {settings[differ[0]]!r}): "
+                           f"({held.get('settings', {}).get(differ[0])!r}, now {settings.get(differ[0])!r}): "
                            "give a new --out or the same source and options")
-    return bool(held.get("complete"))  # the record is rewritten after the manifest: a kill between redoes both
+    return held
 
 
 def _save_sample(source: Source, sample_id: str, files: dict[str, str], out: str) -> str | None:
@@ -249,13 +258,12 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, location: dict[st
     check_preparable(source, samples)
     result = PrepareResult(out)
     with exclusive(out, "prepared dataset"):
-        if _check_out(out, settings):
-            held = json.loads((out / PREPARED).read_text())
+        held = _check_out(out, settings)
+        if held and held.get("complete"):  # the record is rewritten after the manifest: a kill between redoes both
             result.reused, result.skipped, result.complete_before = held["written"], held["skipped"], True
             return result
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / PREPARED, {"format": FORMAT, "version": VERSION, "settings": settings,
-                                           "location": location or {}, "complete": False})
+        write_json_atomic(out / PREPARED, _record(settings, location, complete=False))
         for m in source.modalities:
             (out / m).mkdir(exist_ok=True)
         todo = _pending(samples, source.modalities, out)
@@ -268,8 +276,6 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, location: dict[st
              result, progress)
         _write_manifest(source, samples, out, result.skipped)
         result.seconds = time.perf_counter() - t0
-        write_json_atomic(out / PREPARED, {"format": FORMAT, "version": VERSION, "settings": settings,
-                                           "location": location or {}, "complete": True,
-                                           "written": len(samples) - len(result.skipped),
-                                           "skipped": result.skipped})
+        write_json_atomic(out / PREPARED, _record(settings, location, complete=True,
+                                                  written=len(samples) - len(result.skipped), skipped=result.skipped))
     return result

@@ -14,7 +14,7 @@ import click
 from extract.prepare import ON_ERROR, prepared_record
 from extract.sources.registry import KINDS, open_source
 from extract.synth import KINDS as SYNTH_KINDS
-from pipeline.cli_extract import _open, _source_args, _source_options
+from pipeline.cli_extract import _open, _source_args, _source_options, count_or_auto
 
 
 @click.group()
@@ -107,7 +107,7 @@ def prepare(data: Path, kind: str | None, split: str | None, source_opt: tuple[s
     src = _open(data, kind, split, source_opt)
     where = {"path": str(Path(data).resolve()), "kind": kind, "split": split,
              "options": _source_options(source_opt)}
-    res = prepare_dataset(src, out, location=where, workers=int(workers) if workers.isdigit() else workers,
+    res = prepare_dataset(src, out, location=where, workers=count_or_auto(workers),
                           on_error=on_error, progress=not quiet)
     if res.complete_before:
         click.echo(f"{out}: already prepared ({res.reused} samples); nothing to do")

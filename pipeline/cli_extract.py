@@ -33,6 +33,11 @@ def _source_options(values: tuple[str, ...]) -> dict:
     return opts
 
 
+def count_or_auto(text: str) -> int | str:
+    """An `N|auto` option's value: a number as int, anything else as given (the stage checks it)."""
+    return int(text) if text.isdigit() else text
+
+
 def _open(data: Path, kind: str | None, split: str | None, source_opt: tuple[str, ...]):
     from extract.sources.registry import open_source
 
@@ -177,7 +182,7 @@ def extract_cmd(data, kind, split, source_opt, out, backbone_opts, checkpoint_op
     cfg = ExtractConfig(reduction=ReductionConfig(t_max=t_max, grid=grid), dtype=dtype, rows_per_chunk=rows_per_chunk,
                         chunks_per_task=chunks_per_task, codec=codec, batch_size=batch_size, use_dask=not no_dask,
                         scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
-                        decode_threads=int(decode_threads) if decode_threads.isdigit() else decode_threads, device=device,
+                        decode_threads=count_or_auto(decode_threads), device=device,
                         precision=precision, on_error=on_error, overwrite=overwrite, progress=not quiet,
                         timeout=timeout)
     res = extract(src, str(out), choices, cfg)

@@ -86,12 +86,8 @@ def _config(genotype_path: str | os.PathLike, source_path: str, backbones: Seque
     init_from = settings.pop("init_from", None)
     opened = open_feature_store(store) if store is not None else None  # opened once for every check
     if opened is not None:
-        given_opts = bool(source_opts)
-        bbs, source_opts = _from_store(opened, bbs, settings, source_opts, setting if setting_given else None)
-        prov = opened.attrs.get("extraction") or {}
-        if not given_opts:  # a `bmnas data prepare`d copy of the store's data reads as it was prepared
-            prepared = options_for_prepared(source_path, prov.get("source", ""), source_opts or {})
-            source_opts = source_opts if prepared is None else prepared
+        bbs, source_opts = _from_store(opened, bbs, settings, source_opts, setting if setting_given else None,
+                                       source_path=source_path)
     epochs = check_run_options(epochs, settings.get("train_on", FinetuneConfig.train_on), settings, FinetuneConfig,
                                "finetune")
     for b in bbs:  # absolute paths: evaluate and resume work from any directory
@@ -140,12 +136,13 @@ def _named(b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_store(opened: Any, given: list[dict[str, Any]], settings: dict[str, Any],
-                source_opts: dict[str, Any] | None, setting: str | None
+                source_opts: dict[str, Any] | None, setting: str | None, source_path: str | None = None
                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The store's backbones with the given fields laid over them; its reduction and source options
-    where the call names none. Another backbone spec than recorded drops the recorded checkpoint and
-    sha256; another setting drops the recorded input (it was the old setting's); given input fields
-    replace the recorded ones field by field."""
+    where the call names none (none at all for `source_path` a `bmnas data prepare`d copy made with
+    them: its arrays are that reading already). Another backbone spec than recorded drops the
+    recorded checkpoint and sha256; another setting drops the recorded input (it was the old
+    setting's); given input fields replace the recorded ones field by field."""
     recorded, reduction = backbones_from_store(opened)
     by_mod = {b["modality"]: b for b in recorded}
     for b in by_mod.values():
@@ -165,8 +162,12 @@ def _from_store(opened: Any, given: list[dict[str, Any]], settings: dict[str, An
     for key in ("t_max", "grid"):
         if settings.get(key) is None and key in reduction:
             settings[key] = reduction[key]
+    if source_opts:
+        return list(by_mod.values()), source_opts
     prov = opened.attrs.get("extraction") or {}
-    return list(by_mod.values()), source_opts if source_opts else dict(prov.get("source_options") or {})
+    recorded = dict(prov.get("source_options") or {})
+    prepared = options_for_prepared(source_path, prov.get("source", ""), recorded) if source_path else None
+    return list(by_mod.values()), recorded if prepared is None else prepared
 
 
 def resume_finetune(run_dir: str | os.PathLike, *, progress: bool = False, evaluate_test: bool = True,
